@@ -1,0 +1,36 @@
+"""ftqueue: Ray's task fault tolerance on a plain Redis queue."""
+
+from . import exceptions
+from .api import (
+    ClusterInfo,
+    flush_submissions,
+    get,
+    get_runtime_context,
+    init,
+    is_initialized,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
+from .remote_function import RemoteFunction, remote_function
+from .spec import ObjectRef
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClusterInfo",
+    "ObjectRef",
+    "RemoteFunction",
+    "exceptions",
+    "flush_submissions",
+    "get",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "put",
+    "remote",
+    "remote_function",
+    "shutdown",
+    "wait",
+]

@@ -1,0 +1,277 @@
+"""A connected process (driver or worker): submits, waits and fetches through the store.
+
+Submissions go through a small buffer that a background thread flushes: while one batch is
+in flight the next accumulates, so a burst of `.remote()` calls costs a few round trips, and
+a lone call is sent at once. `get`, `wait` and `ObjectRef.hex()` flush first.
+Completions arrive as task ids pushed on this process's notification list, which a listener
+thread pops in batches; a slow safety poll re-checks state (and runs the reaper) in case a
+notification was lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Sequence
+
+from . import payload, serialization
+from .context import current_task
+from .exceptions import FtqueueError, GetTimeoutError
+from .settings import (
+    DEFAULT_RESULT_TTL_S,
+    env_int,
+    lease_timeout_from_env,
+)
+from .spec import ObjectRef, ResolvedOptions, new_id
+from .store import Store, connect, is_connection_error
+
+SUBMIT_BATCH_MAX = 500
+SAFETY_POLL_S = 1.0
+DONE_MEMORY = 100_000
+RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def backoff(attempt: int) -> float:
+    return RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+
+
+class Client:
+    def __init__(self, address: str, namespace: str = "ftq", *, job_id: str | None = None) -> None:
+        self.address = address
+        self.namespace = namespace
+        self.store = Store(connect(address), namespace)
+        self.keys = self.store.keys
+        self.client_id = new_id()[:16]
+        self.notify_key = self.keys.done(self.client_id)
+        self.job_id = job_id or self.store.next_job_id()
+        self.result_ttl_s = env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
+        self.lease_timeout_ms = int(lease_timeout_from_env() * 1000)
+        self.on_block: Callable[[bool], None] | None = None
+        self._cond = threading.Condition()
+        self._buffer: list[tuple[str, str, bytes, list[str], dict[str, str]]] = []
+        self._queued_seq = 0
+        self._flushed_seq = 0
+        self._submit_errors: dict[str, BaseException] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._closing = False
+        self._last_sweep = 0.0
+        self._flusher = threading.Thread(target=self._flush_loop, name="ftqueue-flusher", daemon=True)
+        self._flusher.start()
+        self._listener = threading.Thread(target=self._listen_loop, name="ftqueue-listener",
+                                          daemon=True)
+        self._listener.start()
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def export_function(self, blob: bytes) -> str:
+        digest = serialization.digest(blob)
+        self.store.store_function(digest, blob)
+        return digest
+
+    def submit(self, fn_ref: str, func_name: str, options: ResolvedOptions,
+               args: Sequence[Any], kwargs: dict[str, Any]) -> ObjectRef:
+        blob, deps = payload.pack_args(args, kwargs, options.retry_exceptions, func_name)
+        task = current_task()
+        task_id = new_id()
+        fields = {
+            "name": options.name or func_name, "func": func_name, "fn": fn_ref,
+            "job_id": task.job_id if task else self.job_id,
+            "parent_task_id": task.task_id if task else "",
+            "max_retries": str(options.max_retries), "notify": self.notify_key,
+        }
+        if options.max_calls:
+            fields["max_calls"] = str(options.max_calls)
+        with self._cond:
+            self._buffer.append((task_id, options.queue, blob, deps, fields))
+            self._queued_seq += 1
+            self._cond.notify_all()
+        return ObjectRef(task_id)
+
+    def has_unflushed(self) -> bool:
+        return self._flushed_seq < self._queued_seq
+
+    def flush(self) -> None:
+        """Return once every submission made so far has reached Redis (or failed)."""
+        with self._cond:
+            target = self._queued_seq
+            while self._flushed_seq < target:
+                self._cond.wait(1.0)
+
+    def _flush_loop(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._buffer and not self._closing:
+                    self._cond.wait()
+                if not self._buffer:
+                    return
+                batch = self._buffer[:SUBMIT_BATCH_MAX]
+            try:
+                self.store.submit(batch)
+            except Exception as e:  # noqa: BLE001 - anything else fails these submissions
+                if is_connection_error(e) and not self._closing:
+                    time.sleep(backoff(failures))
+                    failures += 1
+                    continue
+                with self._cond:
+                    for task in batch:
+                        self._submit_errors[task[0]] = FtqueueError(
+                            f"submitting task {task[0]} failed: {type(e).__name__}: {e}")
+            failures = 0
+            with self._cond:
+                del self._buffer[:len(batch)]
+                self._flushed_seq += len(batch)
+                self._cond.notify_all()
+
+    # -- completions --------------------------------------------------------------------------
+
+    def _listen_loop(self) -> None:
+        failures = 0
+        while not self._closing:
+            try:
+                ids = self.store.pop_notifications(self.notify_key, timeout_s=1.0)
+                failures = 0
+            except Exception:  # noqa: BLE001 - keep listening across Redis outages
+                if self._closing:
+                    return
+                time.sleep(backoff(failures))
+                failures += 1
+                continue
+            if ids:
+                with self._cond:
+                    for task_id in ids:
+                        self._done[task_id] = None
+                    while len(self._done) > DONE_MEMORY:
+                        self._done.popitem(last=False)
+                    self._cond.notify_all()
+
+    def _await(self, ids: Sequence[str], num_ready: int, deadline: float | None) -> set[str]:
+        """Block until at least num_ready of ids are final; return those that are."""
+        ready = {i for i in ids if i in self._submit_errors}
+        with self._cond:
+            ready.update(i for i in ids if i in self._done)
+        if len(ready) < num_ready:
+            ready.update(self._check(ids, ready))
+        blocked = False
+        try:
+            while len(ready) < num_ready:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                if not blocked and self.on_block is not None:
+                    self.on_block(True)
+                    blocked = True
+                wait_s = SAFETY_POLL_S if remaining is None else min(remaining, SAFETY_POLL_S)
+                with self._cond:
+                    notified = self._cond.wait_for(
+                        lambda: any(i in self._done for i in ids if i not in ready), wait_s)
+                    if notified:
+                        ready.update(i for i in ids if i in self._done)
+                        continue
+                ready.update(self._check(ids, ready))
+                self._maybe_sweep()
+        finally:
+            if blocked and self.on_block is not None:
+                self.on_block(False)
+        return ready
+
+    def _check(self, ids: Sequence[str], ready: set[str]) -> set[str]:
+        """Ask Redis which ids are final, registering as a waiter on the others."""
+        todo = [i for i in dict.fromkeys(ids) if i not in ready]
+        try:
+            statuses = self.store.watch(self.notify_key, todo)
+        except Exception as e:  # noqa: BLE001
+            if is_connection_error(e):
+                return set()
+            raise
+        return {i for i, s in zip(todo, statuses) if s != "pending"}
+
+    def _maybe_sweep(self) -> None:
+        """A driver blocked in get also reaps expired leases, so work is never stuck for
+        want of a live node."""
+        now = time.monotonic()
+        if now - self._last_sweep < 2.0:
+            return
+        self._last_sweep = now
+        try:
+            self.store.sweep(self.lease_timeout_ms)
+        except Exception:  # noqa: BLE001 - best effort; nodes sweep too
+            pass
+
+    def get(self, refs: Any, timeout: float | None = None) -> Any:
+        single = isinstance(refs, ObjectRef)
+        ref_list = [refs] if single else _as_ref_list(refs, "get")
+        self.flush()
+        ids = [r._id for r in ref_list]
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        ready = self._await(ids, len(set(ids)), deadline)
+        if len(ready) < len(set(ids)):
+            raise GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} s.")
+        values = self._fetch(ids)
+        return values[0] if single else values
+
+    def _fetch(self, ids: Sequence[str]) -> list[Any]:
+        unique = list(dict.fromkeys(i for i in ids if i not in self._submit_errors))
+        found = dict(zip(unique, self.store.outcomes(unique)))
+        values = []
+        for object_id in ids:
+            if object_id in self._submit_errors:
+                raise self._submit_errors[object_id]
+            record, blob = found[object_id]
+            ok, value = payload.outcome_to_result(object_id, record, blob)
+            if not ok:
+                raise value
+            values.append(value)
+        with self._cond:
+            for object_id in unique:
+                self._done.pop(object_id, None)
+        return values
+
+    def wait(self, refs: Any, num_returns: int = 1, timeout: float | None = None,
+             fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        ref_list = _as_ref_list(refs, "wait")
+        if len(set(ref_list)) != len(ref_list):
+            raise ValueError("Wait requires a list of unique object refs.")
+        if num_returns <= 0 or num_returns > len(ref_list):
+            raise ValueError("Invalid number of objects to return "
+                             f"{num_returns}; it must be between 1 and {len(ref_list)}.")
+        self.flush()
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        ready = self._await([r._id for r in ref_list], num_returns, deadline)
+        done = [r for r in ref_list if r._id in ready][:num_returns]
+        taken = set(done)
+        return done, [r for r in ref_list if r not in taken]
+
+    def put(self, value: Any) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("Calling 'put' on an ObjectRef is not allowed.")
+        object_id = new_id()
+        self.store.put(object_id, payload.pack_value(value), self.result_ttl_s)
+        return ObjectRef(object_id)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - closing must not raise
+            pass
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._flusher.join(timeout=2)
+        self._listener.join(timeout=2)
+        try:
+            self.store.redis.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _as_ref_list(refs: Any, what: str) -> list[ObjectRef]:
+    if not isinstance(refs, (list, tuple)):
+        raise TypeError(f"'{what}' expects an ObjectRef or a list of ObjectRefs, got "
+                        f"{type(refs).__name__}")
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"'{what}' expects ObjectRefs, got {type(r).__name__}")
+    return list(refs)
+

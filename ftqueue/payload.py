@@ -1,0 +1,167 @@
+"""What travels through Redis as bytes: task arguments, results and errors.
+
+A result blob is one kind byte followed by a pickle: b"V" a value, b"E" an error record.
+An error record is a dict of plain types, so it always unpickles; the original exception
+rides inside it as its own pickle, so one that fails to (un)pickle still reaches the caller
+as its type name, message and traceback text.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any, Sequence
+
+from . import serialization
+from .exceptions import (
+    DEP_FAILED_LINE,
+    NodeDiedError,
+    ObjectLostError,
+    OutOfMemoryError,
+    SerializationError,
+    TaskCancelledError,
+    TaskError,
+    UnserializableException,
+    WorkerCrashedError,
+)
+from .spec import ArgRef, ErrorType, ObjectRef
+
+VALUE = b"V"
+ERROR = b"E"
+
+
+def pack_args(args: Sequence[Any], kwargs: dict[str, Any],
+              retry_exceptions: bool | tuple[type, ...], what: str) -> tuple[bytes, list[str]]:
+    """Pickle a call's arguments; top-level ObjectRefs become dependencies."""
+    deps: list[str] = []
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, ObjectRef):
+            deps.append(value._id)
+            return ArgRef(value._id)
+        return value
+
+    marked = ([mark(a) for a in args], {k: mark(v) for k, v in kwargs.items()})
+    blob = serialization.dumps((marked[0], marked[1], retry_exceptions),
+                               what=f"arguments for a task {what}")
+    return blob, list(dict.fromkeys(deps))
+
+
+def unpack_args(blob: bytes) -> tuple[list[Any], dict[str, Any], bool | tuple[type, ...]]:
+    return serialization.loads(blob, what="task arguments")
+
+
+def pack_value(value: Any) -> bytes:
+    return VALUE + serialization.dumps(value, what="task's return value")
+
+
+def format_traceback(exc: BaseException, skip_frames: int = 0) -> str:
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def pack_error(function_name: str, exc: BaseException, traceback_text: str, pid: int, ip: str,
+               kind: str = "TaskError") -> bytes:
+    try:
+        cause_blob: bytes | None = serialization.dumps(exc)
+    except SerializationError:
+        cause_blob = None
+    record = {
+        "kind": kind, "function_name": function_name, "traceback": traceback_text,
+        "pid": pid, "ip": ip, "type_name": _qualified_name(type(exc)),
+        "message": _safe_str(exc), "cause": cause_blob,
+    }
+    return ERROR + pickle.dumps(record, protocol=serialization.PROTOCOL)
+
+
+def _qualified_name(cls: type) -> str:
+    module = getattr(cls, "__module__", "")
+    return cls.__qualname__ if module in ("builtins", "__main__", "") else f"{module}.{cls.__qualname__}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def error_summary(exc: BaseException) -> str:
+    """`Type: message`, kept in the task record for people reading it with redis-cli."""
+    return f"{type(exc).__name__}: {_safe_str(exc)}"
+
+
+def unpack_error(blob: bytes) -> TaskError:
+    from .exceptions import TaskTimeoutError
+
+    record = pickle.loads(blob[1:])
+    cause: BaseException
+    try:
+        cause = serialization.loads(record["cause"]) if record["cause"] is not None else None
+    except SerializationError:
+        cause = None
+    if cause is None:
+        cause = UnserializableException(record["type_name"], record["message"], record["traceback"])
+    kinds = {"TaskError": TaskError, "TaskTimeoutError": TaskTimeoutError}
+    klass = kinds.get(record.get("kind"), TaskError)
+    err = klass(record["function_name"], record["traceback"], cause, record["pid"], record["ip"])
+    return err.as_instanceof_cause()
+
+
+def dependency_error(function_name: str, dep_error: BaseException, pid: int, ip: str) -> bytes:
+    """The error of a task that did not run because an argument failed (Ray's wording)."""
+    shown = dep_error._base_class() if isinstance(dep_error, TaskError) else type(dep_error)
+    text = DEP_FAILED_LINE + "\n" + f"{_qualified_name(shown)}: {dep_error}"
+    root = dep_error.cause if isinstance(dep_error, TaskError) and dep_error.cause else dep_error
+    try:
+        cause_blob: bytes | None = serialization.dumps(root)
+    except SerializationError:
+        cause_blob = None
+    record = {"kind": "TaskError", "function_name": function_name, "traceback": text, "pid": pid,
+              "ip": ip, "type_name": _qualified_name(type(root)), "message": _safe_str(root),
+              "cause": cause_blob}
+    return ERROR + pickle.dumps(record, protocol=serialization.PROTOCOL)
+
+
+_SYSTEM_ERRORS = {
+    ErrorType.WORKER_DIED.value: WorkerCrashedError,
+    ErrorType.NODE_DIED.value: NodeDiedError,
+    ErrorType.OUT_OF_MEMORY.value: OutOfMemoryError,
+}
+
+
+def outcome_to_result(object_id: str, record: dict[str, str], blob: bytes | None) -> tuple[bool, Any]:
+    """(True, value) or (False, exception) for a final task record and its result blob."""
+    if not record:  # a put object: no task record
+        if blob is None:
+            return False, ObjectLostError(f"Object {object_id} is lost (it was put, so it has "
+                                          "no lineage to rebuild it from)")
+        return _decode(blob)
+    error_type = record.get("error_type", "")
+    if record["state"] == "FINISHED":
+        if blob is None:
+            return False, ObjectLostError(f"The result of task {object_id} is lost")
+        return _decode(blob)
+    if error_type in _SYSTEM_ERRORS:
+        return False, _SYSTEM_ERRORS[error_type](
+            f"Task {object_id} ({record.get('func', '')}) failed: {record.get('error_message', '')}")
+    if error_type == ErrorType.TASK_CANCELLED.value:
+        return False, TaskCancelledError(object_id)
+    if blob is None:
+        return False, ObjectLostError(f"The error of task {object_id} is lost: "
+                                      f"{record.get('error_message', '')}")
+    return _decode(blob)
+
+
+def _decode(blob: bytes) -> tuple[bool, Any]:
+    if blob[:1] == VALUE:
+        try:
+            return True, serialization.loads(blob[1:], what="task's return value")
+        except SerializationError as e:
+            return False, e
+    if blob[:1] == ERROR:
+        return False, unpack_error(blob)
+    return False, SerializationError("unrecognised result payload")

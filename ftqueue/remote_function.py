@@ -1,0 +1,77 @@
+"""Remote functions: `@ftqueue.remote`, `.options()`, and `remote_function("pkg.mod:func")`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import serialization
+from .spec import ObjectRef, ResolvedOptions, validate_options
+
+IMPORT_PREFIX = "import:"
+
+
+class RemoteFunction:
+    """A function that runs on the workers: call `.remote(...)` to submit it."""
+
+    def __init__(self, function: Callable[..., Any] | None, options: dict[str, Any],
+                 import_path: str | None = None) -> None:
+        self._function = function
+        self._import_path = import_path
+        self._options = validate_options(options)
+        if function is not None:
+            self._name = getattr(function, "__name__", "function")
+            self.__doc__ = function.__doc__
+            self.__wrapped__ = function
+        else:
+            assert import_path is not None
+            self._name = import_path.rpartition(":")[2]
+        self._exported: tuple[str, str] | None = None  # (client id, function digest)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"Remote functions cannot be called directly. Instead of running "
+                        f"'{self._name}()', try '{self._name}.remote()'.")
+
+    def __reduce__(self) -> Any:
+        return (RemoteFunction, (self._function, self._options, self._import_path))
+
+    def options(self, **options: Any) -> _BoundOptions:
+        return _BoundOptions(self, {**self._options, **validate_options(options)})
+
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+        return self._submit(self._options, args, kwargs)
+
+    def _fn_ref(self, client: Any) -> str:
+        if self._import_path is not None:
+            return IMPORT_PREFIX + self._import_path
+        if self._exported is None or self._exported[0] != client.client_id:
+            blob = serialization.dumps_function(self._function, what=f"function {self._name}")
+            self._exported = (client.client_id, client.export_function(blob))
+        return self._exported[1]
+
+    def _submit(self, options: dict[str, Any], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> ObjectRef:
+        from .api import _ensure_client
+
+        client = _ensure_client()
+        return client.submit(self._fn_ref(client), self._name, ResolvedOptions.resolve(options),
+                             args, kwargs)
+
+
+class _BoundOptions:
+    def __init__(self, function: RemoteFunction, options: dict[str, Any]) -> None:
+        self._function = function
+        self._options = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+        return self._function._submit(self._options, args, kwargs)
+
+    def options(self, **options: Any) -> _BoundOptions:
+        return _BoundOptions(self._function, {**self._options, **validate_options(options)})
+
+
+def remote_function(import_path: str, **options: Any) -> RemoteFunction:
+    """A handle on a function only the workers can import, named "package.module:function"."""
+    module, sep, attr = import_path.partition(":")
+    if not sep or not module or not attr or any(c in import_path for c in " \n\r\t"):
+        raise ValueError(f"expected 'package.module:function', got {import_path!r}")
+    return RemoteFunction(None, options, import_path=import_path)

@@ -1,0 +1,60 @@
+"""The only module that knows pickle. Storage speaks bytes; errors become SerializationError."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import types
+from typing import Any
+
+import cloudpickle
+
+from .exceptions import SerializationError
+
+PROTOCOL = 5
+
+
+def dumps(obj: Any, what: str = "value") -> bytes:
+    try:
+        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    except BaseException as e:  # pickling can raise anything, RecursionError included
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise SerializationError(f"Could not serialize the {what}: {type(e).__name__}: {e}") from e
+
+
+def loads(data: bytes, what: str = "value") -> Any:
+    try:
+        return pickle.loads(data)
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise SerializationError(f"Could not deserialize the {what}: {type(e).__name__}: {e}") from e
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def dumps_function(fn: Any, what: str) -> bytes:
+    """Pickle a function with the file it came from: cloudpickle stores code by value as
+    "<dynamic-code>", and tracebacks should name the user's file as Ray's do."""
+    code = getattr(fn, "__code__", None)
+    return dumps((fn, code.co_filename if code is not None else None), what=what)
+
+
+def loads_function(blob: bytes) -> Any:
+    fn, filename = loads(blob, what="function")
+    code = getattr(fn, "__code__", None)
+    if filename and code is not None and code.co_filename == "<dynamic-code>":
+        try:
+            fn.__code__ = _refile(code, filename)
+        except (TypeError, ValueError):
+            pass
+    return fn
+
+
+def _refile(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(_refile(c, filename) if isinstance(c, types.CodeType) else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)

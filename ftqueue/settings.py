@@ -1,0 +1,66 @@
+"""Settings read from FTQUEUE_* environment variables; each has a default documented in the README."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_LEASE_TIMEOUT_S = 30.0
+DEFAULT_GRACE_PERIOD_S = 30.0
+DEFAULT_PREFETCH = 8
+DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
+DEFAULT_NOTIFY_TTL_S = 24 * 3600
+ATTEMPT_MESSAGE_MAX_CHARS = 2000
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def env_float(name: str, default: float) -> float:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_int(name: str, default: int) -> int:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def default_max_retries() -> int:
+    """Read at every submission, as Ray reads RAY_TASK_MAX_RETRIES."""
+    return env_int("FTQUEUE_TASK_MAX_RETRIES", DEFAULT_MAX_RETRIES)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What a worker node (supervisor) needs; every field is also a flag of `ftqueue worker`."""
+
+    address: str
+    namespace: str = "ftq"
+    num_workers: int = 1
+    queues: tuple[str, ...] = ("default",)
+    lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S
+    grace_period_s: float = DEFAULT_GRACE_PERIOD_S
+    prefetch: int = DEFAULT_PREFETCH
+
+    @property
+    def renew_interval_s(self) -> float:
+        # Several renewals per lease so one slow round trip never expires a live lease.
+        return max(0.05, min(1.0, self.lease_timeout_s / 4))
+
+
+def lease_timeout_from_env() -> float:
+    return env_float("FTQUEUE_LEASE_TIMEOUT_S", DEFAULT_LEASE_TIMEOUT_S)

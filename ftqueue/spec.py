@@ -1,0 +1,145 @@
+"""Task states, error types, options and the ObjectRef: the vocabulary shared by every module."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable
+
+from .settings import default_max_retries
+
+
+class TaskState(str, Enum):
+    PENDING_ARGS_AVAIL = "PENDING_ARGS_AVAIL"
+    PENDING_NODE_ASSIGNMENT = "PENDING_NODE_ASSIGNMENT"
+    SUBMITTED_TO_WORKER = "SUBMITTED_TO_WORKER"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+
+
+TERMINAL_STATES = frozenset({TaskState.FINISHED.value, TaskState.FAILED.value})
+ACTIVE_STATES = frozenset({TaskState.SUBMITTED_TO_WORKER.value, TaskState.RUNNING.value})
+
+
+class ErrorType(str, Enum):
+    TASK_EXECUTION_EXCEPTION = "TASK_EXECUTION_EXCEPTION"
+    WORKER_DIED = "WORKER_DIED"
+    NODE_DIED = "NODE_DIED"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    TASK_CANCELLED = "TASK_CANCELLED"
+    OBJECT_LOST = "OBJECT_LOST"
+
+
+TASK_OPTIONS = frozenset({"max_retries", "retry_exceptions", "max_calls", "name", "queue"})
+
+
+def validate_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Check task options the way Ray does; unknown names raise ValueError."""
+    unknown = sorted(set(options) - TASK_OPTIONS)
+    if unknown:
+        raise ValueError(f"Invalid option keyword {unknown[0]!r} for remote functions. "
+                         f"Valid ones are {sorted(TASK_OPTIONS)}.")
+    if "max_retries" in options:
+        value = options["max_retries"]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < -1):
+            raise ValueError(f"max_retries must be an integer >= -1 or None, got {value!r}")
+    if "retry_exceptions" in options:
+        value = options["retry_exceptions"]
+        if not isinstance(value, bool):
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(c, type) and issubclass(c, BaseException) for c in value):
+                raise ValueError("retry_exceptions must be either a boolean or a list of "
+                                 f"exceptions, got {value!r}")
+    if "max_calls" in options:
+        value = options["max_calls"]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"max_calls must be an integer >= 0, got {value!r}")
+    for key in ("name", "queue"):
+        if key in options and options[key] is not None:
+            value = options[key]
+            if not isinstance(value, str) or not value or any(c in value for c in "\r\n\t "):
+                raise ValueError(f"{key} must be a non-empty string without whitespace, "
+                                 f"got {value!r}")
+    return dict(options)
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    max_retries: int
+    retry_exceptions: bool | tuple[type, ...]
+    max_calls: int
+    name: str | None
+    queue: str
+
+    @classmethod
+    def resolve(cls, options: dict[str, Any]) -> ResolvedOptions:
+        max_retries = options.get("max_retries")
+        if max_retries is None:
+            max_retries = default_max_retries()
+        retry = options.get("retry_exceptions", False)
+        return cls(
+            max_retries=max_retries,
+            retry_exceptions=retry if isinstance(retry, bool) else tuple(retry),
+            max_calls=options.get("max_calls") or 0,
+            name=options.get("name"),
+            queue=options.get("queue") or "default",
+        )
+
+
+_before_hex: Callable[[], None] | None = None
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ObjectRef:
+    """A plain id for a task's result or a put value, usable from any connected process."""
+
+    __slots__ = ("_id",)
+
+    def __init__(self, object_id: str) -> None:
+        if not isinstance(object_id, str) or not object_id or not all(
+                c in "0123456789abcdef" for c in object_id):
+            raise ValueError(f"not an ObjectRef id: {object_id!r}")
+        self._id = object_id
+
+    def hex(self) -> str:
+        # The id may be handed to another process: make sure the task has reached Redis.
+        if _before_hex is not None:
+            _before_hex()
+        return self._id
+
+    @classmethod
+    def from_hex(cls, hex_id: str) -> ObjectRef:
+        return cls(hex_id)
+
+    def task_id(self) -> str:
+        return self._id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id})"
+
+    def __reduce__(self) -> Any:
+        return (ObjectRef, (self._id,))
+
+
+class ArgRef:
+    """Marks a top-level argument that the worker replaces by the ref's value before the call."""
+
+    __slots__ = ("object_id",)
+
+    def __init__(self, object_id: str) -> None:
+        self.object_id = object_id
+
+    def __reduce__(self) -> Any:
+        return (ArgRef, (self.object_id,))

@@ -1,0 +1,32 @@
+-- Commit the outcomes of a worker's attempts, each fenced by its token.
+-- ARGV: prefix, now_ms, result_ttl_s, n, then n records of 6:
+--       task_id, fence, outcome ('ok' | 'err' | 'cancelled'), blob, retryable ('1'|'0'), message
+-- Returns: per record 'finished' | 'failed' | 'retried' | 'fenced'.
+local ttl, n = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+for i = 0, n - 1 do
+  local b = 5 + i * 6
+  local id, fence, outcome, blob, retryable, message =
+    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
+  local t = redis.call('HMGET', k_task(id), 'state', 'fence')
+  if not ACTIVE[t[1]] or t[2] ~= fence then
+    redis.call('HINCRBY', P .. ':stats', 'fenced', 1)
+    out[#out + 1] = 'fenced'
+  elseif outcome == 'ok' then
+    if ttl > 0 then redis.call('SET', k_result(id), blob, 'EX', ttl)
+    else redis.call('SET', k_result(id), blob) end
+    finish(id, 'FINISHED', '', '')
+    out[#out + 1] = 'finished'
+  elseif outcome == 'err' and retryable == '1' and budget_left(id) then
+    retry(id, 'TASK_EXECUTION_EXCEPTION', message, true)
+    out[#out + 1] = 'retried'
+  else
+    if ttl > 0 then redis.call('SET', k_result(id), blob, 'EX', ttl)
+    else redis.call('SET', k_result(id), blob) end
+    local error_type = 'TASK_EXECUTION_EXCEPTION'
+    if outcome == 'cancelled' then error_type = 'TASK_CANCELLED' end
+    finish(id, 'FAILED', error_type, message)
+    out[#out + 1] = 'failed'
+  end
+end
+return out

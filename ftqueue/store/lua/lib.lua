@@ -1,0 +1,132 @@
+-- Shared helpers, prepended to every script at load time (never run on its own).
+-- Every script takes ARGV[1] = key prefix (the namespace) and ARGV[2] = now in ms;
+-- its own arguments start at ARGV[3]. Keys are built here from the prefix, exactly as
+-- ftqueue/keys.py builds them (see docs/redis-layout.md).
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local NOTIFY_TTL_S = 86400          -- settings.DEFAULT_NOTIFY_TTL_S
+local DEAD_NODE_TTL_S = 86400
+local MESSAGE_MAX = 2000            -- settings.ATTEMPT_MESSAGE_MAX_CHARS
+local TERMINAL = {FINISHED = true, FAILED = true}
+local ACTIVE = {SUBMITTED_TO_WORKER = true, RUNNING = true}
+
+local function k_task(id) return P .. ':task:' .. id end
+local function k_args(id) return P .. ':args:' .. id end
+local function k_result(id) return P .. ':result:' .. id end
+
+local function enqueue(id, queue, front)
+  local q = P .. ':queue:' .. queue
+  if front then redis.call('RPUSH', q, id) else redis.call('LPUSH', q, id) end
+  local bell = P .. ':bell:' .. queue
+  redis.call('LPUSH', bell, '1')
+  redis.call('LTRIM', bell, 0, 999)
+end
+
+local function record_attempt(id, state, error_type, message)
+  local t = redis.call('HMGET', k_task(id), 'attempt', 'node_id', 'worker_id', 'start_ms')
+  redis.call('RPUSH', P .. ':attempts:' .. id, cjson.encode({
+    attempt_number = tonumber(t[1]) or 0, state = state,
+    node_id = t[2] or '', worker_id = t[3] or '',
+    error_type = error_type, error_message = string.sub(message, 1, MESSAGE_MAX),
+    start_ms = tonumber(t[4]) or NOW, end_ms = NOW}))
+end
+
+local function release_lease(id, node_id)
+  redis.call('ZREM', P .. ':leases', id)
+  if node_id and node_id ~= '' then redis.call('SREM', P .. ':node_tasks:' .. node_id, id) end
+end
+
+local function notify(id)
+  local n = redis.call('HGET', k_task(id), 'notify')
+  if n and n ~= '' then
+    redis.call('RPUSH', n, id)
+    redis.call('EXPIRE', n, NOTIFY_TTL_S)
+  end
+  local wkey = P .. ':waiters:' .. id
+  local waiters = redis.call('SMEMBERS', wkey)
+  for _, w in ipairs(waiters) do
+    redis.call('RPUSH', w, id)
+    redis.call('EXPIRE', w, NOTIFY_TTL_S)
+  end
+  if #waiters > 0 then redis.call('DEL', wkey) end
+end
+
+local function release_dependents(id)
+  local dkey = P .. ':dependents:' .. id
+  local deps = redis.call('SMEMBERS', dkey)
+  for _, d in ipairs(deps) do
+    local dk = k_task(d)
+    if redis.call('HINCRBY', dk, 'deps', -1) <= 0 then
+      local t = redis.call('HMGET', dk, 'state', 'queue')
+      if t[1] == 'PENDING_ARGS_AVAIL' then
+        redis.call('HSET', dk, 'state', 'PENDING_NODE_ASSIGNMENT')
+        enqueue(d, t[2], false)
+      end
+    end
+  end
+  if #deps > 0 then redis.call('DEL', dkey) end
+end
+
+local function finish(id, state, error_type, message)
+  local tkey = k_task(id)
+  local node_id = redis.call('HGET', tkey, 'node_id')
+  record_attempt(id, state, error_type, message)
+  redis.call('HSET', tkey, 'state', state, 'end_ms', NOW, 'error_type', error_type,
+             'error_message', string.sub(message, 1, MESSAGE_MAX))
+  release_lease(id, node_id)
+  local stat = 'tasks:' .. state
+  if error_type ~= '' then stat = stat .. ':' .. error_type end
+  redis.call('HINCRBY', P .. ':stats', stat, 1)
+  notify(id)
+  release_dependents(id)
+end
+
+local function budget_left(id)
+  local t = redis.call('HMGET', k_task(id), 'max_retries', 'retries')
+  local max_retries = tonumber(t[1]) or 0
+  return max_retries == -1 or (tonumber(t[2]) or 0) < max_retries
+end
+
+-- Back to the queue's front for a new attempt; `charge` says whether it uses the retry budget.
+local function retry(id, error_type, message, charge)
+  local tkey = k_task(id)
+  local t = redis.call('HMGET', tkey, 'node_id', 'queue')
+  record_attempt(id, 'FAILED', error_type, message)
+  release_lease(id, t[1])
+  redis.call('HINCRBY', tkey, 'attempt', 1)
+  if charge then redis.call('HINCRBY', tkey, 'retries', 1) end
+  redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')
+  redis.call('HDEL', tkey, 'node_id', 'worker_id', 'start_ms', 'error_type', 'error_message')
+  enqueue(id, t[2], true)
+  redis.call('HINCRBY', P .. ':stats', 'retries:' .. error_type, 1)
+end
+
+-- A prefetched task that never started goes back unchanged: same attempt, nothing charged.
+local function requeue_unstarted(id)
+  local tkey = k_task(id)
+  local t = redis.call('HMGET', tkey, 'node_id', 'queue')
+  release_lease(id, t[1])
+  redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')
+  redis.call('HDEL', tkey, 'node_id', 'worker_id', 'start_ms')
+  enqueue(id, t[2], true)
+end
+
+-- The attempt holding the task was lost (worker or node died, or stopped on purpose).
+-- `started`: the task was running (else it was only prefetched and goes back unchanged);
+-- `charge`: the loss uses the retry budget. Callers have checked ownership.
+local function fail_attempt(id, started, error_type, message, charge)
+  if not started then
+    requeue_unstarted(id)
+    return 'released'
+  end
+  if not charge then
+    retry(id, error_type, message, false)
+    return 'requeued'
+  end
+  if budget_left(id) then
+    retry(id, error_type, message, true)
+    return 'retried'
+  end
+  finish(id, 'FAILED', error_type, message)
+  return 'failed'
+end

@@ -1,0 +1,330 @@
+"""The node supervisor: the watchdog that owns N long-running worker processes.
+
+It spawns them, learns from each one's pipe which task it runs, sees a death at once (the
+pipe closes; the child is reaped), fails exactly that attempt through the same atomic step
+the reaper uses, and starts a replacement. It keeps the node's heartbeat and renews its
+leases (from this process, so task code that holds the GIL cannot starve them), sweeps
+the cluster for expired leases, and lends the slot of a worker blocked in `get`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable
+
+from .settings import NodeSettings
+from .spec import ErrorType, new_id
+from .store import Store, connect, is_connection_error
+from .worker import EXIT_RECYCLE
+
+TICK_S = 0.2
+CRASH_WINDOW_S = 10.0
+CRASH_LOOP_LIMIT = 10
+CRASH_LOOP_DELAY_S = 1.0
+
+
+class Restart(str, Enum):
+    RESPAWN = "respawn"          # replace it now
+    RESPAWN_LATER = "later"      # crash loop: replace it after a pause
+    NONE = "none"                # it was asked to leave
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a worker ended, as the supervisor saw it."""
+
+    returncode: int
+    stop_requested: bool
+    temporary: bool
+
+    @property
+    def on_purpose(self) -> bool:
+        return self.returncode == EXIT_RECYCLE or (self.returncode == 0 and self.stop_requested)
+
+    def describe(self, pid: int) -> str:
+        if self.returncode < 0:
+            try:
+                name = signal.Signals(-self.returncode).name
+            except ValueError:
+                name = str(-self.returncode)
+            return f"worker process {pid} died: killed by signal {name}"
+        return f"worker process {pid} died: exit code {self.returncode}"
+
+
+def decide_restart(exit: Exit, node_stopping: bool, recent_crashes: int) -> Restart:
+    """Pure: what to do after a worker exits."""
+    if node_stopping or exit.stop_requested or exit.temporary:
+        return Restart.NONE
+    if not exit.on_purpose and recent_crashes >= CRASH_LOOP_LIMIT:
+        return Restart.RESPAWN_LATER
+    return Restart.RESPAWN
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: str
+    process: subprocess.Popen
+    control: int
+    temporary: bool = False
+    running: str = ""
+    blocked: bool = False
+    stop_requested: bool = False
+    buffer: bytes = b""
+    started: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    def __init__(self, settings: NodeSettings, *, node_id: str | None = None,
+                 parent_pid: int | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.node_id = node_id or new_id()[:16]
+        self.parent_pid = parent_pid
+        self.store = Store(connect(settings.address), settings.namespace)
+        self.keys = self.store.keys
+        self.workers: dict[int, WorkerHandle] = {}   # by control fd
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.crash_times: list[float] = []
+        self.respawn_at: list[float] = []
+        self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
+        self.next_renew = 0.0
+        self.next_sweep = 0.0
+        self.redis_down_since: float | None = None
+        self.log = log or (lambda msg: print(f"ftqueue node {self.node_id}: {msg}",
+                                             file=sys.stderr, flush=True))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def register(self) -> None:
+        self.store.redis.hset(self.keys.node(self.node_id), mapping={
+            "node_id": self.node_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "num_workers": self.settings.num_workers, "queues": ",".join(self.settings.queues),
+            "started_ms": self.store.clock_ms(), "state": "ALIVE",
+            "lease_timeout_s": self.settings.lease_timeout_s,
+        })
+        self.store.renew(self.node_id, self.lease_timeout_ms)
+
+    def request_stop(self, *_: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.stop_deadline = time.monotonic() + self.settings.grace_period_s
+            for handle in self.workers.values():
+                self._ask_to_stop(handle)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.register()
+        for _ in range(self.settings.num_workers):
+            self.spawn()
+        try:
+            while self.workers or not self.stopping:
+                self.step(TICK_S)
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        for handle in list(self.workers.values()):
+            self._kill(handle)
+        try:
+            self.store.redis.hset(self.keys.node(self.node_id), mapping={
+                "state": "DEAD", "end_ms": self.store.clock_ms()})
+            self.store.redis.zrem(self.keys.nodes, self.node_id)
+            self.store.redis.expire(self.keys.node(self.node_id), 86400)
+        except Exception:  # noqa: BLE001 - Redis may be gone; the reaper covers us
+            pass
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def step(self, timeout: float) -> None:
+        fds = list(self.workers)
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout) if fds else ([], [], [])
+        except InterruptedError:
+            readable = []
+        if not fds:
+            time.sleep(timeout)
+        for fd in readable:
+            self._read_control(self.workers[fd])
+        self._reap()
+        self._keep_workers()
+        self._tick()
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self.request_stop()
+            self.stop_deadline = 0.0
+        if self.stopping and time.monotonic() >= self.stop_deadline:
+            for handle in list(self.workers.values()):
+                self._kill(handle)
+
+    def _read_control(self, handle: WorkerHandle) -> None:
+        try:
+            data = os.read(handle.control, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._reap(handle, wait=True)
+            return
+        handle.buffer += data
+        *lines, handle.buffer = handle.buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b"S "):
+                handle.running = line[2:].decode()
+            elif line == b"E":
+                handle.running = ""
+            elif line == b"B":
+                handle.blocked = True
+            elif line == b"U":
+                handle.blocked = False
+
+    def _reap(self, only: WorkerHandle | None = None, wait: bool = False) -> None:
+        for handle in [only] if only else list(self.workers.values()):
+            if wait:
+                try:
+                    handle.process.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    pass  # closed its pipe but lives on (it forked?): the poll finds it later
+            if handle.process.poll() is not None:
+                self._on_exit(handle)
+
+    def _on_exit(self, handle: WorkerHandle) -> None:
+        if self.workers.pop(handle.control, None) is None:
+            return
+        try:  # drain what it said last (its final "S <id>" matters)
+            while True:
+                data = os.read(handle.control, 65536)
+                if not data:
+                    break
+                handle.buffer += data
+                *lines, handle.buffer = handle.buffer.split(b"\n")
+                for line in lines:
+                    if line.startswith(b"S "):
+                        handle.running = line[2:].decode()
+                    elif line == b"E":
+                        handle.running = ""
+        except OSError:
+            pass
+        os.close(handle.control)
+        exit = Exit(handle.process.returncode, handle.stop_requested or self.stopping,
+                    handle.temporary)
+        now = time.monotonic()
+        if not exit.on_purpose:
+            self.crash_times = [t for t in self.crash_times if now - t < CRASH_WINDOW_S] + [now]
+        pid = handle.process.pid
+        if exit.on_purpose or (self.stopping and exit.stop_requested):
+            charge, error_type, message = False, ErrorType.WORKER_DIED.value, \
+                f"worker process {pid} stopped on purpose; retry not charged"
+        else:
+            charge, error_type, message = True, ErrorType.WORKER_DIED.value, exit.describe(pid)
+            self.log(message + (f" while running task {handle.running}" if handle.running else ""))
+        self._redis(lambda: self.store.worker_lost(self.node_id, handle.worker_id, handle.running,
+                                                   error_type, message, charge))
+        self._redis(lambda: self.store.redis.hset(self.keys.worker(handle.worker_id), mapping={
+            "state": "DEAD", "exit": exit.describe(pid) if not exit.on_purpose else "stopped",
+            "end_ms": self.store.clock_ms()}))
+        self._redis(lambda: self.store.redis.expire(self.keys.worker(handle.worker_id), 3600))
+        decision = decide_restart(exit, self.stopping, len(self.crash_times))
+        if decision is Restart.RESPAWN_LATER:
+            self.respawn_at.append(now + CRASH_LOOP_DELAY_S)
+
+    def _keep_workers(self) -> None:
+        """Replace lost workers, and lend the slot of each worker blocked in `get` to a
+        temporary one (so nested tasks cannot deadlock the node); retire spare temporaries."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        self.respawn_at = [t for t in self.respawn_at if t > now]
+        target = self.settings.num_workers - len(self.respawn_at)
+        live = [h for h in self.workers.values() if not h.stop_requested]
+        for _ in range(target - sum(1 for h in live if not h.temporary)):
+            live.append(self.spawn())
+        active = [h for h in live if not h.blocked]
+        for _ in range(target - len(active)):
+            active.append(self.spawn(temporary=True))
+        spare = [h for h in active if h.temporary and not h.running]
+        for handle in spare[:max(0, len(active) - target)]:
+            self._ask_to_stop(handle)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_renew:
+            self.next_renew = now + self.settings.renew_interval_s
+            running = [h.running for h in self.workers.values() if h.running]
+            self._redis(lambda: self.store.renew(self.node_id, self.lease_timeout_ms, running),
+                        once=True)
+        if now >= self.next_sweep:
+            self.next_sweep = now + max(self.settings.renew_interval_s, 0.5)
+            self._redis(lambda: self.store.sweep(self.lease_timeout_ms), once=True)
+
+    def _redis(self, step: Callable[[], Any], once: bool = False) -> Any:
+        """Run a Redis step, riding out an outage: `once` steps are simply skipped."""
+        from .client import backoff
+
+        failures = 0
+        while True:
+            try:
+                result = step()
+                if self.redis_down_since is not None:
+                    self.log("Redis is reachable again")
+                    self.redis_down_since = None
+                return result
+            except Exception as e:
+                if not is_connection_error(e):
+                    raise
+                if self.redis_down_since is None:
+                    self.redis_down_since = time.monotonic()
+                    self.log(f"Redis unreachable ({e}); retrying")
+                if once or self.stopping and failures >= 3:
+                    return None
+                time.sleep(backoff(failures))
+                failures += 1
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def spawn(self, temporary: bool = False) -> WorkerHandle:
+        read_fd, write_fd = os.pipe()
+        worker_id = new_id()[:16]
+        settings = json.dumps(dataclasses.asdict(self.settings))
+        cmd = [sys.executable, "-m", "ftqueue.worker", "--settings", settings,
+               "--node-id", self.node_id, "--worker-id", worker_id,
+               "--control-fd", str(write_fd), "--parent-pid", str(os.getpid())]
+        try:
+            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+        handle = WorkerHandle(worker_id, process, read_fd, temporary=temporary)
+        self.workers[read_fd] = handle
+        self._redis(lambda: self.store.redis.hset(self.keys.worker(worker_id), mapping={
+            "worker_id": worker_id, "node_id": self.node_id, "pid": process.pid,
+            "host": socket.gethostname(), "state": "ALIVE", "started_ms": self.store.clock_ms(),
+            "temporary": int(temporary)}))
+        self._redis(lambda: self.store.redis.zadd(self.keys.workers,
+                                                  {worker_id: self.store.clock_ms()}))
+        return handle
+
+    def _ask_to_stop(self, handle: WorkerHandle) -> None:
+        handle.stop_requested = True
+        try:
+            handle.process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def _kill(self, handle: WorkerHandle) -> None:
+        handle.stop_requested = True
+        try:
+            handle.process.kill()
+        except ProcessLookupError:
+            pass
+        handle.process.wait()
+        self._on_exit(handle)

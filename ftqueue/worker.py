@@ -1,0 +1,310 @@
+"""A worker process: a thin loop around `step()` that claims, runs and commits tasks.
+
+It is always the child of a node supervisor and tells it, through a pipe, which task it is
+running ("S <id>"), when it is idle again ("E"), and when a task blocks in get ("B"/"U"),
+so the supervisor can fail exactly the right attempt if this process dies, and lend the
+slot of a blocked worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+from . import payload, serialization
+from .context import TaskContext, set_current_task
+from .exceptions import FtqueueError, TaskCancelledError
+from .remote_function import IMPORT_PREFIX, RemoteFunction
+from .settings import NodeSettings
+from .spec import ArgRef
+from .store import Claimed, Store, is_connection_error
+
+EXIT_RECYCLE = 75          # exited on purpose (max_calls): restart, charge nothing
+COMMIT_BATCH_S = 0.002     # hold commits this long at most while prefetched tasks remain
+COMMIT_BATCH_MAX = 64
+BELL_WAIT_S = 1.0
+
+
+def host_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+class FunctionCache:
+    """Functions by digest (pickled once by the driver) or by import path."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[str, Callable[..., Any]] = {}
+
+    def get(self, fn_ref: str) -> Callable[..., Any]:
+        fn = self._cache.get(fn_ref)
+        if fn is None:
+            fn = self._load(fn_ref)
+            self._cache[fn_ref] = fn
+        return fn
+
+    def _load(self, fn_ref: str) -> Callable[..., Any]:
+        if fn_ref.startswith(IMPORT_PREFIX):
+            path = fn_ref[len(IMPORT_PREFIX):]
+            module_name, _, attr = path.partition(":")
+            try:
+                obj: Any = importlib.import_module(module_name)
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+            except Exception as e:
+                raise ImportError(f"could not import {path!r} on the worker: "
+                                  f"{type(e).__name__}: {e}") from e
+        else:
+            blob = self.store.load_function(fn_ref)
+            if blob is None:
+                raise FtqueueError(f"function {fn_ref} is not stored in Redis")
+            obj = serialization.loads_function(blob)
+        if isinstance(obj, RemoteFunction):
+            obj = obj._function if obj._function is not None else self.get(obj._fn_ref(None))
+        if not callable(obj):
+            raise TypeError(f"{fn_ref} is not callable")
+        return obj
+
+
+def should_retry(exc: BaseException, retry_exceptions: bool | tuple[type, ...]) -> bool:
+    if isinstance(retry_exceptions, bool):
+        return retry_exceptions
+    return isinstance(exc, tuple(retry_exceptions))
+
+
+class Worker:
+    def __init__(self, settings: NodeSettings, node_id: str, worker_id: str,
+                 control: Any, store: Store) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self.worker_id = worker_id
+        self.control = control
+        self.store = store
+        self.functions = FunctionCache(store)
+        self.local: deque[Claimed] = deque()
+        self.pending: list[tuple[str, str, str, bytes, bool, str]] = []
+        self.pending_since = 0.0
+        self.calls: dict[str, int] = {}
+        self.stopping = False
+        self.pid = os.getpid()
+        self.ip = host_ip()
+        self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
+
+    def tell(self, message: str) -> None:
+        try:
+            self.control.write(message.encode() + b"\n")
+            self.control.flush()
+        except (OSError, ValueError):
+            os._exit(1)  # the supervisor is gone: so must we be
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        while True:
+            code = self.step()
+            if code is not None:
+                return code
+
+    def step(self) -> int | None:
+        """Run one task (claiming first if none is at hand); an exit code ends the loop."""
+        if not self.local:
+            self.flush()
+            if self.stopping:
+                return 0
+            claimed = self._claim()
+            if not claimed:
+                self._wait_for_work()
+                return None
+            self.local.extend(claimed)
+        task = self.local.popleft()
+        outcome = self.execute(task)
+        if not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending.append(outcome)
+        if (not self.local or len(self.pending) >= COMMIT_BATCH_MAX
+                or time.monotonic() - self.pending_since >= COMMIT_BATCH_S):
+            self.flush()
+        if task.max_calls and self.calls.get(task.fn, 0) >= task.max_calls:
+            return self.leave(EXIT_RECYCLE)
+        if self.stopping:
+            return self.leave(0)
+        return None
+
+    def leave(self, code: int) -> int:
+        """Commit what is done and hand prefetched tasks back before exiting on purpose."""
+        self.flush()
+        if self.local:
+            self._retry_redis(lambda: self.store.worker_lost(
+                self.node_id, self.worker_id, "", "WORKER_DIED",
+                "worker exited on purpose before starting it", charge=False))
+            self.local.clear()
+        return code
+
+    def _claim(self) -> list[Claimed]:
+        try:
+            return self.store.claim(self.node_id, self.worker_id, self.settings.queues,
+                                    self.settings.prefetch, 8, self.lease_timeout_ms)
+        except Exception as e:
+            if not is_connection_error(e):
+                raise
+            # The claim may have run with its reply lost: hand back anything it took.
+            self._retry_redis(lambda: self.store.worker_lost(
+                self.node_id, self.worker_id, "", "WORKER_DIED", "claim reply lost",
+                charge=False))
+            return []
+
+    def _wait_for_work(self) -> None:
+        try:
+            self.store.wait_for_bell(self.settings.queues, BELL_WAIT_S)
+        except Exception as e:
+            if not is_connection_error(e):
+                raise
+            time.sleep(0.5)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        # Commits are fenced, so sending one again after a lost reply is harmless.
+        self._retry_redis(lambda: self.store.commit(batch, result_ttl_s=self._result_ttl()))
+
+    def _result_ttl(self) -> int:
+        from .settings import DEFAULT_RESULT_TTL_S, env_int
+
+        return env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
+
+    def _retry_redis(self, step: Callable[[], Any]) -> Any:
+        from .client import backoff
+
+        failures = 0
+        while True:
+            try:
+                return step()
+            except Exception as e:
+                if not is_connection_error(e):
+                    raise
+                time.sleep(backoff(failures))
+                failures += 1
+
+    # -- one task -----------------------------------------------------------------------------
+
+    def execute(self, task: Claimed) -> tuple[str, str, str, bytes, bool, str]:
+        self.tell(f"S {task.task_id}")
+        set_current_task(TaskContext(task.task_id, task.attempt, task.job_id, self.node_id,
+                                     self.worker_id, task.func_name))
+        try:
+            return self._execute(task)
+        finally:
+            set_current_task(None)
+            self.tell("E")
+
+    def _execute(self, task: Claimed) -> tuple[str, str, str, bytes, bool, str]:
+        head = (task.task_id, task.fence)
+        retry_exceptions: bool | tuple[type, ...] = False
+        try:
+            fn = self.functions.get(task.fn)
+            args, kwargs, retry_exceptions = payload.unpack_args(task.args_blob)
+            dep_error = self._resolve(args, kwargs)
+            if dep_error is not None:
+                blob = payload.dependency_error(task.func_name, dep_error, self.pid, self.ip)
+                return head + ("err", blob, False, "input argument failed: "
+                               + payload.error_summary(dep_error))
+            self.calls[task.fn] = self.calls.get(task.fn, 0) + 1
+            value = fn(*args, **kwargs)
+        except SystemExit as e:
+            # As in Ray, sys.exit() in a task ends the worker: a worker death, retried.
+            self.flush()
+            code = e.code if isinstance(e.code, int) else 1
+            os._exit(code if code != EXIT_RECYCLE else 1)
+        except KeyboardInterrupt as e:
+            blob = payload.pack_error(task.func_name, TaskCancelledError(task.task_id),
+                                      payload.format_traceback(e, 1), self.pid, self.ip)
+            return head + ("cancelled", blob, False, "KeyboardInterrupt: task interrupted")
+        except BaseException as e:  # noqa: BLE001 - every task error is the caller's to see
+            blob = payload.pack_error(task.func_name, e, payload.format_traceback(e, 1),
+                                      self.pid, self.ip)
+            return head + ("err", blob, should_retry(e, retry_exceptions), payload.error_summary(e))
+        try:
+            return head + ("ok", payload.pack_value(value), False, "")
+        except FtqueueError as e:
+            blob = payload.pack_error(task.func_name, e, f"{type(e).__name__}: {e}\n",
+                                      self.pid, self.ip)
+            return head + ("err", blob, False, payload.error_summary(e))
+
+    def _resolve(self, args: list[Any], kwargs: dict[str, Any]) -> BaseException | None:
+        """Replace top-level ArgRefs by their values; return the first failed one's error."""
+        slots = [(args, i) for i, a in enumerate(args) if isinstance(a, ArgRef)]
+        slots += [(kwargs, k) for k, v in kwargs.items() if isinstance(v, ArgRef)]
+        if not slots:
+            return None
+        ids = list(dict.fromkeys(c[k].object_id for c, k in slots))
+        results = {}
+        for object_id, (record, blob) in zip(ids, self.store.outcomes(ids)):
+            results[object_id] = payload.outcome_to_result(object_id, record, blob)
+        for container, key in slots:
+            ok, value = results[container[key].object_id]
+            if not ok:
+                return value
+            container[key] = value
+        return None
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a worker process (started by the supervisor, never by hand)."""
+    import argparse
+    import json
+
+    from .api import _attach_worker_client
+    from .embedded import set_parent_death_signal
+    from .store import connect
+
+    parser = argparse.ArgumentParser(prog="ftqueue-worker-process")
+    parser.add_argument("--settings", required=True)
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    ns = parser.parse_args(argv)
+
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != ns.parent_pid:
+        return 1
+    threading.Thread(target=_watch_parent, args=(ns.parent_pid,), daemon=True).start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the supervisor
+
+    raw = json.loads(ns.settings)
+    raw["queues"] = tuple(raw["queues"])
+    settings = NodeSettings(**raw)
+    control = os.fdopen(ns.control_fd, "wb", buffering=0)
+    store = Store(connect(settings.address), settings.namespace)
+    worker = Worker(settings, ns.node_id, ns.worker_id, control, store)
+
+    def on_term(signum: int, frame: Any) -> None:
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    _attach_worker_client(settings.address, settings.namespace,
+                          lambda blocked: worker.tell("B" if blocked else "U"))
+    sys.stdout.flush()
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
