@@ -1,0 +1,240 @@
+"""The store's atomic steps, logically, with a fake clock: on fakeredis (with Lua) and on the
+real server, which is the reference for Lua."""
+
+from __future__ import annotations
+
+import json
+
+import fakeredis
+import pytest
+import redis
+
+from ftqueue.store import Store
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_ms = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, seconds: float) -> None:
+        self.now_ms += int(seconds * 1000)
+
+
+LEASE_MS = 30_000
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def env(request):
+    if request.param == "fakeredis":
+        client = fakeredis.FakeRedis()
+    else:
+        server = request.getfixturevalue("redis_server")
+        client = redis.Redis.from_url(server.address)
+        client.flushall()
+    clock = FakeClock()
+    yield Store(client, "ftq", clock_ms=clock), clock, client
+    client.close()
+
+
+def submit(store, task_id, deps=(), max_retries=3, queue="default"):
+    fields = {"name": "f", "func": "f", "fn": "digest", "job_id": "00000001",
+              "parent_task_id": "", "max_retries": str(max_retries), "notify": "ftq:done:me"}
+    return store.submit([(task_id, queue, b"args", list(deps), fields)])
+
+
+def state(client, task_id):
+    return client.hget(f"ftq:task:{task_id}", "state").decode()
+
+
+def field(client, task_id, name):
+    value = client.hget(f"ftq:task:{task_id}", name)
+    return value.decode() if value is not None else None
+
+
+def attempts(client, task_id):
+    return [json.loads(a) for a in client.lrange(f"ftq:attempts:{task_id}", 0, -1)]
+
+
+def claim(store, n=1, worker="w1", node="n1"):
+    return store.claim(node, worker, ["default"], n, 8, LEASE_MS)
+
+
+def test_submit_claim_commit(env):
+    store, clock, client = env
+    assert submit(store, "a1") == 1
+    assert submit(store, "a1") == 0  # idempotent
+    assert state(client, "a1") == "PENDING_NODE_ASSIGNMENT"
+    (task,) = claim(store)
+    assert (task.task_id, task.fence, task.attempt, task.args_blob) == ("a1", "1", 0, b"args")
+    assert state(client, "a1") == "RUNNING"
+    assert client.zscore("ftq:leases", "a1") == clock.now_ms + LEASE_MS
+    assert store.commit([("a1", task.fence, "ok", b"Vresult", False, "")]) == ["finished"]
+    assert state(client, "a1") == "FINISHED"
+    assert client.get("ftq:result:a1") == b"Vresult"
+    assert client.zscore("ftq:leases", "a1") is None
+    assert client.lrange("ftq:done:me", 0, -1) == [b"a1"]
+    (row,) = attempts(client, "a1")
+    assert (row["attempt_number"], row["state"], row["node_id"]) == (0, "FINISHED", "n1")
+
+
+def test_commit_with_stale_fence_is_rejected_and_counted(env):
+    store, clock, client = env
+    submit(store, "a1")
+    (task,) = claim(store)
+    assert store.commit([("a1", "999", "ok", b"Vx", False, "")]) == ["fenced"]
+    assert state(client, "a1") == "RUNNING"
+    assert client.hget("ftq:stats", "fenced") == b"1"
+
+
+def test_expired_lease_is_retried_then_late_commit_fenced(env):
+    store, clock, client = env
+    submit(store, "a1", max_retries=1)
+    (task,) = claim(store)
+    clock.advance(LEASE_MS / 1000 - 1)
+    assert store.sweep(LEASE_MS) == ([], [])
+    clock.advance(2)
+    swept, _ = store.sweep(LEASE_MS)
+    assert swept == [("a1", "retried")]
+    assert (state(client, "a1"), field(client, "a1", "attempt"), field(client, "a1", "retries")) \
+        == ("PENDING_NODE_ASSIGNMENT", "1", "1")
+    assert attempts(client, "a1")[0]["error_type"] == "NODE_DIED"
+    assert store.commit([("a1", task.fence, "ok", b"Vlate", False, "")]) == ["fenced"]
+    (again,) = claim(store, worker="w2")
+    assert again.fence != task.fence and again.attempt == 1
+    clock.advance(LEASE_MS / 1000 + 1)
+    assert store.sweep(LEASE_MS)[0] == [("a1", "failed")]
+    assert (state(client, "a1"), field(client, "a1", "error_type")) == ("FAILED", "NODE_DIED")
+    assert client.lrange("ftq:done:me", 0, -1) == [b"a1"]
+
+
+def test_renewal_keeps_leases_alive(env):
+    store, clock, client = env
+    submit(store, "a1")
+    claim(store)
+    for _ in range(4):
+        clock.advance(20)
+        store.renew("n1", LEASE_MS)
+        assert store.sweep(LEASE_MS)[0] == []
+    assert state(client, "a1") == "RUNNING"
+
+
+def test_node_without_heartbeat_is_marked_dead(env):
+    store, clock, client = env
+    store.renew("n1", LEASE_MS)
+    clock.advance(LEASE_MS / 1000 + 1)
+    assert store.sweep(LEASE_MS)[1] == ["n1"]
+    assert client.hget("ftq:node:n1", "state") == b"DEAD"
+
+
+def test_worker_lost_charges_the_running_task_only(env):
+    store, clock, client = env
+    for i in range(16):
+        submit(store, f"t{i}")
+    claimed = claim(store, n=8)
+    assert len(claimed) == 2  # 16 queued / divisor 8
+    running, prefetched = claimed
+    assert state(client, prefetched.task_id) == "SUBMITTED_TO_WORKER"
+    out = dict(store.worker_lost("n1", "w1", running.task_id, "WORKER_DIED", "SIGKILL", True))
+    assert out == {running.task_id: "retried", prefetched.task_id: "released"}
+    assert field(client, running.task_id, "retries") == "1"
+    assert (field(client, prefetched.task_id, "attempt"),
+            field(client, prefetched.task_id, "retries")) == ("0", "0")
+    assert attempts(client, prefetched.task_id) == []
+
+
+def test_worker_stopped_on_purpose_costs_no_retry(env):
+    store, clock, client = env
+    submit(store, "a1", max_retries=0)
+    claim(store)
+    assert store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "shutdown", False) == [
+        ("a1", "requeued")]
+    assert (state(client, "a1"), field(client, "a1", "attempt"), field(client, "a1", "retries")) \
+        == ("PENDING_NODE_ASSIGNMENT", "1", "0")
+
+
+def test_worker_crash_with_no_budget_fails(env):
+    store, clock, client = env
+    submit(store, "a1", max_retries=0)
+    claim(store)
+    assert store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "exit 1", True) == [("a1", "failed")]
+    assert (state(client, "a1"), field(client, "a1", "error_type")) == ("FAILED", "WORKER_DIED")
+
+
+def test_infinite_budget(env):
+    store, clock, client = env
+    submit(store, "a1", max_retries=-1)
+    for i in range(10):
+        claim(store)
+        assert store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "x", True) == [("a1", "retried")]
+    assert field(client, "a1", "retries") == "10"
+
+
+def test_application_error_retry_uses_budget(env):
+    store, clock, client = env
+    submit(store, "a1", max_retries=1)
+    (t,) = claim(store)
+    assert store.commit([("a1", t.fence, "err", b"Eerr", True, "ValueError: x")]) == ["retried"]
+    (t,) = claim(store)
+    assert store.commit([("a1", t.fence, "err", b"Eerr", True, "ValueError: x")]) == ["failed"]
+    assert (state(client, "a1"), field(client, "a1", "error_type")) == \
+        ("FAILED", "TASK_EXECUTION_EXCEPTION")
+    assert client.get("ftq:result:a1") == b"Eerr"
+    assert [a["error_type"] for a in attempts(client, "a1")] == ["TASK_EXECUTION_EXCEPTION"] * 2
+
+
+def test_dependencies_hold_a_task_until_ready(env):
+    store, clock, client = env
+    submit(store, "a1")
+    submit(store, "b1", deps=["a1"])
+    assert state(client, "b1") == "PENDING_ARGS_AVAIL"
+    assert client.lrange("ftq:queue:default", 0, -1) == [b"a1"]
+    (t,) = claim(store)
+    store.commit([("a1", t.fence, "err", b"E", False, "boom")])  # failure releases it too
+    assert state(client, "b1") == "PENDING_NODE_ASSIGNMENT"
+    assert client.lrange("ftq:queue:default", 0, -1) == [b"b1"]
+    submit(store, "c1", deps=["a1"])   # dependency already final
+    assert state(client, "c1") == "PENDING_NODE_ASSIGNMENT"
+
+
+def test_claim_skips_tasks_no_longer_queued(env):
+    store, clock, client = env
+    submit(store, "a1")
+    submit(store, "a2")
+    client.hset("ftq:task:a1", "state", "FAILED")   # e.g. cancelled while queued
+    (t,) = claim(store)
+    assert t.task_id == "a2"
+    assert claim(store) == []
+
+
+def test_bells_ring_on_submit_and_clear_when_empty(env):
+    store, clock, client = env
+    submit(store, "a1")
+    assert client.llen("ftq:bell:default") == 1
+    claim(store)
+    assert claim(store) == []
+    assert client.llen("ftq:bell:default") == 0
+
+
+def test_watch_registers_waiters_and_they_are_notified(env):
+    store, clock, client = env
+    submit(store, "a1")
+    store.put("p1", b"V1")
+    assert store.watch("ftq:done:other", ["a1", "p1", "zz"]) == ["pending", "ready", "missing"]
+    assert store.watch("ftq:done:me", ["a1"]) == ["pending"]   # the submitter is not added twice
+    (t,) = claim(store)
+    store.commit([("a1", t.fence, "ok", b"V", False, "")])
+    assert client.lrange("ftq:done:other", 0, -1) == [b"a1"]
+    assert client.lrange("ftq:done:me", 0, -1) == [b"a1"]
+    assert store.watch("ftq:done:other", ["a1"]) == ["ready"]
+
+
+def test_retries_go_to_the_front_of_the_queue(env):
+    store, clock, client = env
+    submit(store, "a1")
+    submit(store, "a2")
+    (t,) = claim(store)
+    store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "x", True)
+    assert claim(store)[0].task_id == "a1"

@@ -1,0 +1,31 @@
+from ftqueue.supervisor import CRASH_LOOP_LIMIT, Exit, Restart, decide_restart
+from ftqueue.worker import EXIT_RECYCLE
+
+
+def test_crash_is_respawned():
+    assert decide_restart(Exit(-9, False, False), False, 1) is Restart.RESPAWN
+
+
+def test_exit_zero_not_asked_for_is_a_crash():
+    assert not Exit(0, False, False).on_purpose
+    assert Exit(0, True, False).on_purpose
+    assert Exit(EXIT_RECYCLE, False, False).on_purpose
+
+
+def test_recycle_is_respawned_even_in_a_crash_loop():
+    assert decide_restart(Exit(EXIT_RECYCLE, False, False), False, 99) is Restart.RESPAWN
+
+
+def test_crash_loop_slows_down():
+    assert decide_restart(Exit(1, False, False), False, CRASH_LOOP_LIMIT) is Restart.RESPAWN_LATER
+
+
+def test_nothing_respawned_when_stopping_or_temporary():
+    assert decide_restart(Exit(-9, False, False), True, 0) is Restart.NONE
+    assert decide_restart(Exit(-9, False, True), False, 0) is Restart.NONE
+    assert decide_restart(Exit(0, True, False), False, 0) is Restart.NONE
+
+
+def test_exit_description_names_the_signal():
+    assert "SIGKILL" in Exit(-9, False, False).describe(42)
+    assert "exit code 3" in Exit(3, False, False).describe(42)
