@@ -54,6 +54,8 @@ class Client:
         self._flushed_seq = 0
         self._submit_errors: dict[str, BaseException] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
+        self._mine: OrderedDict[str, None] = OrderedDict()   # submitted here: we are notified
+        self._flushing = False
         self._closing = False
         self._last_sweep = 0.0
         self._flusher = threading.Thread(target=self._flush_loop, name="ftqueue-flusher", daemon=True)
@@ -92,37 +94,68 @@ class Client:
         return self._flushed_seq < self._queued_seq
 
     def flush(self) -> None:
-        """Return once every submission made so far has reached Redis (or failed)."""
+        """Return once every submission made so far has reached Redis (or failed); sends
+        the pending batch from this thread when no other send is in flight."""
+        failures = 0
+        while True:
+            with self._cond:
+                target = self._queued_seq
+                if self._flushed_seq >= target:
+                    return
+                batch = self._take_batch()
+                if batch is None:
+                    self._cond.wait(0.05)
+                    continue
+            if not self._send(batch):
+                time.sleep(backoff(failures))
+                failures += 1
+
+    def _take_batch(self) -> list[Any] | None:
+        if self._flushing or not self._buffer:
+            return None
+        self._flushing = True
+        return self._buffer[:SUBMIT_BATCH_MAX]
+
+    def _send(self, batch: list[Any]) -> bool:
+        """Submit one batch; False when Redis was unreachable (the batch stays queued)."""
+        try:
+            self.store.submit(batch)
+        except Exception as e:  # noqa: BLE001 - anything else fails these submissions
+            if is_connection_error(e) and not self._closing:
+                with self._cond:
+                    self._flushing = False
+                    self._cond.notify_all()
+                return False
+            with self._cond:
+                for task in batch:
+                    self._submit_errors[task[0]] = FtqueueError(
+                        f"submitting task {task[0]} failed: {type(e).__name__}: {e}")
         with self._cond:
-            target = self._queued_seq
-            while self._flushed_seq < target:
-                self._cond.wait(1.0)
+            del self._buffer[:len(batch)]
+            self._flushed_seq += len(batch)
+            for task in batch:
+                self._mine[task[0]] = None
+            while len(self._mine) > DONE_MEMORY:
+                self._mine.popitem(last=False)
+            self._flushing = False
+            self._cond.notify_all()
+        return True
 
     def _flush_loop(self) -> None:
         failures = 0
         while True:
             with self._cond:
-                while not self._buffer and not self._closing:
+                batch = self._take_batch()
+                while batch is None:
+                    if self._closing and not self._buffer:
+                        return
                     self._cond.wait()
-                if not self._buffer:
-                    return
-                batch = self._buffer[:SUBMIT_BATCH_MAX]
-            try:
-                self.store.submit(batch)
-            except Exception as e:  # noqa: BLE001 - anything else fails these submissions
-                if is_connection_error(e) and not self._closing:
-                    time.sleep(backoff(failures))
-                    failures += 1
-                    continue
-                with self._cond:
-                    for task in batch:
-                        self._submit_errors[task[0]] = FtqueueError(
-                            f"submitting task {task[0]} failed: {type(e).__name__}: {e}")
-            failures = 0
-            with self._cond:
-                del self._buffer[:len(batch)]
-                self._flushed_seq += len(batch)
-                self._cond.notify_all()
+                    batch = self._take_batch()
+            if self._send(batch):
+                failures = 0
+            else:
+                time.sleep(backoff(failures))
+                failures += 1
 
     # -- completions --------------------------------------------------------------------------
 
@@ -151,8 +184,10 @@ class Client:
         ready = {i for i in ids if i in self._submit_errors}
         with self._cond:
             ready.update(i for i in ids if i in self._done)
-        if len(ready) < num_ready:
-            ready.update(self._check(ids, ready))
+            # Our own submissions notify us; only others' need a check (and registration).
+            known = ready | {i for i in ids if i in self._mine}
+        if len(ready) < num_ready and len(known) < len(set(ids)):
+            ready.update(self._check(ids, known))
         blocked = False
         try:
             while len(ready) < num_ready:
@@ -226,6 +261,7 @@ class Client:
         with self._cond:
             for object_id in unique:
                 self._done.pop(object_id, None)
+                self._mine.pop(object_id, None)
         return values
 
     def wait(self, refs: Any, num_returns: int = 1, timeout: float | None = None,

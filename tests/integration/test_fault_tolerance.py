@@ -3,7 +3,6 @@ processes, real signals."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -12,6 +11,7 @@ import psutil
 import pytest
 
 import ftqueue
+import ftqueue.state
 from conftest import wait_until
 from ftqueue.exceptions import NodeDiedError, TaskError, WorkerCrashedError
 
@@ -71,7 +71,7 @@ def alternate(path):
 
 
 def attempts(rclient, task_id) -> list[dict]:
-    return [json.loads(a) for a in rclient.lrange(f"ftq:attempts:{task_id}", 0, -1)]
+    return ftqueue.state.get_task(task_id)
 
 
 def test_sigkilled_worker_task_is_retried_and_attempts_recorded(cluster, rclient, tmp_path):
@@ -85,6 +85,7 @@ def test_sigkilled_worker_task_is_retried_and_attempts_recorded(cluster, rclient
     assert [(r["attempt_number"], r["state"], r["error_type"]) for r in rows] == [
         (0, "FAILED", "WORKER_DIED"), (1, "FINISHED", "")]
     assert "killed by signal SIGKILL" in rows[0]["error_message"]
+    assert rows[0]["end_time"] >= rows[0]["start_time"]
     assert rows[0]["worker_id"] != rows[1]["worker_id"]
 
 

@@ -29,6 +29,7 @@ for qi = 1, nq do
       want = want - 1
     end
   end
+  if redis.call('LLEN', qkey) > 0 then ring(ARGV[8 + qi]) end
   if #out >= max_n then break end
 end
 if #out == 0 then

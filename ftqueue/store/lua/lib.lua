@@ -14,12 +14,19 @@ local function k_task(id) return P .. ':task:' .. id end
 local function k_args(id) return P .. ':args:' .. id end
 local function k_result(id) return P .. ':result:' .. id end
 
-local function enqueue(id, queue, front)
-  local q = P .. ':queue:' .. queue
-  if front then redis.call('RPUSH', q, id) else redis.call('LPUSH', q, id) end
+local function ring(queue)
   local bell = P .. ':bell:' .. queue
   redis.call('LPUSH', bell, '1')
   redis.call('LTRIM', bell, 0, 999)
+end
+
+-- A queue that already held work has no idle worker to wake: a worker only sleeps after a
+-- claim found its queues empty, and a claim that leaves work behind rings for the next one.
+local function enqueue(id, queue, front)
+  local q = P .. ':queue:' .. queue
+  local len
+  if front then len = redis.call('RPUSH', q, id) else len = redis.call('LPUSH', q, id) end
+  if len == 1 then ring(queue) end
 end
 
 local function record_attempt(id, state, error_type, message)
@@ -67,10 +74,11 @@ local function release_dependents(id)
   if #deps > 0 then redis.call('DEL', dkey) end
 end
 
+-- The final attempt stays in the task hash (state, node, worker, times, error); only the
+-- attempts that ended in a retry are appended to the attempts list.
 local function finish(id, state, error_type, message)
   local tkey = k_task(id)
   local node_id = redis.call('HGET', tkey, 'node_id')
-  record_attempt(id, state, error_type, message)
   redis.call('HSET', tkey, 'state', state, 'end_ms', NOW, 'error_type', error_type,
              'error_message', string.sub(message, 1, MESSAGE_MAX))
   release_lease(id, node_id)

@@ -1,0 +1,216 @@
+"""Throughput and latency of ftqueue against a raw redis-py queue, in one run.
+
+    python scripts/bench.py [--tasks N] [--quick] [--json]
+
+ftqueue: N no-op tasks (the function returns its argument) submitted from one driver, all
+results collected, on the embedded default with 2 worker processes. Raw baseline: the same
+N through a bare redis-py loop (per task LPUSH, BRPOP, SET result, GET result) with 2
+consumer processes, on its own redis-server from the same binary. Also: single-task round
+trip p50/p99 over 200 sequential tasks for both, Redis memory per queued task (100,000 tasks
+queued, no worker), and the peak RSS of a worker process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import pickle
+import statistics
+import sys
+import time
+
+import redis
+
+import ftqueue
+from ftqueue.client import Client
+from ftqueue.embedded import RedisServer
+
+WORKERS = 2
+
+
+@ftqueue.remote
+def noop(x):
+    return x
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- ftqueue ----------------------------------------------------------------------------------
+
+def ftqueue_throughput(n: int) -> float:
+    start = time.perf_counter()
+    refs = [noop.remote(i) for i in range(n)]
+    results = ftqueue.get(refs)
+    elapsed = time.perf_counter() - start
+    assert results == list(range(n))
+    return n / elapsed
+
+
+def ftqueue_latency(samples: int) -> list[float]:
+    out = []
+    for i in range(samples):
+        start = time.perf_counter()
+        assert ftqueue.get(noop.remote(i)) == i
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def worker_peak_rss_mb() -> float:
+    import psutil
+
+    peak = 0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "ftqueue.worker" not in " ".join(proc.cmdline()):
+                continue
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+        except (OSError, psutil.Error):
+            continue
+    return peak / 1024
+
+
+# -- raw redis-py baseline --------------------------------------------------------------------
+
+def raw_consumer(address: str, stop_key: str) -> None:
+    r = redis.Redis.from_url(address)
+    while True:
+        item = r.brpop(["raw:queue"], timeout=5)
+        if item is None or item[1] == b"STOP":
+            return
+        task_id, arg = pickle.loads(item[1])
+        r.set(f"raw:result:{task_id}", pickle.dumps(arg))
+
+
+def raw_get(r: redis.Redis, task_id: int) -> object:
+    while True:
+        value = r.get(f"raw:result:{task_id}")
+        if value is not None:
+            return pickle.loads(value)
+
+
+def raw_run(address: str, n: int, runs: int, samples: int) -> tuple[list[float], list[float]]:
+    r = redis.Redis.from_url(address)
+    ctx = multiprocessing.get_context("spawn")
+    consumers = [ctx.Process(target=raw_consumer, args=(address, "stop")) for _ in range(WORKERS)]
+    for c in consumers:
+        c.start()
+    try:
+        rates = []
+        base = 0
+        for _ in range(runs):
+            start = time.perf_counter()
+            for i in range(base, base + n):
+                r.lpush("raw:queue", pickle.dumps((i, i)))
+            for i in range(base, base + n):
+                assert raw_get(r, i) == i
+            rates.append(n / (time.perf_counter() - start))
+            base += n
+        latencies = []
+        for i in range(base, base + samples):
+            start = time.perf_counter()
+            r.lpush("raw:queue", pickle.dumps((i, i)))
+            raw_get(r, i)
+            latencies.append((time.perf_counter() - start) * 1000)
+        return rates, latencies
+    finally:
+        for _ in consumers:
+            r.lpush("raw:queue", b"STOP")
+        for c in consumers:
+            c.join(10)
+            if c.is_alive():
+                c.kill()
+
+
+# -- memory per queued task -------------------------------------------------------------------
+
+def bytes_per_queued_task(n: int) -> float:
+    server = RedisServer.start(unix_socket=True)
+    try:
+        r = redis.Redis.from_url(server.address)
+        client = Client(server.address, "ftq")
+        noop._fn_ref(client)  # store the function first: it is shared, not per task
+        client.flush()
+        before = r.info("memory")["used_memory"]
+        fn_ref, options = noop._fn_ref(client), _options()
+        for i in range(n):
+            client.submit(fn_ref, "noop", options, (i,), {})
+        client.flush()
+        assert r.llen("ftq:queue:default") == n
+        after = r.info("memory")["used_memory"]
+        client.close()
+        return (after - before) / n
+    finally:
+        server.stop()
+
+
+def _options():
+    from ftqueue.spec import ResolvedOptions
+
+    return ResolvedOptions.resolve({})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="small N, finishes in seconds")
+    parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    args = parser.parse_args()
+    if args.quick:
+        args.tasks, args.samples, args.queued = 1000, 50, 5000
+
+    ftqueue.init(num_workers=WORKERS)
+    try:
+        ftqueue_throughput(200)  # warm up: workers started, function cached
+        rates = [ftqueue_throughput(args.tasks) for _ in range(args.runs)]
+        latencies = ftqueue_latency(args.samples)
+        rss_mb = worker_peak_rss_mb()
+    finally:
+        ftqueue.shutdown()
+
+    raw_server = RedisServer.start(unix_socket=True)
+    try:
+        raw_rates, raw_latencies = raw_run(raw_server.address, args.tasks, args.runs,
+                                           args.samples)
+    finally:
+        raw_server.stop()
+
+    memory = bytes_per_queued_task(args.queued)
+    result = {
+        "tasks": args.tasks,
+        "ftqueue_tasks_per_s": round(statistics.median(rates)),
+        "raw_tasks_per_s": round(statistics.median(raw_rates)),
+        "ratio": round(statistics.median(rates) / statistics.median(raw_rates), 2),
+        "p50_ms": round(percentile(latencies, 0.5), 3),
+        "p99_ms": round(percentile(latencies, 0.99), 3),
+        "raw_p50_ms": round(percentile(raw_latencies, 0.5), 3),
+        "raw_p99_ms": round(percentile(raw_latencies, 0.99), 3),
+        "redis_bytes_per_queued_task": round(memory),
+        "worker_peak_rss_mb": round(rss_mb, 1),
+    }
+    print(f"{args.tasks} no-op tasks, {WORKERS} worker processes, median of {args.runs} runs")
+    print(f"  ftqueue   {result['ftqueue_tasks_per_s']:>7} tasks/s   round trip p50 "
+          f"{result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms")
+    print(f"  raw loop  {result['raw_tasks_per_s']:>7} tasks/s   round trip p50 "
+          f"{result['raw_p50_ms']:.3f} ms  p99 {result['raw_p99_ms']:.3f} ms")
+    print(f"  ratio ftqueue/raw: {result['ratio']}")
+    print(f"  Redis memory per queued task: {result['redis_bytes_per_queued_task']} bytes "
+          f"({args.queued} queued, no worker)")
+    print(f"  worker peak RSS: {result['worker_peak_rss_mb']} MB")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
