@@ -29,6 +29,7 @@ from .store import Store, connect, is_connection_error
 SUBMIT_BATCH_MAX = 500
 SAFETY_POLL_S = 1.0
 DONE_MEMORY = 100_000
+DONE_MEMORY_BYTES = 64 * 1024 * 1024
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -53,7 +54,9 @@ class Client:
         self._queued_seq = 0
         self._flushed_seq = 0
         self._submit_errors: dict[str, BaseException] = {}
-        self._done: OrderedDict[str, None] = OrderedDict()
+        # Finished ids we were told of, with the result when it came inline.
+        self._done: OrderedDict[str, bytes | None] = OrderedDict()
+        self._done_bytes = 0
         self._mine: OrderedDict[str, None] = OrderedDict()   # submitted here: we are notified
         self._flushing = False
         self._closing = False
@@ -173,10 +176,14 @@ class Client:
                 continue
             if ids:
                 with self._cond:
-                    for task_id in ids:
-                        self._done[task_id] = None
-                    while len(self._done) > DONE_MEMORY:
-                        self._done.popitem(last=False)
+                    for task_id, blob in ids:
+                        self._done[task_id] = blob
+                        self._done_bytes += len(blob) if blob else 0
+                    while len(self._done) > DONE_MEMORY or self._done_bytes > DONE_MEMORY_BYTES:
+                        # Forgotten here, such a task is found final by a check instead.
+                        task_id, blob = self._done.popitem(last=False)
+                        self._done_bytes -= len(blob) if blob else 0
+                        self._mine.pop(task_id, None)
                     self._cond.notify_all()
 
     def _await(self, ids: Sequence[str], num_ready: int, deadline: float | None) -> set[str]:
@@ -248,7 +255,15 @@ class Client:
 
     def _fetch(self, ids: Sequence[str]) -> list[Any]:
         unique = list(dict.fromkeys(i for i in ids if i not in self._submit_errors))
-        found = dict(zip(unique, self.store.outcomes(unique)))
+        found: dict[str, tuple[dict[str, str], bytes | None]] = {}
+        with self._cond:
+            for object_id in unique:
+                blob = self._done.get(object_id)
+                if blob is not None:
+                    found[object_id] = ({"state": "FINISHED"}, blob)
+        missing = [i for i in unique if i not in found]
+        if missing:
+            found.update(zip(missing, self.store.outcomes(missing)))
         values = []
         for object_id in ids:
             if object_id in self._submit_errors:
@@ -260,7 +275,8 @@ class Client:
             values.append(value)
         with self._cond:
             for object_id in unique:
-                self._done.pop(object_id, None)
+                blob = self._done.pop(object_id, None)
+                self._done_bytes -= len(blob) if blob else 0
                 self._mine.pop(object_id, None)
         return values
 

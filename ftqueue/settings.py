@@ -12,6 +12,7 @@ DEFAULT_PREFETCH = 8
 DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
 DEFAULT_NOTIFY_TTL_S = 24 * 3600
 ATTEMPT_MESSAGE_MAX_CHARS = 2000
+INLINE_RESULT_MAX_BYTES = 16384
 
 
 def env_str(name: str, default: str | None = None) -> str | None:

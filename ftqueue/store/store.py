@@ -150,12 +150,18 @@ class Store:
             out.append((record, raw[i + 1]))
         return out
 
-    def pop_notifications(self, notify_key: str, timeout_s: float, max_n: int = 1000) -> list[str]:
+    def pop_notifications(self, notify_key: str, timeout_s: float,
+                          max_n: int = 1000) -> list[tuple[str, bytes | None]]:
+        """(task id, inline result blob or None) for each completion notice."""
         first = self.redis.blpop([notify_key], timeout=timeout_s)
         if first is None:
             return []
-        more = self.redis.lpop(notify_key, max_n) or []
-        return [_s(first[1])] + [_s(m) for m in more]
+        items = [first[1]] + (self.redis.lpop(notify_key, max_n) or [])
+        out = []
+        for item in items:
+            task_id, sep, blob = item.partition(b"\n")
+            out.append((task_id.decode(), blob if sep else None))
+        return out
 
     def wait_for_bell(self, queues: Sequence[str], timeout_s: float) -> None:
         self.redis.blpop([self.keys.bell(q) for q in queues], timeout=timeout_s)

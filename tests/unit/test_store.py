@@ -75,7 +75,7 @@ def test_submit_claim_commit(env):
     assert state(client, "a1") == "FINISHED"
     assert client.get("ftq:result:a1") == b"Vresult"
     assert client.zscore("ftq:leases", "a1") is None
-    assert client.lrange("ftq:done:me", 0, -1) == [b"a1"]
+    assert client.lrange("ftq:done:me", 0, -1) == [b"a1\nVresult"]  # small results ride along
     assert attempts(client, "a1") == []  # the final attempt lives in the task hash
     assert (field(client, "a1", "attempt"), field(client, "a1", "node_id")) == ("0", "n1")
 
@@ -227,7 +227,7 @@ def test_watch_registers_waiters_and_they_are_notified(env):
     (t,) = claim(store)
     store.commit([("a1", t.fence, "ok", b"V", False, "")])
     assert client.lrange("ftq:done:other", 0, -1) == [b"a1"]
-    assert client.lrange("ftq:done:me", 0, -1) == [b"a1"]
+    assert client.lrange("ftq:done:me", 0, -1) == [b"a1\nV"]
     assert store.watch("ftq:done:other", ["a1"]) == ["ready"]
 
 

@@ -15,7 +15,7 @@ for i = 0, n - 1 do
   elseif outcome == 'ok' then
     if ttl > 0 then redis.call('SET', k_result(id), blob, 'EX', ttl)
     else redis.call('SET', k_result(id), blob) end
-    finish(id, 'FINISHED', '', '')
+    finish(id, 'FINISHED', '', '', blob)
     out[#out + 1] = 'finished'
   elseif outcome == 'err' and retryable == '1' and budget_left(id) then
     retry(id, 'TASK_EXECUTION_EXCEPTION', message, true)

@@ -7,6 +7,7 @@ local NOW = tonumber(ARGV[2])
 local NOTIFY_TTL_S = 86400          -- settings.DEFAULT_NOTIFY_TTL_S
 local DEAD_NODE_TTL_S = 86400
 local MESSAGE_MAX = 2000            -- settings.ATTEMPT_MESSAGE_MAX_CHARS
+local INLINE_RESULT_MAX = 16384     -- settings.INLINE_RESULT_MAX_BYTES
 local TERMINAL = {FINISHED = true, FAILED = true}
 local ACTIVE = {SUBMITTED_TO_WORKER = true, RUNNING = true}
 
@@ -43,10 +44,16 @@ local function release_lease(id, node_id)
   if node_id and node_id ~= '' then redis.call('SREM', P .. ':node_tasks:' .. node_id, id) end
 end
 
-local function notify(id)
+-- The submitter's notice of a small successful result carries the result itself
+-- ("<id>\n<blob>"), so its `get` needs no further round trip; everyone else gets the id.
+local function notify(id, inline_blob)
   local n = redis.call('HGET', k_task(id), 'notify')
   if n and n ~= '' then
-    redis.call('RPUSH', n, id)
+    if inline_blob and #inline_blob <= INLINE_RESULT_MAX then
+      redis.call('RPUSH', n, id .. '\n' .. inline_blob)
+    else
+      redis.call('RPUSH', n, id)
+    end
     redis.call('EXPIRE', n, NOTIFY_TTL_S)
   end
   local wkey = P .. ':waiters:' .. id
@@ -76,7 +83,7 @@ end
 
 -- The final attempt stays in the task hash (state, node, worker, times, error); only the
 -- attempts that ended in a retry are appended to the attempts list.
-local function finish(id, state, error_type, message)
+local function finish(id, state, error_type, message, result_blob)
   local tkey = k_task(id)
   local node_id = redis.call('HGET', tkey, 'node_id')
   redis.call('HSET', tkey, 'state', state, 'end_ms', NOW, 'error_type', error_type,
@@ -85,7 +92,7 @@ local function finish(id, state, error_type, message)
   local stat = 'tasks:' .. state
   if error_type ~= '' then stat = stat .. ':' .. error_type end
   redis.call('HINCRBY', P .. ':stats', stat, 1)
-  notify(id)
+  notify(id, result_blob)
   release_dependents(id)
 end
 
