@@ -22,7 +22,7 @@ from . import payload, serialization
 from .context import TaskContext, set_current_task
 from .exceptions import FtqueueError, TaskCancelledError
 from .remote_function import IMPORT_PREFIX, RemoteFunction
-from .settings import NodeSettings
+from .settings import DEFAULT_RESULT_TTL_S, NodeSettings, env_int
 from .spec import ArgRef
 from .store import Claimed, Store, is_connection_error
 
@@ -95,6 +95,8 @@ class Worker:
         self.pending: list[tuple[str, str, str, bytes, bool, str]] = []
         self.pending_since = 0.0
         self.calls: dict[str, int] = {}
+        self.claimed_at = 0.0
+        self.result_ttl_s = env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
         self.stopping = False
         self.pid = os.getpid()
         self.ip = host_ip()
@@ -126,6 +128,16 @@ class Worker:
                 self._wait_for_work()
                 return None
             self.local.extend(claimed)
+            self.claimed_at = time.monotonic()
+        elif time.monotonic() - self.claimed_at > self.settings.lease_timeout_s:
+            # We were frozen or starved past our lease: the reaper has most likely handed
+            # these prefetched tasks to others. Give back whatever is still ours.
+            self.flush()
+            self._retry_redis(lambda: self.store.worker_lost(
+                self.node_id, self.worker_id, "", "WORKER_DIED", "prefetch outlived its lease",
+                charge=False))
+            self.local.clear()
+            return None
         task = self.local.popleft()
         outcome = self.execute(task)
         if not self.pending:
@@ -172,16 +184,16 @@ class Worker:
             time.sleep(0.5)
 
     def flush(self) -> None:
+        """Send the held commits; the next prefetched task is marked RUNNING with them. (A
+        task started while commits are held, i.e. within COMMIT_BATCH_S of the last send,
+        is marked by the supervisor's next renewal instead.)"""
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        next_id = self.local[0].task_id if self.local else ""
         # Commits are fenced, so sending one again after a lost reply is harmless.
-        self._retry_redis(lambda: self.store.commit(batch, result_ttl_s=self._result_ttl()))
-
-    def _result_ttl(self) -> int:
-        from .settings import DEFAULT_RESULT_TTL_S, env_int
-
-        return env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
+        self._retry_redis(lambda: self.store.commit(batch, result_ttl_s=self.result_ttl_s,
+                                                    next_task_id=next_id))
 
     def _retry_redis(self, step: Callable[[], Any]) -> Any:
         from .client import backoff

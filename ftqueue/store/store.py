@@ -86,9 +86,9 @@ class Store:
                         int(r[6] or 0), r[7]) for r in rows]
 
     def commit(self, outcomes: Sequence[tuple[str, str, str, bytes, bool, str]],
-               result_ttl_s: int = 0) -> list[str]:
+               result_ttl_s: int = 0, next_task_id: str = "") -> list[str]:
         """outcomes: (task_id, fence, 'ok'|'err'|'cancelled', blob, retryable, message)."""
-        argv: list[Any] = [result_ttl_s, len(outcomes)]
+        argv: list[Any] = [result_ttl_s, next_task_id, len(outcomes)]
         for task_id, fence, outcome, blob, retryable, message in outcomes:
             argv += [task_id, fence, outcome, blob, "1" if retryable else "0", message]
         return [_s(r) for r in self._run("commit", *argv)]

@@ -1,11 +1,12 @@
--- Commit the outcomes of a worker's attempts, each fenced by its token.
--- ARGV: prefix, now_ms, result_ttl_s, n, then n records of 6:
+-- Commit the outcomes of a worker's attempts, each fenced by its token, and mark the
+-- prefetched task the worker starts next as RUNNING (so a node loss charges it).
+-- ARGV: prefix, now_ms, result_ttl_s, next_task_id (or ''), n, then n records of 6:
 --       task_id, fence, outcome ('ok' | 'err' | 'cancelled'), blob, retryable ('1'|'0'), message
 -- Returns: per record 'finished' | 'failed' | 'retried' | 'fenced'.
-local ttl, n = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl, next_id, n = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local out = {}
 for i = 0, n - 1 do
-  local b = 5 + i * 6
+  local b = 6 + i * 6
   local id, fence, outcome, blob, retryable, message =
     ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
   local t = redis.call('HMGET', k_task(id), 'state', 'fence')
@@ -27,6 +28,12 @@ for i = 0, n - 1 do
     if outcome == 'cancelled' then error_type = 'TASK_CANCELLED' end
     finish(id, 'FAILED', error_type, message)
     out[#out + 1] = 'failed'
+  end
+end
+if next_id ~= '' then
+  local tkey = k_task(next_id)
+  if redis.call('HGET', tkey, 'state') == 'SUBMITTED_TO_WORKER' then
+    redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW)
   end
 end
 return out

@@ -1,0 +1,209 @@
+"""Chaos: tasks over two worker nodes while a seeded killer SIGKILLs busy workers, one node
+is SIGKILLed and another is frozen past its lease. Nothing may be lost or committed twice.
+
+    python scripts/chaos.py [--tasks N] [--seed S] [--quick] [--json]
+
+Prints submitted, finished, lost, duplicate commits, fenced late results, retries by
+cause and detection latencies; exits 1 if anything was lost or committed twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import redis
+
+import ftqueue
+import ftqueue.state
+from ftqueue.embedded import RedisServer
+
+
+@ftqueue.remote(max_retries=-1)
+def chaos_task(i: int, sleep_ms: int) -> int:
+    time.sleep(sleep_ms / 1000)
+    return i * i
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Node:
+    def __init__(self, address: str, workers: int, lease_s: float) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        env.pop("FTQUEUE_ADDRESS", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ftqueue", "worker", "--address", address, "--num-workers",
+             str(workers), "--lease-timeout", str(lease_s), "--grace-period", "1"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env, start_new_session=True)
+
+    def pids(self) -> set[int]:
+        try:
+            return {self.process.pid} | {c.pid for c in psutil.Process(self.process.pid).children()}
+        except psutil.NoSuchProcess:
+            return set()
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGKILL)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class Killer(threading.Thread):
+    """Every ~interval, SIGKILL the worker process of a random running task."""
+
+    def __init__(self, r: redis.Redis, nodes: list[Node], rng: random.Random,
+                 interval_s: float) -> None:
+        super().__init__(daemon=True)
+        self.r, self.nodes, self.rng, self.interval_s = r, nodes, rng, interval_s
+        self.kills: list[tuple[str, int]] = []   # (task id, kill time ms)
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval_s * self.rng.uniform(0.5, 1.5)):
+            try:
+                self.kill_one()
+            except (redis.RedisError, psutil.Error, OSError):
+                pass
+
+    def kill_one(self) -> None:
+        ours = set().union(*(n.pids() for n in self.nodes if n.process.poll() is None))
+        running = [t.decode() for t in self.r.zrange("ftq:leases", 0, -1)]
+        self.rng.shuffle(running)
+        for task_id in running:
+            state, worker_id = self.r.hmget(f"ftq:task:{task_id}", "state", "worker_id")
+            if state != b"RUNNING" or not worker_id:
+                continue
+            pid = self.r.hget(f"ftq:worker:{worker_id.decode()}", "pid")
+            if pid is None or int(pid) not in ours:
+                continue
+            proc = psutil.Process(int(pid))
+            if proc.status() == psutil.STATUS_STOPPED:
+                continue
+            os.kill(int(pid), signal.SIGKILL)
+            self.kills.append((task_id, now_ms()))
+            return
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def detection_latencies(kills: list[tuple[str, int]]) -> list[float]:
+    """Seconds from each worker kill to the failed attempt being recorded."""
+    out = []
+    for task_id, kill_ms in kills:
+        for row in ftqueue.state.get_task(task_id):
+            if row["error_type"] == "WORKER_DIED" and row["end_time"] and \
+                    row["start_time"] * 1000 <= kill_ms + 5 <= row["end_time"] * 1000 + 1000:
+                out.append(max(0.0, row["end_time"] - kill_ms / 1000))
+                break
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kill-interval", type=float, default=0.3)
+    parser.add_argument("--lease-timeout", type=float, default=3.0)
+    parser.add_argument("--quick", action="store_true", help="a short profile (< 1 min)")
+    parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    args = parser.parse_args()
+    if args.quick:
+        args.tasks, args.lease_timeout = 800, 1.5
+    rng = random.Random(args.seed)
+
+    server = RedisServer.start(unix_socket=True)
+    nodes: list[Node] = []
+    try:
+        r = redis.Redis.from_url(server.address)
+        nodes += [Node(server.address, 2, args.lease_timeout) for _ in range(2)]
+        ftqueue.init(address=server.address)
+        started = time.monotonic()
+        refs = [chaos_task.remote(i, rng.randint(5, 50)) for i in range(args.tasks)]
+        ftqueue.flush_submissions()
+        killer = Killer(r, nodes, rng, args.kill_interval)
+        killer.start()
+
+        time.sleep(1.0)
+        node_kill_ms = now_ms()
+        nodes[0].signal(signal.SIGKILL)                 # a whole node lost
+        nodes.append(Node(server.address, 2, args.lease_timeout))
+        time.sleep(1.0)
+        nodes[1].signal(signal.SIGSTOP)                 # a node frozen past its lease
+        time.sleep(args.lease_timeout + 2.0)
+        nodes[1].signal(signal.SIGCONT)
+
+        lost = 0
+        for i, ref in enumerate(refs):
+            try:
+                if ftqueue.get(ref, timeout=300) != i * i:
+                    lost += 1
+            except Exception as e:  # noqa: BLE001 - any failure to deliver counts as lost
+                print(f"task {i}: {type(e).__name__}: {e}", file=sys.stderr)
+                lost += 1
+        elapsed = time.monotonic() - started
+        killer.stop_event.set()
+        killer.join(5)
+        time.sleep(args.lease_timeout)              # let late (frozen) commits arrive
+        stats = {k.decode(): int(v) for k, v in r.hgetall("ftq:stats").items()}
+        finished_commits = stats.get("tasks:FINISHED", 0)
+        node_died = [row["end_time"] for ref in refs for row in ftqueue.state.get_task(ref.hex())
+                     if row["error_type"] == "NODE_DIED"]
+        latencies = detection_latencies(killer.kills)
+        result = {
+            "submitted": args.tasks,
+            "finished": args.tasks - lost,
+            "lost": lost,
+            "duplicate_commits": max(0, finished_commits - args.tasks),
+            "fenced": stats.get("fenced", 0),
+            "worker_kills": len(killer.kills),
+            "retries": {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("retries:")},
+            "detect_p50_s": round(percentile(latencies, 0.5), 3),
+            "detect_p99_s": round(percentile(latencies, 0.99), 3),
+            "detect_max_s": round(max(latencies, default=0.0), 3),
+            "node_loss_detect_s": round(min(node_died) - node_kill_ms / 1000, 3) if node_died else None,
+            "lease_timeout_s": args.lease_timeout,
+            "elapsed_s": round(elapsed, 1),
+        }
+    finally:
+        ftqueue.shutdown()
+        for node in nodes:
+            node.stop()
+        server.stop()
+
+    print(f"submitted {result['submitted']}  finished {result['finished']}  lost {result['lost']}  "
+          f"duplicate commits {result['duplicate_commits']}  fenced late results {result['fenced']}")
+    print(f"worker kills {result['worker_kills']}  retries by cause {result['retries']}")
+    print(f"worker-crash detection p50 {result['detect_p50_s']} s  p99 {result['detect_p99_s']} s  "
+          f"max {result['detect_max_s']} s")
+    print(f"node loss detected after {result['node_loss_detect_s']} s "
+          f"(lease timeout {args.lease_timeout} s)   elapsed {result['elapsed_s']} s")
+    if args.json:
+        print(json.dumps(result))
+    return 1 if result["lost"] or result["duplicate_commits"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The benchmark and chaos scripts keep working (their quick profiles), and chaos loses
+nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import child_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(script: str, *args: str, timeout: float = 240) -> dict:
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args],
+                          capture_output=True, text=True, timeout=timeout, env=child_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_chaos_quick_loses_nothing_and_commits_once():
+    result = run("chaos.py", "--quick", "--json")
+    assert result["submitted"] == result["finished"] == 800
+    assert result["lost"] == 0 and result["duplicate_commits"] == 0
+    assert result["worker_kills"] > 0 and result["retries"].get("WORKER_DIED", 0) > 0
+    assert result["retries"].get("NODE_DIED", 0) + result["fenced"] > 0
+    assert result["detect_p99_s"] <= 1.0
+
+
+def test_bench_quick_prints_its_figures():
+    result = run("bench.py", "--quick", "--json")
+    for key in ("ftqueue_tasks_per_s", "raw_tasks_per_s", "ratio", "p50_ms", "p99_ms",
+                "redis_bytes_per_queued_task", "worker_peak_rss_mb"):
+        assert result[key] > 0, key
