@@ -2,6 +2,7 @@
 
 from . import exceptions
 from .api import (
+    cancel,
     ClusterInfo,
     flush_submissions,
     get,
@@ -19,6 +20,7 @@ from .spec import ObjectRef
 __version__ = "0.1.0"
 
 __all__ = [
+    "cancel",
     "ClusterInfo",
     "ObjectRef",
     "RemoteFunction",

@@ -152,6 +152,12 @@ def wait(refs: Any, *, num_returns: int = 1, timeout: float | None = None,
     return _ensure_client().wait(refs, num_returns=num_returns, timeout=timeout)
 
 
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel a task: queued, it never runs; running, it gets KeyboardInterrupt (force: its
+    worker process is killed). `get` then raises TaskCancelledError. Finished: no-op."""
+    _ensure_client().cancel(ref, force=force, recursive=recursive)
+
+
 def put(value: Any) -> ObjectRef:
     return _ensure_client().put(value)
 

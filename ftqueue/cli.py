@@ -13,12 +13,15 @@ from .exceptions import FtqueueError
 from .keys import DEFAULT_NAMESPACE
 from .settings import (
     DEFAULT_GRACE_PERIOD_S,
+    DEFAULT_MEMORY_THRESHOLD,
     DEFAULT_PREFETCH,
+    DEFAULT_TIMEOUT_GRACE_S,
     NodeSettings,
     env_float,
     env_int,
     env_str,
     lease_timeout_from_env,
+    parse_size,
 )
 
 
@@ -49,6 +52,23 @@ def _queues(text: str) -> tuple[str, ...]:
     return names
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a fraction: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1]: {value}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=env_str("FTQUEUE_ADDRESS"),
                    help="Redis URL (default: $FTQUEUE_ADDRESS)")
@@ -69,6 +89,15 @@ def _add_node(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefetch", type=_positive_int,
                    default=env_int("FTQUEUE_PREFETCH", DEFAULT_PREFETCH),
                    help="most tasks a worker claims at once when the queue is deep")
+    p.add_argument("--max-memory-per-worker", type=_size,
+                   default=_size(env_str("FTQUEUE_MAX_MEMORY_PER_WORKER", "0") or "0"),
+                   help="kill (OUT_OF_MEMORY) or recycle a worker above this RSS, e.g. 512M")
+    p.add_argument("--memory-threshold", type=_fraction,
+                   default=env_float("FTQUEUE_MEMORY_THRESHOLD", DEFAULT_MEMORY_THRESHOLD),
+                   help="node memory fraction above which the newest task's worker is killed")
+    p.add_argument("--timeout-grace", type=_seconds,
+                   default=env_float("FTQUEUE_TIMEOUT_GRACE_S", DEFAULT_TIMEOUT_GRACE_S),
+                   help="seconds between a timed-out task's interrupt and its worker's kill")
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -96,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _node_settings(args: argparse.Namespace, address: str) -> NodeSettings:
     return NodeSettings(address=address, namespace=args.namespace, num_workers=args.num_workers,
                         queues=args.queues, lease_timeout_s=args.lease_timeout,
-                        grace_period_s=args.grace_period, prefetch=args.prefetch)
+                        grace_period_s=args.grace_period, prefetch=args.prefetch,
+                        max_memory_per_worker_bytes=args.max_memory_per_worker,
+                        memory_threshold=args.memory_threshold,
+                        timeout_grace_s=args.timeout_grace)
 
 
 def _watch_parent(args: argparse.Namespace) -> None:

@@ -87,6 +87,12 @@ class Client:
         }
         if options.max_calls:
             fields["max_calls"] = str(options.max_calls)
+        if options.timeout_s:
+            fields["timeout_s"] = repr(float(options.timeout_s))
+            # Decided here, where the allowlist's classes live, so a supervisor that has to
+            # kill a task past its timeout knows whether that may be retried.
+            if retries_timeout(options.retry_exceptions):
+                fields["retry_timeout"] = "1"
         with self._cond:
             self._buffer.append((task_id, options.queue, blob, deps, fields))
             self._queued_seq += 1
@@ -295,6 +301,12 @@ class Client:
         taken = set(done)
         return done, [r for r in ref_list if r not in taken]
 
+    def cancel(self, ref: ObjectRef, force: bool = False, recursive: bool = True) -> None:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"cancel() expects an ObjectRef, got {type(ref).__name__}")
+        self.flush()
+        self.store.cancel(ref._id, force, recursive)
+
     def put(self, value: Any) -> ObjectRef:
         if isinstance(value, ObjectRef):
             raise TypeError("Calling 'put' on an ObjectRef is not allowed.")
@@ -316,6 +328,14 @@ class Client:
             self.store.redis.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def retries_timeout(retry_exceptions: bool | tuple[type, ...]) -> bool:
+    from .exceptions import TaskTimeoutError
+
+    if isinstance(retry_exceptions, bool):
+        return retry_exceptions
+    return any(issubclass(TaskTimeoutError, c) for c in retry_exceptions)
 
 
 def _as_ref_list(refs: Any, what: str) -> list[ObjectRef]:

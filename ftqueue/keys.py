@@ -46,6 +46,12 @@ class Keys:
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
 
+    def cancel(self, node_id: str) -> str:
+        return f"{self.prefix}:cancel:{node_id}"
+
+    def children(self, task_id: str) -> str:
+        return f"{self.prefix}:children:{task_id}"
+
     def log(self, task_id: str, attempt: int) -> str:
         return f"{self.prefix}:log:{task_id}:{attempt}"
 

@@ -9,6 +9,9 @@ DEFAULT_MAX_RETRIES = 3
 DEFAULT_LEASE_TIMEOUT_S = 30.0
 DEFAULT_GRACE_PERIOD_S = 30.0
 DEFAULT_PREFETCH = 8
+DEFAULT_MEMORY_THRESHOLD = 0.95
+DEFAULT_TIMEOUT_GRACE_S = 5.0
+MEMORY_CHECK_INTERVAL_S = 0.25
 DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
 DEFAULT_NOTIFY_TTL_S = 24 * 3600
 ATTEMPT_MESSAGE_MAX_CHARS = 2000
@@ -56,6 +59,9 @@ class NodeSettings:
     lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S
     prefetch: int = DEFAULT_PREFETCH
+    max_memory_per_worker_bytes: int = 0      # 0: no per-worker limit
+    memory_threshold: float = DEFAULT_MEMORY_THRESHOLD
+    timeout_grace_s: float = DEFAULT_TIMEOUT_GRACE_S
 
     @property
     def renew_interval_s(self) -> float:
@@ -65,3 +71,21 @@ class NodeSettings:
 
 def lease_timeout_from_env() -> float:
     return env_float("FTQUEUE_LEASE_TIMEOUT_S", DEFAULT_LEASE_TIMEOUT_S)
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2,
+               "MIB": 1024 ** 2, "G": 1024 ** 3, "GB": 1024 ** 3, "GIB": 1024 ** 3}
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2GB', '1048576' -> bytes."""
+    raw = text.strip().upper()
+    number = raw.rstrip("KMGIB")
+    unit = raw[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
+    if unit not in _SIZE_UNITS or value < 0:
+        raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)")
+    return int(value * _SIZE_UNITS[unit])

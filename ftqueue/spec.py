@@ -32,7 +32,8 @@ class ErrorType(str, Enum):
     OBJECT_LOST = "OBJECT_LOST"
 
 
-TASK_OPTIONS = frozenset({"max_retries", "retry_exceptions", "max_calls", "name", "queue"})
+TASK_OPTIONS = frozenset({"max_retries", "retry_exceptions", "max_calls", "name", "queue",
+                          "timeout_s"})
 
 
 def validate_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +58,10 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
         value = options["max_calls"]
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"max_calls must be an integer >= 0, got {value!r}")
+    if options.get("timeout_s") is not None:
+        value = options["timeout_s"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"timeout_s must be a positive number of seconds, got {value!r}")
     for key in ("name", "queue"):
         if key in options and options[key] is not None:
             value = options[key]
@@ -73,6 +78,7 @@ class ResolvedOptions:
     max_calls: int
     name: str | None
     queue: str
+    timeout_s: float | None = None
 
     @classmethod
     def resolve(cls, options: dict[str, Any]) -> ResolvedOptions:
@@ -86,6 +92,7 @@ class ResolvedOptions:
             max_calls=options.get("max_calls") or 0,
             name=options.get("name"),
             queue=options.get("queue") or "default",
+            timeout_s=options.get("timeout_s"),
         )
 
 

@@ -19,10 +19,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+import psutil
 from enum import Enum
 from typing import Any, Callable
 
-from .settings import NodeSettings
+from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings
 from .spec import ErrorType, new_id
 from .store import Store, connect, is_connection_error
 from .worker import EXIT_RECYCLE
@@ -61,6 +63,26 @@ class Exit:
         return f"worker process {pid} died: exit code {self.returncode}"
 
 
+def node_memory() -> tuple[int, int]:
+    """(used, total) bytes of this container (cgroup v2 limit) or else of the host."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                return int(f.read()), int(limit)
+    except (OSError, ValueError):
+        pass
+    vm = psutil.virtual_memory()
+    return vm.total - vm.available, vm.total
+
+
+def pick_oom_victim(handles: list[WorkerHandle]) -> WorkerHandle | None:
+    """As Ray's memory monitor: the worker whose task started last."""
+    busy = [h for h in handles if h.running and not h.kill_reason]
+    return max(busy, key=lambda h: h.task_started) if busy else None
+
+
 def decide_restart(exit: Exit, node_stopping: bool, recent_crashes: int) -> Restart:
     """Pure: what to do after a worker exits."""
     if node_stopping or exit.stop_requested or exit.temporary:
@@ -74,13 +96,38 @@ def decide_restart(exit: Exit, node_stopping: bool, recent_crashes: int) -> Rest
 class WorkerHandle:
     worker_id: str
     process: subprocess.Popen
-    control: int
+    control: int                 # we read what it tells us here
+    inbox: int = -1              # we write requests here, then send SIGUSR1
     temporary: bool = False
     running: str = ""
+    fence: str = ""
+    timeout_s: float | None = None
+    retry_timeout: bool = False
+    task_started: float = 0.0
+    interrupted_at: float = 0.0
+    kill_reason: str = ""        # why we killed it: "cancel", "timeout", "oom", "recycle"
+    kill_detail: str = ""
     blocked: bool = False
     stop_requested: bool = False
     buffer: bytes = b""
     started: float = field(default_factory=time.monotonic)
+
+    def hear(self, line: bytes) -> None:
+        """One line from the worker's pipe."""
+        if line.startswith(b"S "):
+            parts = line[2:].decode().split()
+            self.running = parts[0]
+            self.fence = parts[1] if len(parts) > 1 else ""
+            self.timeout_s = float(parts[2]) if len(parts) > 2 and parts[2] != "-" else None
+            self.retry_timeout = len(parts) > 3 and parts[3] == "1"
+            self.task_started = time.monotonic()
+            self.interrupted_at = 0.0
+        elif line == b"E":
+            self.running = ""
+        elif line == b"B":
+            self.blocked = True
+        elif line == b"U":
+            self.blocked = False
 
 
 class Supervisor:
@@ -100,6 +147,7 @@ class Supervisor:
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
         self.next_renew = 0.0
         self.next_sweep = 0.0
+        self.next_memory_check = 0.0
         self.redis_down_since: float | None = None
         self.log = log or (lambda msg: print(f"ftqueue node {self.node_id}: {msg}",
                                              file=sys.stderr, flush=True))
@@ -179,14 +227,7 @@ class Supervisor:
         handle.buffer += data
         *lines, handle.buffer = handle.buffer.split(b"\n")
         for line in lines:
-            if line.startswith(b"S "):
-                handle.running = line[2:].decode()
-            elif line == b"E":
-                handle.running = ""
-            elif line == b"B":
-                handle.blocked = True
-            elif line == b"U":
-                handle.blocked = False
+            handle.hear(line)
 
     def _reap(self, only: WorkerHandle | None = None, wait: bool = False) -> None:
         for handle in [only] if only else list(self.workers.values()):
@@ -209,20 +250,25 @@ class Supervisor:
                 handle.buffer += data
                 *lines, handle.buffer = handle.buffer.split(b"\n")
                 for line in lines:
-                    if line.startswith(b"S "):
-                        handle.running = line[2:].decode()
-                    elif line == b"E":
-                        handle.running = ""
+                    handle.hear(line)
         except OSError:
             pass
         os.close(handle.control)
-        exit = Exit(handle.process.returncode, handle.stop_requested or self.stopping,
+        if handle.inbox >= 0:
+            os.close(handle.inbox)
+        exit = Exit(handle.process.returncode,
+                    handle.stop_requested or self.stopping or bool(handle.kill_reason),
                     handle.temporary)
         now = time.monotonic()
         if not exit.on_purpose:
             self.crash_times = [t for t in self.crash_times if now - t < CRASH_WINDOW_S] + [now]
         pid = handle.process.pid
-        if exit.on_purpose or (self.stopping and exit.stop_requested):
+        if handle.kill_reason == "timeout" and handle.running:
+            self._redis(lambda: self.store.commit([self._timeout_outcome(handle)]))
+        if handle.kill_reason == "oom":
+            charge, error_type, message = True, ErrorType.OUT_OF_MEMORY.value, handle.kill_detail
+            self.log(message)
+        elif handle.kill_reason or exit.on_purpose or (self.stopping and exit.stop_requested):
             charge, error_type, message = False, ErrorType.WORKER_DIED.value, \
                 f"worker process {pid} stopped on purpose; retry not charged"
         else:
@@ -266,6 +312,92 @@ class Supervisor:
         if now >= self.next_sweep:
             self.next_sweep = now + max(self.settings.renew_interval_s, 0.5)
             self._redis(lambda: self.store.sweep(self.lease_timeout_ms), once=True)
+        for task_id, forced in self._redis(lambda: self.store.pop_cancel_requests(self.node_id),
+                                           once=True) or []:
+            self._relay_cancel(task_id, forced)
+        self._enforce_timeouts(now)
+        if now >= self.next_memory_check:
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL_S
+            self._watch_memory()
+
+    # -- cancellation, timeouts, memory --------------------------------------------------------
+
+    def _tell(self, handle: WorkerHandle, message: str) -> None:
+        try:
+            os.write(handle.inbox, message.encode() + b"\n")
+            handle.process.send_signal(signal.SIGUSR1)
+        except (OSError, ProcessLookupError):
+            pass
+
+    def _relay_cancel(self, task_id: str, forced: bool) -> None:
+        handle = next((h for h in self.workers.values() if h.running == task_id), None)
+        if handle is None:  # prefetched, not started: the worker drops it
+            worker_id = self._redis(lambda: self.store.redis.hget(self.keys.task(task_id),
+                                                                  "worker_id"), once=True)
+            worker_id = worker_id.decode() if worker_id else ""
+            handle = next((h for h in self.workers.values() if h.worker_id == worker_id), None)
+            if handle is not None:
+                self._tell(handle, f"C {task_id}")
+            return
+        if forced:
+            self._kill_for(handle, "cancel", f"task {task_id} was cancelled with force=True")
+        else:
+            self._tell(handle, f"C {task_id}")
+
+    def _enforce_timeouts(self, now: float) -> None:
+        for handle in list(self.workers.values()):
+            if not handle.running or handle.timeout_s is None or handle.kill_reason:
+                continue
+            if not handle.interrupted_at and now - handle.task_started > handle.timeout_s:
+                handle.interrupted_at = now
+                self._tell(handle, f"T {handle.running}")
+            elif handle.interrupted_at and now - handle.interrupted_at > self.settings.timeout_grace_s:
+                self._kill_for(handle, "timeout", f"task {handle.running} ignored its timeout")
+
+    def _timeout_outcome(self, handle: WorkerHandle) -> tuple[str, str, str, bytes, bool, str]:
+        from . import payload
+
+        cause = TimeoutError(f"the task ran longer than its timeout_s={handle.timeout_s} and "
+                             f"did not stop within {self.settings.timeout_grace_s} s; "
+                             "its worker was killed")
+        blob = payload.pack_error(handle.running, cause, f"TimeoutError: {cause}\n",
+                                  handle.process.pid, socket.gethostname(),
+                                  kind="TaskTimeoutError")
+        return (handle.running, handle.fence, "err", blob, handle.retry_timeout,
+                f"TaskTimeoutError: {cause}")
+
+    def _watch_memory(self) -> None:
+        limit = self.settings.max_memory_per_worker_bytes
+        rss: dict[int, int] = {}
+        for fd, handle in list(self.workers.items()):
+            if handle.kill_reason:
+                continue
+            try:
+                rss[fd] = psutil.Process(handle.process.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if limit and rss[fd] > limit:
+                detail = (f"worker process {handle.process.pid} used {rss[fd] // 2**20} MiB, over "
+                          f"its limit of {limit // 2**20} MiB")
+                if handle.running:
+                    self._kill_for(handle, "oom", detail + f" while running task {handle.running}")
+                else:
+                    self._kill_for(handle, "recycle", detail)
+        used, total = node_memory()
+        if total and used / total > self.settings.memory_threshold:
+            victim = pick_oom_victim(list(self.workers.values()))
+            if victim is not None:
+                self._kill_for(victim, "oom", f"node memory at {used / total:.0%} of "
+                               f"{total // 2**20} MiB, over the {self.settings.memory_threshold:.0%}"
+                               f" threshold: killed worker process {victim.process.pid} running "
+                               f"task {victim.running}")
+
+    def _kill_for(self, handle: WorkerHandle, reason: str, detail: str) -> None:
+        handle.kill_reason, handle.kill_detail = reason, detail
+        try:
+            handle.process.kill()
+        except ProcessLookupError:
+            pass
 
     def _redis(self, step: Callable[[], Any], once: bool = False) -> Any:
         """Run a Redis step, riding out an outage: `once` steps are simply skipped."""
@@ -294,16 +426,21 @@ class Supervisor:
 
     def spawn(self, temporary: bool = False) -> WorkerHandle:
         read_fd, write_fd = os.pipe()
+        inbox_read, inbox_write = os.pipe()
+        os.set_blocking(inbox_write, False)
         worker_id = new_id()[:16]
         settings = json.dumps(dataclasses.asdict(self.settings))
         cmd = [sys.executable, "-m", "ftqueue.worker", "--settings", settings,
                "--node-id", self.node_id, "--worker-id", worker_id,
-               "--control-fd", str(write_fd), "--parent-pid", str(os.getpid())]
+               "--control-fd", str(write_fd), "--inbox-fd", str(inbox_read),
+               "--parent-pid", str(os.getpid())]
         try:
-            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, pass_fds=(write_fd,))
+            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                       pass_fds=(write_fd, inbox_read))
         finally:
             os.close(write_fd)
-        handle = WorkerHandle(worker_id, process, read_fd, temporary=temporary)
+            os.close(inbox_read)
+        handle = WorkerHandle(worker_id, process, read_fd, inbox_write, temporary=temporary)
         self.workers[read_fd] = handle
         self._redis(lambda: self.store.redis.hset(self.keys.worker(worker_id), mapping={
             "worker_id": worker_id, "node_id": self.node_id, "pid": process.pid,

@@ -76,6 +76,11 @@ class FunctionCache:
         return obj
 
 
+class TaskInterrupt(BaseException):
+    """Raised inside a task that ran past its timeout_s (a BaseException, so a task's
+    `except Exception:` does not swallow it)."""
+
+
 def should_retry(exc: BaseException, retry_exceptions: bool | tuple[type, ...]) -> bool:
     if isinstance(retry_exceptions, bool):
         return retry_exceptions
@@ -84,7 +89,7 @@ def should_retry(exc: BaseException, retry_exceptions: bool | tuple[type, ...]) 
 
 class Worker:
     def __init__(self, settings: NodeSettings, node_id: str, worker_id: str,
-                 control: Any, store: Store) -> None:
+                 control: Any, store: Store, inbox_fd: int | None = None) -> None:
         self.settings = settings
         self.node_id = node_id
         self.worker_id = worker_id
@@ -96,6 +101,11 @@ class Worker:
         self.pending_since = 0.0
         self.calls: dict[str, int] = {}
         self.claimed_at = 0.0
+        self.inbox_fd = inbox_fd
+        self.inbox = b""
+        self.current = ""
+        self.interruptible = False
+        self.cancelled: set[str] = set()
         self.result_ttl_s = env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
         self.stopping = False
         self.pid = os.getpid()
@@ -139,7 +149,12 @@ class Worker:
             self.local.clear()
             return None
         task = self.local.popleft()
-        outcome = self.execute(task)
+        if task.task_id in self.cancelled:
+            self.cancelled.discard(task.task_id)
+            outcome: tuple[str, str, str, bytes, bool, str] = (
+                task.task_id, task.fence, "cancelled", b"", False, "cancelled before it started")
+        else:
+            outcome = self.execute(task)
         if not self.pending:
             self.pending_since = time.monotonic()
         self.pending.append(outcome)
@@ -150,7 +165,45 @@ class Worker:
             return self.leave(EXIT_RECYCLE)
         if self.stopping:
             return self.leave(0)
+        if self.over_memory():
+            return self.leave(EXIT_RECYCLE)
         return None
+
+    def over_memory(self) -> bool:
+        limit = self.settings.max_memory_per_worker_bytes
+        if not limit:
+            return False
+        try:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            import psutil
+
+            rss = psutil.Process().memory_info().rss
+        return rss > limit
+
+    def on_inbox(self, signum: int, frame: Any) -> None:
+        """SIGUSR1 from the supervisor: read its requests; interrupt the current task if one
+        names it (and only while that task's own code runs)."""
+        try:
+            while True:
+                data = os.read(self.inbox_fd, 65536) if self.inbox_fd is not None else b""
+                if not data:
+                    break
+                self.inbox += data
+        except BlockingIOError:
+            pass
+        *lines, self.inbox = self.inbox.split(b"\n")
+        interrupt: BaseException | None = None
+        for line in lines:
+            kind, _, task_id = line.decode().partition(" ")
+            if kind == "C":
+                self.cancelled.add(task_id)
+            if task_id == self.current and self.interruptible:
+                interrupt = KeyboardInterrupt() if kind == "C" else TaskInterrupt()
+        if interrupt is not None:
+            self.interruptible = False
+            raise interrupt
 
     def leave(self, code: int) -> int:
         """Commit what is done and hand prefetched tasks back before exiting on purpose."""
@@ -211,12 +264,15 @@ class Worker:
     # -- one task -----------------------------------------------------------------------------
 
     def execute(self, task: Claimed) -> tuple[str, str, str, bytes, bool, str]:
-        self.tell(f"S {task.task_id}")
+        self.current = task.task_id
+        timeout = repr(task.timeout_s) if task.timeout_s else "-"
+        self.tell(f"S {task.task_id} {task.fence} {timeout} {int(task.retry_timeout)}")
         set_current_task(TaskContext(task.task_id, task.attempt, task.job_id, self.node_id,
                                      self.worker_id, task.func_name))
         try:
             return self._execute(task)
         finally:
+            self.current = ""
             set_current_task(None)
             self.tell("E")
 
@@ -232,13 +288,25 @@ class Worker:
                 return head + ("err", blob, False, "input argument failed: "
                                + payload.error_summary(dep_error))
             self.calls[task.fn] = self.calls.get(task.fn, 0) + 1
-            value = fn(*args, **kwargs)
+            if task.task_id in self.cancelled:
+                raise KeyboardInterrupt
+            self.interruptible = True
+            try:
+                value = fn(*args, **kwargs)
+            finally:
+                self.interruptible = False
         except SystemExit as e:
             # As in Ray, sys.exit() in a task ends the worker: a worker death, retried.
             self.flush()
             code = e.code if isinstance(e.code, int) else 1
             os._exit(code if code != EXIT_RECYCLE else 1)
+        except TaskInterrupt as e:
+            cause = TimeoutError(f"the task ran longer than its timeout_s={task.timeout_s}")
+            blob = payload.pack_error(task.func_name, cause, payload.format_traceback(e, 1),
+                                      self.pid, self.ip, kind="TaskTimeoutError")
+            return head + ("err", blob, task.retry_timeout, f"TaskTimeoutError: {cause}")
         except KeyboardInterrupt as e:
+            self.cancelled.discard(task.task_id)
             blob = payload.pack_error(task.func_name, TaskCancelledError(task.task_id),
                                       payload.format_traceback(e, 1), self.pid, self.ip)
             return head + ("cancelled", blob, False, "KeyboardInterrupt: task interrupted")
@@ -293,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--inbox-fd", type=int, default=None)
     ns = parser.parse_args(argv)
 
     set_parent_death_signal(signal.SIGKILL)
@@ -306,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = NodeSettings(**raw)
     control = os.fdopen(ns.control_fd, "wb", buffering=0)
     store = Store(connect(settings.address), settings.namespace)
-    worker = Worker(settings, ns.node_id, ns.worker_id, control, store)
+    if ns.inbox_fd is not None:
+        os.set_blocking(ns.inbox_fd, False)
+    worker = Worker(settings, ns.node_id, ns.worker_id, control, store, ns.inbox_fd)
+    signal.signal(signal.SIGUSR1, worker.on_inbox)
 
     def on_term(signum: int, frame: Any) -> None:
         worker.stopping = True

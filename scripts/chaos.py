@@ -16,6 +16,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -41,10 +42,11 @@ class Node:
     def __init__(self, address: str, workers: int, lease_s: float) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         env.pop("FTQUEUE_ADDRESS", None)
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ftqueue", "worker", "--address", address, "--num-workers",
              str(workers), "--lease-timeout", str(lease_s), "--grace-period", "1"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             env=env, start_new_session=True)
 
     def pids(self) -> set[int]:
@@ -66,6 +68,10 @@ class Node:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             pass
+        if os.environ.get("CHAOS_NODE_LOGS"):
+            self.log.seek(0)
+            sys.stderr.write(self.log.read().decode(errors="replace")[-3000:])
+        self.log.close()
 
 
 class Killer(threading.Thread):

@@ -42,6 +42,8 @@ class Claimed:
     job_id: str
     max_calls: int
     args_blob: bytes
+    timeout_s: float | None = None
+    retry_timeout: bool = False
 
 
 def _s(value: Any) -> str:
@@ -83,7 +85,8 @@ class Store:
         rows = self._run("claim", self.clock_ms() + lease_timeout_ms, node_id, worker_id,
                          max_n, batch_divisor, len(queues), *queues)
         return [Claimed(_s(r[0]), _s(r[1]), _s(r[2]), _s(r[3]), int(r[4]), _s(r[5]),
-                        int(r[6] or 0), r[7]) for r in rows]
+                        int(r[6] or 0), r[7], float(r[8]) if r[8] else None, r[9] == b"1")
+                for r in rows]
 
     def commit(self, outcomes: Sequence[tuple[str, str, str, bytes, bool, str]],
                result_ttl_s: int = 0, next_task_id: str = "") -> list[str]:
@@ -108,6 +111,19 @@ class Store:
         out = self._run("worker_lost", node_id, worker_id, running_task_id, error_type, message,
                         "1" if charge else "0")
         return [(_s(out[i]), _s(out[i + 1])) for i in range(0, len(out), 2)]
+
+    def cancel(self, task_id: str, force: bool, recursive: bool) -> list[tuple[str, str]]:
+        out = self._run("cancel", task_id, "1" if force else "0", "1" if recursive else "0")
+        return [(_s(out[i]), _s(out[i + 1])) for i in range(0, len(out), 2)]
+
+    def pop_cancel_requests(self, node_id: str, max_n: int = 100) -> list[tuple[str, bool]]:
+        """(task id, forced) for each cancel relayed to this node."""
+        items = self.redis.lpop(self.keys.cancel(node_id), max_n) or []
+        out = []
+        for item in items:
+            task_id, _, mode = _s(item).partition(" ")
+            out.append((task_id, mode == "force"))
+        return out
 
     def watch(self, notify_key: str, object_ids: Sequence[str]) -> list[str]:
         if not object_ids:

@@ -29,3 +29,14 @@ def test_nothing_respawned_when_stopping_or_temporary():
 def test_exit_description_names_the_signal():
     assert "SIGKILL" in Exit(-9, False, False).describe(42)
     assert "exit code 3" in Exit(3, False, False).describe(42)
+
+
+def test_oom_victim_is_the_newest_running_task():
+    from ftqueue.supervisor import WorkerHandle, pick_oom_victim
+
+    old = WorkerHandle("a", None, 1, running="t1", task_started=10.0)
+    new = WorkerHandle("b", None, 2, running="t2", task_started=20.0)
+    idle = WorkerHandle("c", None, 3, task_started=30.0)
+    dying = WorkerHandle("d", None, 4, running="t4", task_started=40.0, kill_reason="oom")
+    assert pick_oom_victim([old, new, idle, dying]) is new
+    assert pick_oom_victim([idle]) is None

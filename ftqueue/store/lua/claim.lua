@@ -3,7 +3,8 @@
 -- not hoarded by one worker while others are idle. When nothing is queued, clears the
 -- queues' wake-up bells (they are hints; a submit after this rings again).
 -- ARGV: prefix, now_ms, lease_deadline_ms, node_id, worker_id, max_n, batch_divisor, nq, queues...
--- Returns: {{task_id, fence, fn, func, attempt, job_id, max_calls, args_blob}, ...}
+-- Returns: {{task_id, fence, fn, func, attempt, job_id, max_calls, args_blob, timeout_s,
+--            retry_timeout}, ...}
 local deadline, node, worker = ARGV[3], ARGV[4], ARGV[5]
 local max_n, divisor, nq = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local out = {}
@@ -15,7 +16,8 @@ for qi = 1, nq do
     local id = redis.call('RPOP', qkey)
     if not id then break end
     local tkey = k_task(id)
-    local t = redis.call('HMGET', tkey, 'state', 'fn', 'func', 'attempt', 'job_id', 'max_calls')
+    local t = redis.call('HMGET', tkey, 'state', 'fn', 'func', 'attempt', 'job_id', 'max_calls',
+                         'timeout_s', 'retry_timeout')
     -- Anything not queued (cancelled, already final, unknown) is dropped: its record says why.
     if t[1] == 'PENDING_NODE_ASSIGNMENT' then
       local fence = redis.call('HINCRBY', tkey, 'fence', 1)
@@ -25,7 +27,7 @@ for qi = 1, nq do
       redis.call('ZADD', P .. ':leases', deadline, id)
       redis.call('SADD', P .. ':node_tasks:' .. node, id)
       out[#out + 1] = {id, fence, t[2], t[3], t[4], t[5] or '', t[6] or '0',
-                       redis.call('GET', k_args(id)) or ''}
+                       redis.call('GET', k_args(id)) or '', t[7] or '', t[8] or '0'}
       want = want - 1
     end
   end

@@ -9,7 +9,8 @@ for i = 0, n - 1 do
   local b = 6 + i * 6
   local id, fence, outcome, blob, retryable, message =
     ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
-  local t = redis.call('HMGET', k_task(id), 'state', 'fence')
+  local t = redis.call('HMGET', k_task(id), 'state', 'fence', 'cancel')
+  if t[3] then outcome = 'cancelled' end   -- a cancel request wins over what the task did
   if not ACTIVE[t[1]] or t[2] ~= fence then
     redis.call('HINCRBY', P .. ':stats', 'fenced', 1)
     out[#out + 1] = 'fenced'
@@ -25,7 +26,10 @@ for i = 0, n - 1 do
     if ttl > 0 then redis.call('SET', k_result(id), blob, 'EX', ttl)
     else redis.call('SET', k_result(id), blob) end
     local error_type = 'TASK_EXECUTION_EXCEPTION'
-    if outcome == 'cancelled' then error_type = 'TASK_CANCELLED' end
+    if outcome == 'cancelled' then
+      error_type = 'TASK_CANCELLED'
+      if message == '' then message = 'cancelled' end
+    end
     finish(id, 'FAILED', error_type, message)
     out[#out + 1] = 'failed'
   end

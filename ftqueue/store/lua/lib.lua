@@ -130,6 +130,10 @@ end
 -- `started`: the task was running (else it was only prefetched and goes back unchanged);
 -- `charge`: the loss uses the retry budget. Callers have checked ownership.
 local function fail_attempt(id, started, error_type, message, charge)
+  if redis.call('HGET', k_task(id), 'cancel') then
+    finish(id, 'FAILED', 'TASK_CANCELLED', 'cancelled; its attempt was lost: ' .. message)
+    return 'cancelled'
+  end
   if not started then
     requeue_unstarted(id)
     return 'released'

@@ -17,6 +17,8 @@ for i = 0, n - 1 do
                'created_ms', NOW, unpack(flat))
     redis.call('SET', k_args(id), blob)
     redis.call('ZADD', P .. ':index:tasks', NOW, id)
+    local parent = redis.call('HGET', tkey, 'parent_task_id')
+    if parent and parent ~= '' then redis.call('SADD', P .. ':children:' .. parent, id) end
     redis.call('SADD', P .. ':queues', queue)
     local pending = 0
     for dep in string.gmatch(deps, '[^,]+') do
