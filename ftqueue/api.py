@@ -21,7 +21,7 @@ from .spec import ObjectRef
 # scripts run; anything else is a mistake.
 _IGNORED_RAY_INIT_ARGS = frozenset({
     "num_gpus", "resources", "object_store_memory", "local_mode", "include_dashboard",
-    "dashboard_host", "dashboard_port", "logging_level", "logging_format", "log_to_driver",
+    "dashboard_host", "dashboard_port", "logging_level", "logging_format",
     "runtime_env", "configure_logging", "_temp_dir", "_system_config", "storage",
 })
 
@@ -48,7 +48,7 @@ _atexit_registered = False
 
 def init(address: str | None = None, *, num_workers: int | None = None,
          namespace: str | None = None, ignore_reinit_error: bool = False,
-         **kw: Any) -> ClusterInfo:
+         log_to_driver: bool = True, **kw: Any) -> ClusterInfo:
     """Connect to a cluster at `address`, or start an embedded one when there is none."""
     global _client, _cluster, _info, _atexit_registered
     num_cpus = kw.pop("num_cpus", None)
@@ -74,7 +74,7 @@ def init(address: str | None = None, *, num_workers: int | None = None,
             cluster = EmbeddedCluster.start(int(workers), namespace)
             address = cluster.address
         try:
-            client = Client(address, namespace)
+            client = Client(address, namespace, log_to_driver=log_to_driver)
         except BaseException:
             if cluster is not None:
                 cluster.stop()

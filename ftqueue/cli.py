@@ -98,6 +98,10 @@ def _add_node(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout-grace", type=_seconds,
                    default=env_float("FTQUEUE_TIMEOUT_GRACE_S", DEFAULT_TIMEOUT_GRACE_S),
                    help="seconds between a timed-out task's interrupt and its worker's kill")
+    p.add_argument("--metrics-port", type=int,
+                   default=env_int("FTQUEUE_METRICS_PORT", 0) or None,
+                   help="serve Prometheus metrics on this port")
+    p.add_argument("--no-task-output-copy", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -119,6 +123,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_node(p)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("list", help="list tasks (one row per attempt), nodes or workers")
+    _add_common(p)
+    p.add_argument("resource", choices=["tasks", "nodes", "workers"])
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="KEY=VALUE or KEY!=VALUE; repeat to AND them")
+    p.add_argument("--detail", action="store_true", help="more columns")
+    p.add_argument("--format", choices=["table", "json", "yaml"], default="table")
+    p.add_argument("--limit", type=_positive_int, default=100)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("get", help="every attempt of one task")
+    _add_common(p)
+    p.add_argument("resource", choices=["task"])
+    p.add_argument("id")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("summary", help="tasks per function, counted by state")
+    _add_common(p)
+    p.add_argument("resource", choices=["tasks"])
+    p.add_argument("--format", choices=["table", "json", "yaml"], default="table")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("status", help="nodes, workers, queue depths, recent retries and failures")
+    _add_common(p)
+    p.add_argument("--minutes", type=_positive_int, default=5)
+    p.add_argument("--format", choices=["table", "json", "yaml"], default="table")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a task (and the tasks it submitted)")
+    _add_common(p)
+    p.add_argument("id")
+    p.add_argument("--force", action="store_true", help="kill the worker running it")
+    p.add_argument("--no-recursive", action="store_true", help="leave its children alone")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("logs", help="what a task printed, per attempt")
+    _add_common(p)
+    p.add_argument("id")
+    p.add_argument("--attempt", type=int, default=None, help="default: the latest")
+    p.set_defaults(func=cmd_logs)
     return parser
 
 
@@ -128,7 +174,8 @@ def _node_settings(args: argparse.Namespace, address: str) -> NodeSettings:
                         grace_period_s=args.grace_period, prefetch=args.prefetch,
                         max_memory_per_worker_bytes=args.max_memory_per_worker,
                         memory_threshold=args.memory_threshold,
-                        timeout_grace_s=args.timeout_grace)
+                        timeout_grace_s=args.timeout_grace,
+                        copy_task_output=not args.no_task_output_copy)
 
 
 def _watch_parent(args: argparse.Namespace) -> None:
@@ -146,7 +193,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not args.address:
         raise FtqueueError("no Redis address: pass --address or set FTQUEUE_ADDRESS")
     _watch_parent(args)
-    supervisor = Supervisor(_node_settings(args, args.address), parent_pid=args.exit_with_parent)
+    supervisor = Supervisor(_node_settings(args, args.address), parent_pid=args.exit_with_parent,
+                            metrics_port=args.metrics_port)
     supervisor.log(f"serving queues {','.join(args.queues)} with {args.num_workers} workers "
                    f"on {_redact(args.address)}")
     return supervisor.run()
@@ -161,7 +209,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                                directory=args.data_dir, appendonly=bool(args.data_dir))
     try:
         supervisor = Supervisor(_node_settings(args, server.address),
-                                parent_pid=args.exit_with_parent)
+                                parent_pid=args.exit_with_parent, metrics_port=args.metrics_port)
         print(f"{READY_PREFIX}{server.address}", flush=True)
         if args.exit_with_parent is None:
             print(f"ftqueue cluster running; connect with:\n"
@@ -171,6 +219,134 @@ def cmd_start(args: argparse.Namespace) -> int:
         return supervisor.run()
     finally:
         server.stop()
+
+
+def _reader(args: argparse.Namespace) -> Any:
+    from .state import StateReader
+    from .store import Store, connect
+
+    if not args.address:
+        raise FtqueueError("no Redis address: pass --address or set FTQUEUE_ADDRESS")
+    return StateReader(Store(connect(args.address), args.namespace))
+
+
+def _task_id(text: str) -> str:
+    if not text or not all(c in "0123456789abcdef" for c in text):
+        raise FtqueueError(f"not a task id: {text!r}")
+    return text
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .state import parse_filter
+
+    filters = [parse_filter(f) for f in args.filter]   # bad filters fail before connecting
+    if filters and args.resource != "tasks":
+        raise FtqueueError("filters apply to `list tasks` only")
+    reader = _reader(args)
+    if args.resource == "tasks":
+        rows = reader.list_tasks(filters, detail=args.detail, limit=args.limit)
+    elif args.resource == "nodes":
+        rows = reader.list_nodes()[:args.limit]
+    else:
+        rows = reader.list_workers()[:args.limit]
+    print(render(rows, args.format, f"List: {_now()}"))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    rows = _reader(args).get_task(_task_id(args.id))
+    if not rows:
+        raise FtqueueError(f"task {args.id} not found")
+    print(render(rows, args.format, ""))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    summary = _reader(args).summarize_tasks()
+    if args.format != "table":
+        print(render_data(summary, args.format))
+        return 0
+    rows = [{"func_or_class_name": func, "state_counts": ", ".join(
+        f"{state}: {n}" for state, n in sorted(counts.items())), "type": "NORMAL_TASK"}
+        for func, counts in sorted(summary.items())]
+    print(render(rows, "table", f"Tasks Summary: {_now()}"))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _reader(args).status(args.minutes)
+    if args.format != "table":
+        print(render_data(status, args.format))
+        return 0
+    queues = ", ".join(f"{q}={n}" for q, n in status["queues"].items()) or "none"
+    print(f"nodes alive: {status['nodes_alive']}   workers alive: {status['workers_alive']}   "
+          f"running: {status['running']}")
+    print(f"queued: {queues}")
+    for key, label in (("recent_retries", "retries"), ("recent_failures", "failures")):
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(status[key].items())) or "none"
+        print(f"{label} in the last {status['window_minutes']} min: {counts}")
+    print(f"late results fenced (all time): {status['fenced_late_results']}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    reader = _reader(args)
+    outcomes = reader.store.cancel(_task_id(args.id), args.force, not args.no_recursive)
+    if outcomes and outcomes[0][1] == "missing":
+        raise FtqueueError(f"task {args.id} not found")
+    for task_id, outcome in outcomes:
+        print(f"{task_id} {outcome}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    reader = _reader(args)
+    rows = reader.get_task(_task_id(args.id))
+    if not rows:
+        raise FtqueueError(f"task {args.id} not found")
+    attempt = rows[-1]["attempt_number"] if args.attempt is None else args.attempt
+    text = reader.store.redis.get(reader.keys.log(args.id, attempt))
+    if text is None:
+        if not any(r["attempt_number"] == attempt for r in rows):
+            raise FtqueueError(f"task {args.id} has no attempt {attempt}")
+        return 0
+    sys.stdout.write(text.decode(errors="replace"))
+    return 0
+
+
+def _now() -> str:
+    import datetime
+
+    return str(datetime.datetime.now())
+
+
+def render_data(data: Any, fmt: str) -> str:
+    import json
+
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False).rstrip("\n")
+
+
+def render(rows: list[dict[str, Any]], fmt: str, title: str) -> str:
+    """Ray's list layout (`Stats: Total: N`, then the table) or JSON/YAML."""
+    if fmt != "table":
+        return render_data(rows, fmt)
+    lines = [f"======== {title} ========", "Stats:", "-" * 30, f"Total: {len(rows)}", "",
+             "Table:", "-" * 30]
+    if rows:
+        columns = list(rows[0])
+        cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+        index_width = len(str(len(rows) - 1))
+        lines.append(" " * (index_width + 2) + "  ".join(
+            c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+        for n, row in enumerate(cells):
+            lines.append(f"{str(n).rjust(index_width)}  " + "  ".join(
+                v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
 
 
 def _redact(address: str) -> str:

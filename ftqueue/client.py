@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from . import payload, serialization
 from .context import current_task
 from .exceptions import FtqueueError, GetTimeoutError
+from .output import DriverEcho
 from .settings import (
     DEFAULT_RESULT_TTL_S,
     env_int,
@@ -38,7 +39,8 @@ def backoff(attempt: int) -> float:
 
 
 class Client:
-    def __init__(self, address: str, namespace: str = "ftq", *, job_id: str | None = None) -> None:
+    def __init__(self, address: str, namespace: str = "ftq", *, job_id: str | None = None,
+                 log_to_driver: bool = False) -> None:
         self.address = address
         self.namespace = namespace
         self.store = Store(connect(address), namespace)
@@ -66,6 +68,7 @@ class Client:
         self._listener = threading.Thread(target=self._listen_loop, name="ftqueue-listener",
                                           daemon=True)
         self._listener.start()
+        self._echo = DriverEcho(self.store, self.job_id) if log_to_driver else None
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -324,6 +327,8 @@ class Client:
             self._cond.notify_all()
         self._flusher.join(timeout=2)
         self._listener.join(timeout=2)
+        if self._echo is not None:
+            self._echo.close()
         try:
             self.store.redis.close()
         except Exception:  # noqa: BLE001

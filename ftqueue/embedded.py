@@ -163,6 +163,7 @@ class EmbeddedCluster:
         env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd()] + sys.path if p)
         cmd = [sys.executable, "-m", "ftqueue", "start", "--unix-socket", "--num-workers",
                str(num_workers), "--namespace", namespace, "--grace-period", "0",
+               "--no-task-output-copy",   # the driver echoes task output itself
                "--exit-with-parent", str(os.getpid())]
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    env=env, start_new_session=True, text=True)

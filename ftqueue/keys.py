@@ -55,6 +55,9 @@ class Keys:
     def log(self, task_id: str, attempt: int) -> str:
         return f"{self.prefix}:log:{task_id}:{attempt}"
 
+    def log_channel(self, job_id: str) -> str:
+        return f"{self.prefix}:logs:{job_id}"
+
     @property
     def queues(self) -> str:
         return f"{self.prefix}:queues"
@@ -74,6 +77,17 @@ class Keys:
     @property
     def task_index(self) -> str:
         return f"{self.prefix}:index:tasks"
+
+    @property
+    def failed_index(self) -> str:
+        return f"{self.prefix}:index:failed"
+
+    @property
+    def node_index(self) -> str:
+        return f"{self.prefix}:index:nodes"
+
+    def stats_minute(self, minute: int) -> str:
+        return f"{self.prefix}:stats:minute:{minute}"
 
     @property
     def stats(self) -> str:

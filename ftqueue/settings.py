@@ -62,6 +62,7 @@ class NodeSettings:
     max_memory_per_worker_bytes: int = 0      # 0: no per-worker limit
     memory_threshold: float = DEFAULT_MEMORY_THRESHOLD
     timeout_grace_s: float = DEFAULT_TIMEOUT_GRACE_S
+    copy_task_output: bool = True     # also write task output to the node's own stdout/stderr
 
     @property
     def renew_interval_s(self) -> float:

@@ -111,10 +111,14 @@ class StateReader:
         if ids:
             rows = self.task_rows(list(dict.fromkeys(ids)), detail=True)
             return [_shape(r, detail) for r in rows if _matches(r, checked)][:limit]
+        # Failed tasks have an index of their own: "what failed?" stays fast on a big history.
+        index = self.keys.task_index
+        if ("state", "=", "FAILED") in checked:
+            index = self.keys.failed_index
         rows = []
         start = 0
         while len(rows) < limit:
-            chunk = self.store.redis.zrevrange(self.keys.task_index, start, start + SCAN_CHUNK - 1)
+            chunk = self.store.redis.zrevrange(index, start, start + SCAN_CHUNK - 1)
             if not chunk:
                 break
             start += SCAN_CHUNK
@@ -125,6 +129,94 @@ class StateReader:
 
     def get_task(self, task_id: str) -> list[dict[str, Any]]:
         return self.task_rows([task_id], detail=True)
+
+
+    def summarize_tasks(self) -> dict[str, dict[str, int]]:
+        """Per function: how many tasks are in each state."""
+        summary: dict[str, dict[str, int]] = {}
+        for chunk in self._index_chunks(self.keys.task_index):
+            for func, state in self.store.task_fields(chunk, "func", "state"):
+                if state:
+                    counts = summary.setdefault(func or "?", {})
+                    counts[state] = counts.get(state, 0) + 1
+        return summary
+
+    def _index_chunks(self, index: str) -> Iterable[list[str]]:
+        start = 0
+        while True:
+            chunk = self.store.redis.zrange(index, start, start + SCAN_CHUNK - 1)
+            if not chunk:
+                return
+            start += SCAN_CHUNK
+            yield [c.decode() for c in chunk]
+
+    def _records(self, index: str, key: Any) -> list[dict[str, str]]:
+        """Hashes of the ids in `index`; ids whose hash has expired are dropped from it."""
+        ids = [i.decode() for i in self.store.redis.zrange(index, 0, -1)]
+        pipe = self.store.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(key(i))
+        out, gone = [], []
+        for i, raw in zip(ids, pipe.execute()):
+            if raw:
+                out.append({k.decode(): v.decode() for k, v in raw.items()})
+            else:
+                gone.append(i)
+        if gone:
+            self.store.redis.zrem(index, *gone)
+        return out
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        now_ms = self.store.clock_ms()
+        rows = []
+        for r in self._records(self.keys.node_index, self.keys.node):
+            heartbeat = int(r.get("heartbeat_ms", 0) or 0)
+            rows.append({"node_id": r.get("node_id", ""), "state": r.get("state", ""),
+                         "host": r.get("host", ""), "pid": int(r.get("pid", 0) or 0),
+                         "num_workers": int(r.get("num_workers", 0) or 0),
+                         "queues": r.get("queues", ""),
+                         "heartbeat_age_s": round((now_ms - heartbeat) / 1000, 1) if heartbeat
+                         else None})
+        return rows
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        return [{"worker_id": r.get("worker_id", ""), "node_id": r.get("node_id", ""),
+                 "state": r.get("state", ""), "pid": int(r.get("pid", 0) or 0),
+                 "host": r.get("host", ""), "current_task": r.get("current_task", ""),
+                 "tasks_run": int(r.get("tasks_run", 0) or 0), "exit": r.get("exit", "")}
+                for r in self._records(self.keys.workers, self.keys.worker)]
+
+    def queue_depths(self) -> dict[str, int]:
+        names = sorted(n.decode() for n in self.store.redis.smembers(self.keys.queues))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.llen(self.keys.queue(name))
+        return dict(zip(names, pipe.execute()))
+
+    def status(self, minutes: int = 5) -> dict[str, Any]:
+        now_minute = self.store.clock_ms() // 60000
+        pipe = self.store.redis.pipeline(transaction=False)
+        for m in range(now_minute - minutes + 1, now_minute + 1):
+            pipe.hgetall(self.keys.stats_minute(m))
+        recent: dict[str, int] = {}
+        for bucket in pipe.execute():
+            for k, v in bucket.items():
+                recent[k.decode()] = recent.get(k.decode(), 0) + int(v)
+        nodes = self.list_nodes()
+        workers = self.list_workers()
+        stats = {k.decode(): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
+        return {
+            "nodes_alive": sum(1 for n in nodes if n["state"] == "ALIVE"),
+            "workers_alive": sum(1 for w in workers if w["state"] == "ALIVE"),
+            "queues": self.queue_depths(),
+            "running": self.store.redis.zcard(self.keys.leases),
+            "window_minutes": minutes,
+            "recent_retries": {k.split(":", 1)[1]: v for k, v in recent.items()
+                               if k.startswith("retries:")},
+            "recent_failures": {k.split(":", 1)[1] or "?": v for k, v in recent.items()
+                                if k.startswith("failed:")},
+            "fenced_late_results": stats.get("fenced", 0),
+        }
 
 
 def _shape(row: dict[str, Any], detail: bool) -> dict[str, Any]:
@@ -146,3 +238,22 @@ def list_tasks(filters: Sequence[tuple[str, str, Any]] | None = None, detail: bo
 def get_task(task_id: str) -> list[dict[str, Any]]:
     """Every attempt of one task."""
     return _reader().get_task(task_id)
+
+
+def summarize_tasks() -> dict[str, dict[str, int]]:
+    """Per function name: the number of tasks in each state."""
+    return _reader().summarize_tasks()
+
+
+def list_nodes() -> list[dict[str, Any]]:
+    """Worker nodes, alive and recently dead."""
+    return _reader().list_nodes()
+
+
+def list_workers() -> list[dict[str, Any]]:
+    """Worker processes, alive and recently dead: pid, host, current task, tasks run."""
+    return _reader().list_workers()
+
+
+def queue_depths() -> dict[str, int]:
+    return _reader().queue_depths()

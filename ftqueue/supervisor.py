@@ -109,6 +109,8 @@ class WorkerHandle:
     kill_detail: str = ""
     blocked: bool = False
     stop_requested: bool = False
+    tasks_run: int = 0
+    on_task_end: Callable[[float], None] | None = None
     buffer: bytes = b""
     started: float = field(default_factory=time.monotonic)
 
@@ -122,7 +124,10 @@ class WorkerHandle:
             self.retry_timeout = len(parts) > 3 and parts[3] == "1"
             self.task_started = time.monotonic()
             self.interrupted_at = 0.0
+            self.tasks_run += 1
         elif line == b"E":
+            if self.running and self.on_task_end is not None:
+                self.on_task_end(time.monotonic() - self.task_started)
             self.running = ""
         elif line == b"B":
             self.blocked = True
@@ -132,7 +137,7 @@ class WorkerHandle:
 
 class Supervisor:
     def __init__(self, settings: NodeSettings, *, node_id: str | None = None,
-                 parent_pid: int | None = None,
+                 parent_pid: int | None = None, metrics_port: int | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.node_id = node_id or new_id()[:16]
@@ -151,6 +156,11 @@ class Supervisor:
         self.redis_down_since: float | None = None
         self.log = log or (lambda msg: print(f"ftqueue node {self.node_id}: {msg}",
                                              file=sys.stderr, flush=True))
+        self.metrics = None
+        if metrics_port is not None:
+            from .metrics import NodeMetrics
+
+            self.metrics = NodeMetrics(self, metrics_port)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -161,6 +171,7 @@ class Supervisor:
             "started_ms": self.store.clock_ms(), "state": "ALIVE",
             "lease_timeout_s": self.settings.lease_timeout_s,
         })
+        self.store.redis.zadd(self.keys.node_index, {self.node_id: self.store.clock_ms()})
         self.store.renew(self.node_id, self.lease_timeout_ms)
 
     def request_stop(self, *_: Any) -> None:
@@ -309,6 +320,7 @@ class Supervisor:
             running = [h.running for h in self.workers.values() if h.running]
             self._redis(lambda: self.store.renew(self.node_id, self.lease_timeout_ms, running),
                         once=True)
+            self._redis(self._publish_workers, once=True)
         if now >= self.next_sweep:
             self.next_sweep = now + max(self.settings.renew_interval_s, 0.5)
             self._redis(lambda: self.store.sweep(self.lease_timeout_ms), once=True)
@@ -319,6 +331,15 @@ class Supervisor:
         if now >= self.next_memory_check:
             self.next_memory_check = now + MEMORY_CHECK_INTERVAL_S
             self._watch_memory()
+
+    def _publish_workers(self) -> None:
+        """What each worker is doing, for `ftqueue list workers` (refreshed with the heartbeat)."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        for handle in self.workers.values():
+            pipe.hset(self.keys.worker(handle.worker_id), mapping={
+                "current_task": handle.running, "tasks_run": handle.tasks_run,
+                "blocked": int(handle.blocked)})
+        pipe.execute()
 
     # -- cancellation, timeouts, memory --------------------------------------------------------
 
@@ -441,6 +462,8 @@ class Supervisor:
             os.close(write_fd)
             os.close(inbox_read)
         handle = WorkerHandle(worker_id, process, read_fd, inbox_write, temporary=temporary)
+        if self.metrics is not None:
+            handle.on_task_end = self.metrics.task_ended
         self.workers[read_fd] = handle
         self._redis(lambda: self.store.redis.hset(self.keys.worker(worker_id), mapping={
             "worker_id": worker_id, "node_id": self.node_id, "pid": process.pid,

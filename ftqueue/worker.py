@@ -21,6 +21,7 @@ from typing import Any, Callable
 from . import payload, serialization
 from .context import TaskContext, set_current_task
 from .exceptions import FtqueueError, TaskCancelledError
+from .output import OutputCapture
 from .remote_function import IMPORT_PREFIX, RemoteFunction
 from .settings import DEFAULT_RESULT_TTL_S, NodeSettings, env_int
 from .spec import ArgRef
@@ -106,6 +107,7 @@ class Worker:
         self.current = ""
         self.interruptible = False
         self.cancelled: set[str] = set()
+        self.output: OutputCapture | None = None
         self.result_ttl_s = env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
         self.stopping = False
         self.pid = os.getpid()
@@ -269,9 +271,17 @@ class Worker:
         self.tell(f"S {task.task_id} {task.fence} {timeout} {int(task.retry_timeout)}")
         set_current_task(TaskContext(task.task_id, task.attempt, task.job_id, self.node_id,
                                      self.worker_id, task.func_name))
+        if self.output is not None:
+            self.output.start(task.task_id, task.attempt, task.job_id, task.func_name,
+                              self.result_ttl_s)
         try:
             return self._execute(task)
         finally:
+            if self.output is not None:
+                try:
+                    self.output.finish()
+                except Exception:  # noqa: BLE001 - losing output must not lose the result
+                    pass
             self.current = ""
             set_current_task(None)
             self.tell("E")
@@ -379,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         os.set_blocking(ns.inbox_fd, False)
     worker = Worker(settings, ns.node_id, ns.worker_id, control, store, ns.inbox_fd)
     signal.signal(signal.SIGUSR1, worker.on_inbox)
+    worker.output = OutputCapture(store, copy=settings.copy_task_output)
 
     def on_term(signum: int, frame: Any) -> None:
         worker.stopping = True

@@ -39,6 +39,13 @@ local function record_attempt(id, state, error_type, message)
     start_ms = tonumber(t[4]) or NOW, end_ms = NOW}))
 end
 
+-- Per-minute counters of retries and failures, for `ftqueue status` (kept an hour).
+local function count_recent(field)
+  local key = P .. ':stats:minute:' .. math.floor(NOW / 60000)
+  redis.call('HINCRBY', key, field, 1)
+  redis.call('EXPIRE', key, 3600)
+end
+
 local function release_lease(id, node_id)
   redis.call('ZREM', P .. ':leases', id)
   if node_id and node_id ~= '' then redis.call('SREM', P .. ':node_tasks:' .. node_id, id) end
@@ -92,6 +99,10 @@ local function finish(id, state, error_type, message, result_blob)
   local stat = 'tasks:' .. state
   if error_type ~= '' then stat = stat .. ':' .. error_type end
   redis.call('HINCRBY', P .. ':stats', stat, 1)
+  if state == 'FAILED' then
+    redis.call('ZADD', P .. ':index:failed', NOW, id)
+    count_recent('failed:' .. error_type)
+  end
   notify(id, result_blob)
   release_dependents(id)
 end
@@ -114,6 +125,8 @@ local function retry(id, error_type, message, charge)
   redis.call('HDEL', tkey, 'node_id', 'worker_id', 'start_ms', 'error_type', 'error_message')
   enqueue(id, t[2], true)
   redis.call('HINCRBY', P .. ':stats', 'retries:' .. error_type, 1)
+  redis.call('ZADD', P .. ':index:failed', NOW, id)    -- it has a FAILED attempt row now
+  count_recent('retries:' .. error_type)
 end
 
 -- A prefetched task that never started goes back unchanged: same attempt, nothing charged.

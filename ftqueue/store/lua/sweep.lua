@@ -7,6 +7,7 @@ local swept = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', NOW, 'LIMIT', 0, limit)) do
   local t = redis.call('HMGET', k_task(id), 'state', 'node_id')
   if ACTIVE[t[1]] then
+    redis.call('HINCRBY', P .. ':stats', 'leases_expired', 1)
     swept[#swept + 1] = id
     swept[#swept + 1] = fail_attempt(id, t[1] == 'RUNNING', 'NODE_DIED',
       'the node ' .. (t[2] or '?') .. ' stopped renewing its lease (node lost or frozen)', true)

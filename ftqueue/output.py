@@ -1,0 +1,172 @@
+"""Task output: what a task prints is kept per attempt in Redis (bounded) and published for
+the driver that submitted it, which echoes it prefixed like Ray: `(f pid=…, host=…) line`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+from typing import Any, TextIO
+
+from .settings import env_int
+
+DEFAULT_LOG_MAX_BYTES = 64 * 1024
+FLUSH_INTERVAL_S = 0.2
+TRUNCATED = "\n[ftqueue: output truncated at FTQUEUE_LOG_MAX_BYTES]\n"
+
+
+class _Stream:
+    """Stands in for sys.stdout/sys.stderr while a task runs: copies to the real stream and
+    to the capture."""
+
+    def __init__(self, capture: OutputCapture, name: str, real: TextIO) -> None:
+        self._capture, self._name, self._real = capture, name, real
+
+    def write(self, text: str) -> int:
+        if self._capture.copy:
+            self._real.write(text)
+        self._capture.add(self._name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, encoding, isatty, ...
+        return getattr(self._real, name)
+
+
+class OutputCapture:
+    """Collects a task's output and ships it every FLUSH_INTERVAL_S and at the task's end."""
+
+    def __init__(self, store: Any, copy: bool = True) -> None:
+        self.store = store
+        self.copy = copy
+        self.keys = store.keys
+        self.max_bytes = env_int("FTQUEUE_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES)
+        self.host = socket.gethostname()
+        self._lock = threading.Lock()
+        self._chunks: list[tuple[str, str]] = []
+        self._task: tuple[str, int, str, str, int] | None = None   # id, attempt, job, func, ttl
+        self._stored = 0
+        self._real_out, self._real_err = sys.stdout, sys.stderr
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="ftqueue-output", daemon=True).start()
+
+    def start(self, task_id: str, attempt: int, job_id: str, func: str, ttl_s: int) -> None:
+        with self._lock:
+            self._task, self._chunks, self._stored = (task_id, attempt, job_id, func, ttl_s), [], 0
+        sys.stdout = _Stream(self, "stdout", self._real_out)  # type: ignore[assignment]
+        sys.stderr = _Stream(self, "stderr", self._real_err)  # type: ignore[assignment]
+
+    def finish(self) -> None:
+        sys.stdout, sys.stderr = self._real_out, self._real_err
+        self.ship()
+        with self._lock:
+            self._task = None
+
+    def add(self, stream: str, text: str) -> None:
+        with self._lock:
+            if self._task is not None and text:
+                self._chunks.append((stream, text))
+
+    def _loop(self) -> None:
+        import os
+
+        while True:
+            self._wake.wait(FLUSH_INTERVAL_S)
+            try:
+                self.ship()
+            except Exception:  # noqa: BLE001 - output is best effort; the task goes on
+                pass
+            if os.getppid() == 1:
+                return
+
+    def ship(self) -> None:
+        with self._lock:
+            chunks, self._chunks = self._chunks, []
+            task = self._task
+            if not chunks or task is None:
+                return
+            task_id, attempt, job_id, func, ttl_s = task
+            text = "".join(t for _, t in chunks)
+            room = self.max_bytes - self._stored
+            stored = text[:max(0, room)]
+            if len(text) > room >= 0:
+                stored += TRUNCATED
+            self._stored += len(text) if room >= 0 else 0
+            if room < 0:
+                stored = ""
+        pipe = self.store.redis.pipeline(transaction=False)
+        if stored:
+            key = self.keys.log(task_id, attempt)
+            pipe.append(key, stored.encode(errors="replace"))
+            pipe.expire(key, ttl_s or 86400)
+        if room > 0:
+            for stream, part in _merge(chunks):
+                pipe.publish(self.keys.log_channel(job_id), json.dumps({
+                    "func": func, "pid": _pid(), "host": self.host, "stream": stream,
+                    "text": part[:room]}))
+        pipe.execute()
+
+
+def _merge(chunks: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for stream, text in chunks:
+        if out and out[-1][0] == stream:
+            out[-1] = (stream, out[-1][1] + text)
+        else:
+            out.append((stream, text))
+    return out
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+class DriverEcho:
+    """Prints the output of this job's tasks on the driver's console as it arrives."""
+
+    def __init__(self, store: Any, job_id: str) -> None:
+        self.pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(store.keys.log_channel(job_id))
+        self._stop = threading.Event()
+        self._partial: dict[tuple[str, str, int], str] = {}
+        self.thread = threading.Thread(target=self._loop, name="ftqueue-log-echo", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self.pubsub.get_message(timeout=0.5)
+            except Exception:  # noqa: BLE001 - Redis outage: echo resumes when it is back
+                if self._stop.wait(1.0):
+                    return
+                continue
+            if message and message.get("type") == "message":
+                try:
+                    self.echo(json.loads(message["data"]))
+                except (ValueError, KeyError):
+                    continue
+
+    def echo(self, item: dict[str, Any]) -> None:
+        stream = sys.stderr if item["stream"] == "stderr" else sys.stdout
+        prefix = f"({item['func']} pid={item['pid']}, host={item['host']}) "
+        key = (item["stream"], item["host"], item["pid"])
+        text = self._partial.pop(key, "") + item["text"]
+        *lines, rest = text.split("\n")
+        if rest:
+            self._partial[key] = rest
+        for line in lines:
+            stream.write(prefix + line + "\n")
+        stream.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=2)
+        try:
+            self.pubsub.close()
+        except Exception:  # noqa: BLE001
+            pass
