@@ -242,8 +242,12 @@ def test_metrics_scrape_after_a_workload(driver, start_node):
     assert 'ftqueue_retries_total{cause="WORKER_DIED"} 1.0' in text
     assert 'ftqueue_queue_depth{queue="default"} 0.0' in text
     assert "ftqueue_running_tasks 0.0" in text and "ftqueue_leases_expired_total" in text
-    count = re.search(r"^ftqueue_task_duration_seconds_count (\S+)$", text, re.M)
-    assert count and float(count.group(1)) >= 7
+
+    def durations_observed():   # the node hears of a task's end just after its commit
+        found = re.search(r"^ftqueue_task_duration_seconds_count (\S+)$", scrape().decode(), re.M)
+        return found and float(found.group(1)) >= 7
+
+    wait_until(durations_observed, 10, "7 task durations in the histogram")
 
 
 def test_documented_redis_cli_commands_answer(workload, redis_server, cluster):
