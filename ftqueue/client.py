@@ -17,14 +17,20 @@ from typing import Any, Callable, Sequence
 
 from . import payload, serialization
 from .context import current_task
-from .exceptions import FtqueueError, GetTimeoutError
+from .exceptions import (
+    FtqueueError,
+    GetTimeoutError,
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+)
 from .output import DriverEcho
 from .settings import (
-    DEFAULT_RESULT_TTL_S,
+    DEFAULT_DRIVER_LINEAGE_BYTES,
     env_int,
     lease_timeout_from_env,
+    retention_from_env,
 )
-from .spec import ObjectRef, ResolvedOptions, new_id
+from .spec import TERMINAL_STATES, ObjectRef, ResolvedOptions, new_id, new_put_id
 from .store import Store, connect, is_connection_error
 
 SUBMIT_BATCH_MAX = 500
@@ -48,7 +54,9 @@ class Client:
         self.client_id = new_id()[:16]
         self.notify_key = self.keys.done(self.client_id)
         self.job_id = job_id or self.store.next_job_id()
-        self.result_ttl_s = env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
+        self.epoch = self.store.ensure_epoch()
+        self.redis_reset = False      # this Redis lost its data while we were connected
+        self.result_ttl_s, self.lineage_ttl_s = retention_from_env()
         self.lease_timeout_ms = int(lease_timeout_from_env() * 1000)
         self.on_block: Callable[[bool], None] | None = None
         self._cond = threading.Condition()
@@ -60,6 +68,13 @@ class Client:
         self._done: OrderedDict[str, bytes | None] = OrderedDict()
         self._done_bytes = 0
         self._mine: OrderedDict[str, None] = OrderedDict()   # submitted here: we are notified
+        # The specs of what we submitted (newest, up to a byte budget): a Redis that lost
+        # data is given these tasks again, and re-running them rebuilds lost results.
+        self._specs: OrderedDict[str, Any] = OrderedDict()
+        self._spec_bytes = 0
+        self._spec_budget = env_int("FTQUEUE_DRIVER_LINEAGE_BYTES", DEFAULT_DRIVER_LINEAGE_BYTES)
+        self._functions: dict[str, bytes] = {}
+        self._last_epoch_check = 0.0
         self._flushing = False
         self._closing = False
         self._last_sweep = 0.0
@@ -75,6 +90,7 @@ class Client:
     def export_function(self, blob: bytes) -> str:
         digest = serialization.digest(blob)
         self.store.store_function(digest, blob)
+        self._functions[digest] = blob
         return digest
 
     def submit(self, fn_ref: str, func_name: str, options: ResolvedOptions,
@@ -87,6 +103,7 @@ class Client:
             "job_id": task.job_id if task else self.job_id,
             "parent_task_id": task.task_id if task else "",
             "max_retries": str(options.max_retries), "notify": self.notify_key,
+            "result_ttl_s": str(self.result_ttl_s), "lineage_ttl_s": str(self.lineage_ttl_s),
         }
         if options.max_calls:
             fields["max_calls"] = str(options.max_calls)
@@ -147,6 +164,10 @@ class Client:
             self._flushed_seq += len(batch)
             for task in batch:
                 self._mine[task[0]] = None
+                self._specs[task[0]] = task
+                self._spec_bytes += len(task[2])
+            while self._spec_bytes > self._spec_budget and self._specs:
+                self._spec_bytes -= len(self._specs.popitem(last=False)[1][2])
             while len(self._mine) > DONE_MEMORY:
                 self._mine.popitem(last=False)
             self._flushing = False
@@ -222,21 +243,51 @@ class Client:
                         continue
                 ready.update(self._check(ids, ready))
                 self._maybe_sweep()
+                self._check_epoch()
         finally:
             if blocked and self.on_block is not None:
                 self.on_block(False)
         return ready
 
     def _check(self, ids: Sequence[str], ready: set[str]) -> set[str]:
-        """Ask Redis which ids are final, registering as a waiter on the others."""
+        """Ask Redis which ids are final, registering as a waiter on the others. A task of
+        ours that Redis no longer knows (it lost recent writes) is submitted again."""
         todo = [i for i in dict.fromkeys(ids) if i not in ready]
         try:
             statuses = self.store.watch(self.notify_key, todo)
+            with self._cond:
+                again = [self._specs[i] for i, s in zip(todo, statuses)
+                         if s == "missing" and i in self._specs]
+            if again:
+                self.store.submit(again)
+                self.store.watch(self.notify_key, [spec[0] for spec in again])
         except Exception as e:  # noqa: BLE001
             if is_connection_error(e):
                 return set()
             raise
-        return {i for i, s in zip(todo, statuses) if s != "pending"}
+        resubmitted = {spec[0] for spec in again}
+        return {i for i, s in zip(todo, statuses) if s != "pending" and i not in resubmitted}
+
+    def _check_epoch(self) -> None:
+        """Notice a Redis that lost its data; hand it our unfinished tasks again."""
+        now = time.monotonic()
+        if now - self._last_epoch_check < SAFETY_POLL_S:
+            return
+        self._last_epoch_check = now
+        try:
+            epoch = self.store.ensure_epoch()
+            if epoch == self.epoch:
+                return
+            self.epoch, self.redis_reset = epoch, True
+            for digest, blob in self._functions.items():
+                self.store.store_function(digest, blob)
+            with self._cond:
+                specs = list(self._specs.values())
+            for i in range(0, len(specs), SUBMIT_BATCH_MAX):
+                self.store.submit(specs[i:i + SUBMIT_BATCH_MAX])
+        except Exception as e:  # noqa: BLE001
+            if not is_connection_error(e):
+                raise
 
     def _maybe_sweep(self) -> None:
         """A driver blocked in get also reaps expired leases, so work is never stuck for
@@ -246,7 +297,7 @@ class Client:
             return
         self._last_sweep = now
         try:
-            self.store.sweep(self.lease_timeout_ms)
+            self.store.sweep(self.lease_timeout_ms, index_ttl_ms=self.lineage_ttl_s * 1000)
         except Exception:  # noqa: BLE001 - best effort; nodes sweep too
             pass
 
@@ -256,13 +307,17 @@ class Client:
         self.flush()
         ids = [r._id for r in ref_list]
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        ready = self._await(ids, len(set(ids)), deadline)
-        if len(ready) < len(set(ids)):
-            raise GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} s.")
-        values = self._fetch(ids)
-        return values[0] if single else values
+        while True:
+            ready = self._await(ids, len(set(ids)), deadline)
+            if len(ready) < len(set(ids)):
+                raise GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} s.")
+            values = self._fetch(ids)
+            if values is not None:
+                return values[0] if single else values
 
-    def _fetch(self, ids: Sequence[str]) -> list[Any]:
+    def _fetch(self, ids: Sequence[str]) -> list[Any] | None:
+        """The values (raising the first error), or None when a lost result is being
+        rebuilt: wait again then."""
         unique = list(dict.fromkeys(i for i in ids if i not in self._submit_errors))
         found: dict[str, tuple[dict[str, str], bytes | None]] = {}
         with self._cond:
@@ -272,22 +327,59 @@ class Client:
                     found[object_id] = ({"state": "FINISHED"}, blob)
         missing = [i for i in unique if i not in found]
         if missing:
-            found.update(zip(missing, self.store.outcomes(missing)))
+            found.update(zip(missing, self._redis_retry(lambda: self.store.outcomes(missing))))
+        with self._cond:
+            for object_id in unique:
+                blob = self._done.pop(object_id, None)
+                self._done_bytes -= len(blob) if blob else 0
+        rebuilding = False
         values = []
         for object_id in ids:
             if object_id in self._submit_errors:
                 raise self._submit_errors[object_id]
             record, blob = found[object_id]
+            if record and record["state"] not in TERMINAL_STATES:
+                rebuilding = True    # another getter started rebuilding it: wait again
+                continue
+            if blob is None and record.get("state") == "FINISHED":
+                self._rebuild(object_id)
+                rebuilding = True
+                continue
             ok, value = payload.outcome_to_result(object_id, record, blob)
             if not ok:
+                if not record and self.redis_reset:
+                    raise ObjectLostError(f"Object {object_id} is lost: Redis lost its data "
+                                          "(restarted without persistence, or failed over)")
                 raise value
             values.append(value)
+        if rebuilding:
+            return None
         with self._cond:
             for object_id in unique:
-                blob = self._done.pop(object_id, None)
-                self._done_bytes -= len(blob) if blob else 0
                 self._mine.pop(object_id, None)
         return values
+
+    def _rebuild(self, object_id: str) -> None:
+        """Its task FINISHED but the result is gone (expired, evicted, deleted): re-run it."""
+        status = self._redis_retry(lambda: self.store.reconstruct(object_id))
+        if status in ("exhausted", "no_lineage"):
+            reason = {"exhausted": "MAX_ATTEMPTS_EXCEEDED: the task's retries are spent",
+                      "no_lineage": "LINEAGE_EVICTED: its task record or arguments expired"}
+            raise ObjectReconstructionFailedError(
+                f"Failed to retrieve object {object_id}: its result was lost and could not be "
+                f"rebuilt [{reason[status]}]")
+
+    def _redis_retry(self, step: Callable[[], Any]) -> Any:
+        """An idempotent read, retried across a Redis outage (with backoff)."""
+        failures = 0
+        while True:
+            try:
+                return step()
+            except Exception as e:  # noqa: BLE001
+                if not is_connection_error(e) or self._closing:
+                    raise
+                time.sleep(backoff(failures))
+                failures += 1
 
     def wait(self, refs: Any, num_returns: int = 1, timeout: float | None = None,
              fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
@@ -299,7 +391,13 @@ class Client:
                              f"{num_returns}; it must be between 1 and {len(ref_list)}.")
         self.flush()
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        ready = self._await([r._id for r in ref_list], num_returns, deadline)
+        while True:
+            ready = self._await([r._id for r in ref_list], num_returns, deadline)
+            lost = self._lost([i for i in ready if self._done.get(i) is None])
+            for object_id in lost:
+                self._rebuild(object_id)
+            if not lost:
+                break
         done = [r for r in ref_list if r._id in ready][:num_returns]
         taken = set(done)
         return done, [r for r in ref_list if r not in taken]
@@ -310,10 +408,16 @@ class Client:
         self.flush()
         self.store.cancel(ref._id, force, recursive)
 
+    def _lost(self, ids: Sequence[str]) -> list[str]:
+        """Those of ids whose task FINISHED but whose result is gone."""
+        pairs = self._redis_retry(lambda: self.store.outcomes(list(ids))) if ids else []
+        return [i for i, (record, blob) in zip(ids, pairs)
+                if blob is None and record.get("state") == "FINISHED"]
+
     def put(self, value: Any) -> ObjectRef:
         if isinstance(value, ObjectRef):
             raise TypeError("Calling 'put' on an ObjectRef is not allowed.")
-        object_id = new_id()
+        object_id = new_put_id()
         self.store.put(object_id, payload.pack_value(value), self.result_ttl_s)
         return ObjectRef(object_id)
 

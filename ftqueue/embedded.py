@@ -134,6 +134,30 @@ class RedisServer:
         except OSError:
             return ""
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as Redis can tell (for tests and chaos)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, *, empty: bool = False) -> RedisServer:
+        """Start a server again on the same directory and address (its data files are
+        replayed unless `empty`)."""
+        self.kill()
+        if empty:
+            for name in os.listdir(self.directory):
+                if name.startswith(("appendonly", "dump")):
+                    path = os.path.join(self.directory, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, preexec_fn=set_parent_death_signal,
+                                   start_new_session=True)
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = process
+        self.wait_ready()
+        return self
+
     def stop(self, *, keep_directory: bool = False) -> None:
         if self.process.poll() is None:
             self.process.terminate()

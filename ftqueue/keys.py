@@ -94,5 +94,9 @@ class Keys:
         return f"{self.prefix}:stats"
 
     @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    @property
     def job_counter(self) -> str:
         return f"{self.prefix}:job_counter"

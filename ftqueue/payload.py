@@ -17,6 +17,7 @@ from .exceptions import (
     DEP_FAILED_LINE,
     NodeDiedError,
     ObjectLostError,
+    ObjectReconstructionFailedError,
     OutOfMemoryError,
     SerializationError,
     TaskCancelledError,
@@ -24,7 +25,7 @@ from .exceptions import (
     UnserializableException,
     WorkerCrashedError,
 )
-from .spec import ArgRef, ErrorType, ObjectRef
+from .spec import PUT_ID_LENGTH, ArgRef, ErrorType, ObjectRef
 
 VALUE = b"V"
 ERROR = b"E"
@@ -135,10 +136,14 @@ _SYSTEM_ERRORS = {
 
 def outcome_to_result(object_id: str, record: dict[str, str], blob: bytes | None) -> tuple[bool, Any]:
     """(True, value) or (False, exception) for a final task record and its result blob."""
-    if not record:  # a put object: no task record
+    if not record:  # a put object, or a task whose record expired
         if blob is None:
-            return False, ObjectLostError(f"Object {object_id} is lost (it was put, so it has "
-                                          "no lineage to rebuild it from)")
+            if len(object_id) == PUT_ID_LENGTH:
+                return False, ObjectLostError(f"Object {object_id} is lost (it was put, so it "
+                                              "has no lineage to rebuild it from)")
+            return False, ObjectReconstructionFailedError(
+                f"Failed to retrieve object {object_id}: no result and no task record "
+                "[LINEAGE_EVICTED: its task record expired, or the id is unknown]")
         return _decode(blob)
     error_type = record.get("error_type", "")
     if record["state"] == "FINISHED":

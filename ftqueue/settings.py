@@ -12,7 +12,9 @@ DEFAULT_PREFETCH = 8
 DEFAULT_MEMORY_THRESHOLD = 0.95
 DEFAULT_TIMEOUT_GRACE_S = 5.0
 MEMORY_CHECK_INTERVAL_S = 0.25
-DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
+DEFAULT_RESULT_TTL_S = 24 * 3600
+DEFAULT_LINEAGE_TTL_S = 7 * 24 * 3600
+DEFAULT_DRIVER_LINEAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_NOTIFY_TTL_S = 24 * 3600
 ATTEMPT_MESSAGE_MAX_CHARS = 2000
 INLINE_RESULT_MAX_BYTES = 16384
@@ -90,3 +92,10 @@ def parse_size(text: str) -> int:
     if unit not in _SIZE_UNITS or value < 0:
         raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)")
     return int(value * _SIZE_UNITS[unit])
+
+
+def retention_from_env() -> tuple[int, int]:
+    """(result TTL, lineage TTL) in seconds; lineage is kept at least as long as results."""
+    result_ttl = env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
+    lineage_ttl = env_int("FTQUEUE_LINEAGE_TTL_S", DEFAULT_LINEAGE_TTL_S)
+    return result_ttl, max(lineage_ttl, result_ttl)

@@ -100,7 +100,16 @@ _before_hex: Callable[[], None] | None = None
 
 
 def new_id() -> str:
+    """A task id: 32 hex digits."""
     return uuid.uuid4().hex
+
+
+def new_put_id() -> str:
+    """An object from `put`: 40 hex digits, so a lost one is known to have no lineage."""
+    return uuid.uuid4().hex + uuid.uuid4().hex[:8]
+
+
+PUT_ID_LENGTH = 40
 
 
 class ObjectRef:

@@ -24,7 +24,7 @@ import psutil
 from enum import Enum
 from typing import Any, Callable
 
-from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings
+from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings, retention_from_env
 from .spec import ErrorType, new_id
 from .store import Store, connect, is_connection_error
 from .worker import EXIT_RECYCLE
@@ -110,6 +110,7 @@ class WorkerHandle:
     blocked: bool = False
     stop_requested: bool = False
     tasks_run: int = 0
+    held: set[str] = field(default_factory=set)   # claimed and not yet committed or released
     on_task_end: Callable[[float], None] | None = None
     buffer: bytes = b""
     started: float = field(default_factory=time.monotonic)
@@ -129,6 +130,10 @@ class WorkerHandle:
             if self.running and self.on_task_end is not None:
                 self.on_task_end(time.monotonic() - self.task_started)
             self.running = ""
+        elif line.startswith(b"H "):
+            self.held.update(line[2:].decode().split())
+        elif line.startswith(b"D "):
+            self.held.difference_update(line[2:].decode().split())
         elif line == b"B":
             self.blocked = True
         elif line == b"U":
@@ -153,6 +158,8 @@ class Supervisor:
         self.next_renew = 0.0
         self.next_sweep = 0.0
         self.next_memory_check = 0.0
+        self.epoch = ""
+        self.index_ttl_ms = retention_from_env()[1] * 1000
         self.redis_down_since: float | None = None
         self.log = log or (lambda msg: print(f"ftqueue node {self.node_id}: {msg}",
                                              file=sys.stderr, flush=True))
@@ -172,6 +179,7 @@ class Supervisor:
             "lease_timeout_s": self.settings.lease_timeout_s,
         })
         self.store.redis.zadd(self.keys.node_index, {self.node_id: self.store.clock_ms()})
+        self.epoch = self.store.ensure_epoch()
         self.store.renew(self.node_id, self.lease_timeout_ms)
 
     def request_stop(self, *_: Any) -> None:
@@ -317,13 +325,18 @@ class Supervisor:
         now = time.monotonic()
         if now >= self.next_renew:
             self.next_renew = now + self.settings.renew_interval_s
+            if self._redis(self.store.ensure_epoch, once=True) not in (None, self.epoch):
+                self.log("Redis lost its data (a new epoch): registering this node again")
+                self._redis(self.register, once=True)
             running = [h.running for h in self.workers.values() if h.running]
-            self._redis(lambda: self.store.renew(self.node_id, self.lease_timeout_ms, running),
-                        once=True)
+            held = [t for h in self.workers.values() for t in h.held]
+            self._redis(lambda: self.store.renew(self.node_id, self.lease_timeout_ms, running,
+                                                 held), once=True)
             self._redis(self._publish_workers, once=True)
         if now >= self.next_sweep:
             self.next_sweep = now + max(self.settings.renew_interval_s, 0.5)
-            self._redis(lambda: self.store.sweep(self.lease_timeout_ms), once=True)
+            self._redis(lambda: self.store.sweep(self.lease_timeout_ms,
+                                                 index_ttl_ms=self.index_ttl_ms), once=True)
         for task_id, forced in self._redis(lambda: self.store.pop_cancel_requests(self.node_id),
                                            once=True) or []:
             self._relay_cancel(task_id, forced)

@@ -23,7 +23,7 @@ from .context import TaskContext, set_current_task
 from .exceptions import FtqueueError, TaskCancelledError
 from .output import OutputCapture
 from .remote_function import IMPORT_PREFIX, RemoteFunction
-from .settings import DEFAULT_RESULT_TTL_S, NodeSettings, env_int
+from .settings import NodeSettings, retention_from_env
 from .spec import ArgRef
 from .store import Claimed, Store, is_connection_error
 
@@ -108,7 +108,7 @@ class Worker:
         self.interruptible = False
         self.cancelled: set[str] = set()
         self.output: OutputCapture | None = None
-        self.result_ttl_s = env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
+        self.result_ttl_s = retention_from_env()[0]
         self.stopping = False
         self.pid = os.getpid()
         self.ip = host_ip()
@@ -141,6 +141,7 @@ class Worker:
                 return None
             self.local.extend(claimed)
             self.claimed_at = time.monotonic()
+            self.tell("H " + " ".join(t.task_id for t in claimed))
         elif time.monotonic() - self.claimed_at > self.settings.lease_timeout_s:
             # We were frozen or starved past our lease: the reaper has most likely handed
             # these prefetched tasks to others. Give back whatever is still ours.
@@ -148,6 +149,7 @@ class Worker:
             self._retry_redis(lambda: self.store.worker_lost(
                 self.node_id, self.worker_id, "", "WORKER_DIED", "prefetch outlived its lease",
                 charge=False))
+            self.tell("D " + " ".join(t.task_id for t in self.local))
             self.local.clear()
             return None
         task = self.local.popleft()
@@ -214,6 +216,7 @@ class Worker:
             self._retry_redis(lambda: self.store.worker_lost(
                 self.node_id, self.worker_id, "", "WORKER_DIED",
                 "worker exited on purpose before starting it", charge=False))
+            self.tell("D " + " ".join(t.task_id for t in self.local))
             self.local.clear()
         return code
 
@@ -247,8 +250,8 @@ class Worker:
         batch, self.pending = self.pending, []
         next_id = self.local[0].task_id if self.local else ""
         # Commits are fenced, so sending one again after a lost reply is harmless.
-        self._retry_redis(lambda: self.store.commit(batch, result_ttl_s=self.result_ttl_s,
-                                                    next_task_id=next_id))
+        self._retry_redis(lambda: self.store.commit(batch, next_task_id=next_id))
+        self.tell("D " + " ".join(outcome[0] for outcome in batch))
 
     def _retry_redis(self, step: Callable[[], Any]) -> Any:
         from .client import backoff
@@ -340,13 +343,28 @@ class Worker:
         ids = list(dict.fromkeys(c[k].object_id for c, k in slots))
         results = {}
         for object_id, (record, blob) in zip(ids, self.store.outcomes(ids)):
-            results[object_id] = payload.outcome_to_result(object_id, record, blob)
+            if blob is None and record.get("state") == "FINISHED":
+                results[object_id] = self._rebuilt(object_id)
+            else:
+                results[object_id] = payload.outcome_to_result(object_id, record, blob)
         for container, key in slots:
             ok, value = results[container[key].object_id]
             if not ok:
                 return value
             container[key] = value
         return None
+
+
+    @staticmethod
+    def _rebuilt(object_id: str) -> tuple[bool, Any]:
+        """An argument whose result was lost: rebuild it (the slot is lent while we wait)."""
+        from .api import get
+        from .spec import ObjectRef
+
+        try:
+            return True, get(ObjectRef(object_id))
+        except Exception as e:  # noqa: BLE001 - the dependent fails with this as its cause
+            return False, e
 
 
 def _watch_parent(parent_pid: int) -> None:

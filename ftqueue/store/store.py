@@ -89,19 +89,23 @@ class Store:
                 for r in rows]
 
     def commit(self, outcomes: Sequence[tuple[str, str, str, bytes, bool, str]],
-               result_ttl_s: int = 0, next_task_id: str = "") -> list[str]:
+               next_task_id: str = "") -> list[str]:
         """outcomes: (task_id, fence, 'ok'|'err'|'cancelled', blob, retryable, message)."""
-        argv: list[Any] = [result_ttl_s, next_task_id, len(outcomes)]
+        argv: list[Any] = [next_task_id, len(outcomes)]
         for task_id, fence, outcome, blob, retryable, message in outcomes:
             argv += [task_id, fence, outcome, blob, "1" if retryable else "0", message]
         return [_s(r) for r in self._run("commit", *argv)]
 
-    def renew(self, node_id: str, lease_timeout_ms: int, running: Sequence[str] = ()) -> int:
-        """Heartbeat; extend the node's leases; mark the tasks its workers run as RUNNING."""
-        return int(self._run("renew", node_id, self.clock_ms() + lease_timeout_ms, *running))
+    def renew(self, node_id: str, lease_timeout_ms: int, running: Sequence[str] = (),
+              held: Sequence[str] = ()) -> int:
+        """Heartbeat; extend the leases of the tasks the node's workers hold; mark the tasks
+        they run as RUNNING."""
+        return int(self._run("renew", node_id, self.clock_ms() + lease_timeout_ms,
+                             ",".join(running), *held))
 
-    def sweep(self, lease_timeout_ms: int, limit: int = 100) -> tuple[list[tuple[str, str]], list[str]]:
-        swept, dead = self._run("sweep", lease_timeout_ms, limit)
+    def sweep(self, lease_timeout_ms: int, limit: int = 100,
+              index_ttl_ms: int = 7 * 24 * 3600 * 1000) -> tuple[list[tuple[str, str]], list[str]]:
+        swept, dead = self._run("sweep", lease_timeout_ms, limit, index_ttl_ms)
         pairs = [(_s(swept[i]), _s(swept[i + 1])) for i in range(0, len(swept), 2)]
         return pairs, [_s(d) for d in dead]
 
@@ -111,6 +115,18 @@ class Store:
         out = self._run("worker_lost", node_id, worker_id, running_task_id, error_type, message,
                         "1" if charge else "0")
         return [(_s(out[i]), _s(out[i + 1])) for i in range(0, len(out), 2)]
+
+    def reconstruct(self, task_id: str) -> str:
+        """Re-run the task behind a lost result (see reconstruct.lua for the answers)."""
+        return _s(self._run("reconstruct", task_id))
+
+    def ensure_epoch(self) -> str:
+        """This Redis's data generation: set once, so a Redis that lost everything (restarted
+        without persistence, failed over to an empty replica) shows a new one."""
+        import uuid
+
+        self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
+        return _s(self.redis.get(self.keys.epoch))
 
     def cancel(self, task_id: str, force: bool, recursive: bool) -> list[tuple[str, str]]:
         out = self._run("cancel", task_id, "1" if force else "0", "1" if recursive else "0")

@@ -88,6 +88,20 @@ local function release_dependents(id)
   if #deps > 0 then redis.call('DEL', dkey) end
 end
 
+-- Retention starts when a task ends: its result (or error) lives result_ttl_s, its lineage
+-- (record, arguments, attempts, children) lineage_ttl_s, so a lost result can be rebuilt.
+local function set_retention(id)
+  local t = redis.call('HMGET', k_task(id), 'result_ttl_s', 'lineage_ttl_s')
+  local result_ttl, lineage_ttl = tonumber(t[1]) or 0, tonumber(t[2]) or 0
+  if result_ttl > 0 then redis.call('EXPIRE', k_result(id), result_ttl) end
+  if lineage_ttl > 0 then
+    for _, key in ipairs({k_task(id), k_args(id), P .. ':attempts:' .. id,
+                          P .. ':children:' .. id}) do
+      redis.call('EXPIRE', key, lineage_ttl)
+    end
+  end
+end
+
 -- The final attempt stays in the task hash (state, node, worker, times, error); only the
 -- attempts that ended in a retry are appended to the attempts list.
 local function finish(id, state, error_type, message, result_blob)
@@ -105,6 +119,7 @@ local function finish(id, state, error_type, message, result_blob)
   end
   notify(id, result_blob)
   release_dependents(id)
+  set_retention(id)
 end
 
 local function budget_left(id)

@@ -21,6 +21,7 @@ for i = 0, n - 1 do
     if parent and parent ~= '' then redis.call('SADD', P .. ':children:' .. parent, id) end
     redis.call('SADD', P .. ':queues', queue)
     local pending = 0
+    if deps ~= '' then redis.call('HSET', tkey, 'dep_ids', deps) end
     for dep in string.gmatch(deps, '[^,]+') do
       local state = redis.call('HGET', k_task(dep), 'state')
       if state and not TERMINAL[state] then

@@ -1,6 +1,8 @@
 -- The reaper: fail the attempts whose lease expired (their node stopped renewing), and mark
 -- nodes without a heartbeat for lease_ms as DEAD. Idempotent; any process may run it.
--- ARGV: prefix, now_ms, lease_ms, limit
+-- Also trims the listing indexes of entries older than index_ttl_ms (their records have
+-- expired by then) and forgets dead workers and nodes whose records expired.
+-- ARGV: prefix, now_ms, lease_ms, limit, index_ttl_ms
 -- Returns: {{task_id, outcome, ...}, {dead_node_id, ...}}
 local lease_ms, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local swept = {}
@@ -20,5 +22,13 @@ for _, node in ipairs(dead) do
   redis.call('ZREM', P .. ':nodes', node)
   redis.call('HSET', P .. ':node:' .. node, 'state', 'DEAD', 'end_ms', NOW)
   redis.call('EXPIRE', P .. ':node:' .. node, DEAD_NODE_TTL_S)
+end
+local horizon = NOW - tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', P .. ':index:tasks', '-inf', horizon)
+redis.call('ZREMRANGEBYSCORE', P .. ':index:failed', '-inf', horizon)
+for _, spec in ipairs({{P .. ':workers', P .. ':worker:'}, {P .. ':index:nodes', P .. ':node:'}}) do
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', spec[1], '-inf', NOW - 3600000, 'LIMIT', 0, 100)) do
+    if redis.call('EXISTS', spec[2] .. member) == 0 then redis.call('ZREM', spec[1], member) end
+  end
 end
 return {swept, dead}
