@@ -101,6 +101,8 @@ def _add_node(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int,
                    default=env_int("FTQUEUE_METRICS_PORT", 0) or None,
                    help="serve Prometheus metrics on this port")
+    p.add_argument("--health-file", default=env_str("FTQUEUE_HEALTH_FILE"),
+                   help="keep this file updated for `ftqueue health` (container healthchecks)")
     p.add_argument("--no-task-output-copy", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -160,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recursive", action="store_true", help="leave its children alone")
     p.set_defaults(func=cmd_cancel)
 
+    p = sub.add_parser("health", help="exit 0 only if the local node is registered and "
+                                      "heartbeating (a container healthcheck)")
+    p.add_argument("--file", default=env_str("FTQUEUE_HEALTH_FILE", "/tmp/ftqueue-health.json"),
+                   help="the node's --health-file")
+    p.set_defaults(func=cmd_health)
+
     p = sub.add_parser("logs", help="what a task printed, per attempt")
     _add_common(p)
     p.add_argument("id")
@@ -194,7 +202,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise FtqueueError("no Redis address: pass --address or set FTQUEUE_ADDRESS")
     _watch_parent(args)
     supervisor = Supervisor(_node_settings(args, args.address), parent_pid=args.exit_with_parent,
-                            metrics_port=args.metrics_port)
+                            metrics_port=args.metrics_port, health_file=args.health_file)
     supervisor.log(f"serving queues {','.join(args.queues)} with {args.num_workers} workers "
                    f"on {_redact(args.address)}")
     return supervisor.run()
@@ -311,6 +319,29 @@ def cmd_logs(args: argparse.Namespace) -> int:
             raise FtqueueError(f"task {args.id} has no attempt {attempt}")
         return 0
     sys.stdout.write(text.decode(errors="replace"))
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from .store import Store, connect
+
+    try:
+        with open(args.file) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FtqueueError(f"no node health file at {args.file}: {e}") from None
+    max_age = max(3.0, float(info.get("lease_timeout_s", 30)))
+    age = time.time() - float(info["heartbeat"])
+    if age > max_age:
+        raise FtqueueError(f"node {info['node_id']} last heartbeat {age:.1f} s ago")
+    store = Store(connect(info["address"]), info["namespace"])
+    score = store.redis.zscore(store.keys.nodes, info["node_id"])
+    if score is None or store.clock_ms() - score > max_age * 1000:
+        raise FtqueueError(f"node {info['node_id']} is not registered as alive in Redis")
+    print(f"node {info['node_id']} healthy (heartbeat {age:.1f} s ago)")
     return 0
 
 

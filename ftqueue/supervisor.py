@@ -143,6 +143,7 @@ class WorkerHandle:
 class Supervisor:
     def __init__(self, settings: NodeSettings, *, node_id: str | None = None,
                  parent_pid: int | None = None, metrics_port: int | None = None,
+                 health_file: str | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.node_id = node_id or new_id()[:16]
@@ -163,6 +164,7 @@ class Supervisor:
         self.redis_down_since: float | None = None
         self.log = log or (lambda msg: print(f"ftqueue node {self.node_id}: {msg}",
                                              file=sys.stderr, flush=True))
+        self.health_file = health_file
         self.metrics = None
         if metrics_port is not None:
             from .metrics import NodeMetrics
@@ -333,6 +335,8 @@ class Supervisor:
             self._redis(lambda: self.store.renew(self.node_id, self.lease_timeout_ms, running,
                                                  held), once=True)
             self._redis(self._publish_workers, once=True)
+            if self.health_file:
+                self._write_health()
         if now >= self.next_sweep:
             self.next_sweep = now + max(self.settings.renew_interval_s, 0.5)
             self._redis(lambda: self.store.sweep(self.lease_timeout_ms,
@@ -344,6 +348,17 @@ class Supervisor:
         if now >= self.next_memory_check:
             self.next_memory_check = now + MEMORY_CHECK_INTERVAL_S
             self._watch_memory()
+
+    def _write_health(self) -> None:
+        """For a container healthcheck (`ftqueue health`): who we are and when we last
+        heartbeated. Written atomically."""
+        tmp = f"{self.health_file}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"node_id": self.node_id, "address": self.settings.address,
+                       "namespace": self.settings.namespace, "pid": os.getpid(),
+                       "heartbeat": time.time(), "redis_ok": self.redis_down_since is None,
+                       "lease_timeout_s": self.settings.lease_timeout_s}, f)
+        os.replace(tmp, self.health_file)
 
     def _publish_workers(self) -> None:
         """What each worker is doing, for `ftqueue list workers` (refreshed with the heartbeat)."""
