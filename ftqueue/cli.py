@@ -101,6 +101,9 @@ def _add_node(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int,
                    default=env_int("FTQUEUE_METRICS_PORT", 0) or None,
                    help="serve Prometheus metrics on this port")
+    p.add_argument("--secret-file", default=None,
+                   help="sign and verify payloads with the key in this file "
+                        "(or FTQUEUE_SECRET / FTQUEUE_SECRET_FILE)")
     p.add_argument("--health-file", default=env_str("FTQUEUE_HEALTH_FILE"),
                    help="keep this file updated for `ftqueue health` (container healthchecks)")
     p.add_argument("--no-task-output-copy", action="store_true", help=argparse.SUPPRESS)
@@ -195,14 +198,27 @@ def _watch_parent(args: argparse.Namespace) -> None:
             raise FtqueueError("parent process already gone")
 
 
+def _security(args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    from .signing import signer
+
+    if args.secret_file:
+        os.environ["FTQUEUE_SECRET_FILE"] = args.secret_file   # the workers inherit it
+    if not signer().enabled:
+        log("WARNING: no FTQUEUE_SECRET set: payloads are not signed, so anyone who can write "
+            "to this Redis can run code on the workers (see docs/security.md)")
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
     if not args.address:
         raise FtqueueError("no Redis address: pass --address or set FTQUEUE_ADDRESS")
     _watch_parent(args)
+    _security(args, lambda msg: print(f"ftqueue: {msg}", file=sys.stderr, flush=True))
     supervisor = Supervisor(_node_settings(args, args.address), parent_pid=args.exit_with_parent,
                             metrics_port=args.metrics_port, health_file=args.health_file)
+    from .store.connection import _redact
+
     supervisor.log(f"serving queues {','.join(args.queues)} with {args.num_workers} workers "
                    f"on {_redact(args.address)}")
     return supervisor.run()
@@ -213,6 +229,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
     _watch_parent(args)
+    if args.secret_file:
+        os.environ["FTQUEUE_SECRET_FILE"] = args.secret_file
     server = RedisServer.start(port=args.port, unix_socket=args.unix_socket,
                                directory=args.data_dir, appendonly=bool(args.data_dir))
     try:
@@ -378,13 +396,6 @@ def render(rows: list[dict[str, Any]], fmt: str, title: str) -> str:
             lines.append(f"{str(n).rjust(index_width)}  " + "  ".join(
                 v.ljust(w) for v, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
-
-
-def _redact(address: str) -> str:
-    if "@" in address and "://" in address:
-        scheme, rest = address.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return address
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,13 +15,14 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
-from . import payload, serialization
+from . import payload
 from .context import current_task
 from .exceptions import (
     FtqueueError,
     GetTimeoutError,
     ObjectLostError,
     ObjectReconstructionFailedError,
+    PayloadVerificationError,
 )
 from .output import DriverEcho
 from .settings import (
@@ -87,17 +88,17 @@ class Client:
 
     # -- submitting ---------------------------------------------------------------------------
 
-    def export_function(self, blob: bytes) -> str:
-        digest = serialization.digest(blob)
+    def export_function(self, blob: bytes, digest: str) -> str:
         self.store.store_function(digest, blob)
         self._functions[digest] = blob
         return digest
 
     def submit(self, fn_ref: str, func_name: str, options: ResolvedOptions,
                args: Sequence[Any], kwargs: dict[str, Any]) -> ObjectRef:
-        blob, deps = payload.pack_args(args, kwargs, options.retry_exceptions, func_name)
-        task = current_task()
         task_id = new_id()
+        func_name = "".join(c if c.isprintable() and not c.isspace() else "_" for c in func_name)
+        blob, deps = payload.pack_args(args, kwargs, options.retry_exceptions, func_name, task_id)
+        task = current_task()
         fields = {
             "name": options.name or func_name, "func": func_name, "fn": fn_ref,
             "job_id": task.job_id if task else self.job_id,
@@ -346,6 +347,8 @@ class Client:
                 rebuilding = True
                 continue
             ok, value = payload.outcome_to_result(object_id, record, blob)
+            if not ok and isinstance(value, PayloadVerificationError):
+                self.store.incr_stat("payload_rejected")
             if not ok:
                 if not record and self.redis_reset:
                     raise ObjectLostError(f"Object {object_id} is lost: Redis lost its data "
@@ -418,7 +421,7 @@ class Client:
         if isinstance(value, ObjectRef):
             raise TypeError("Calling 'put' on an ObjectRef is not allowed.")
         object_id = new_put_id()
-        self.store.put(object_id, payload.pack_value(value), self.result_ttl_s)
+        self.store.put(object_id, payload.pack_value(value, object_id), self.result_ttl_s)
         return ObjectRef(object_id)
 
     def close(self) -> None:

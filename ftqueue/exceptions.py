@@ -11,6 +11,8 @@
     ├── ObjectLostError                     a stored value is gone and has no lineage
     │   └── ObjectReconstructionFailedError a lost result could not be rebuilt
     ├── SerializationError                  a value could not be pickled (also a TypeError)
+    ├── PayloadVerificationError            a payload's signature did not verify (not unpickled)
+    ├── PayloadTooLargeError                over FTQUEUE_MAX_PAYLOAD_BYTES (also a ValueError)
     ├── UnserializableException             stands in for a task's exception that did not (un)pickle
     └── FtqueueConnectionError              Redis could not be reached (also a ConnectionError)
 """
@@ -172,6 +174,10 @@ class FtqueueConnectionError(FtqueueError, ConnectionError):
 
 class PayloadVerificationError(FtqueueError):
     """A payload's signature did not verify; it was not unpickled."""
+
+
+class PayloadTooLargeError(FtqueueError, ValueError):
+    """A pickled argument or result is over FTQUEUE_MAX_PAYLOAD_BYTES."""
 
 
 # Ray's names, so `import ftqueue as ray` code keeps its except clauses.

@@ -4,6 +4,10 @@ A result blob is one kind byte followed by a pickle: b"V" a value, b"E" an error
 An error record is a dict of plain types, so it always unpickles; the original exception
 rides inside it as its own pickle, so one that fails to (un)pickle still reaches the caller
 as its type name, message and traceback text.
+
+Every blob is sealed by `signing` (an HMAC over kind, owner id and bytes when a secret is
+configured) and checked before anything in it is unpickled; its size is capped by
+FTQUEUE_MAX_PAYLOAD_BYTES.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ import traceback
 from typing import Any, Sequence
 
 from . import serialization
+from .settings import env_int
+from .signing import signer
 from .exceptions import (
     DEP_FAILED_LINE,
     NodeDiedError,
     ObjectLostError,
     ObjectReconstructionFailedError,
     OutOfMemoryError,
+    PayloadTooLargeError,
+    PayloadVerificationError,
     SerializationError,
     TaskCancelledError,
     TaskError,
@@ -31,8 +39,24 @@ VALUE = b"V"
 ERROR = b"E"
 
 
+DEFAULT_MAX_PAYLOAD_BYTES = 100 * 1024 * 1024
+
+
+def max_payload_bytes() -> int:
+    return env_int("FTQUEUE_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
+
+
+def _limit(data: bytes, what: str) -> bytes:
+    limit = max_payload_bytes()
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"the {what} is {len(data)} bytes pickled, over "
+                                   f"FTQUEUE_MAX_PAYLOAD_BYTES={limit}")
+    return data
+
+
 def pack_args(args: Sequence[Any], kwargs: dict[str, Any],
-              retry_exceptions: bool | tuple[type, ...], what: str) -> tuple[bytes, list[str]]:
+              retry_exceptions: bool | tuple[type, ...], what: str,
+              task_id: str) -> tuple[bytes, list[str]]:
     """Pickle a call's arguments; top-level ObjectRefs become dependencies."""
     deps: list[str] = []
 
@@ -45,15 +69,29 @@ def pack_args(args: Sequence[Any], kwargs: dict[str, Any],
     marked = ([mark(a) for a in args], {k: mark(v) for k, v in kwargs.items()})
     blob = serialization.dumps((marked[0], marked[1], retry_exceptions),
                                what=f"arguments for a task {what}")
-    return blob, list(dict.fromkeys(deps))
+    return signer().seal("args", task_id, _limit(blob, f"arguments of {what}")), \
+        list(dict.fromkeys(deps))
 
 
-def unpack_args(blob: bytes) -> tuple[list[Any], dict[str, Any], bool | tuple[type, ...]]:
-    return serialization.loads(blob, what="task arguments")
+def unpack_args(blob: bytes, task_id: str) -> tuple[list[Any], dict[str, Any],
+                                                     bool | tuple[type, ...]]:
+    return serialization.loads(signer().open("args", task_id, blob), what="task arguments")
 
 
-def pack_value(value: Any) -> bytes:
-    return VALUE + serialization.dumps(value, what="task's return value")
+def pack_value(value: Any, object_id: str) -> bytes:
+    data = VALUE + serialization.dumps(value, what="task's return value")
+    return signer().seal("result", object_id, _limit(data, "return value"))
+
+
+def pack_function(fn: Any, name: str) -> tuple[bytes, str]:
+    """(sealed blob, digest): stored once under its digest, verified against it."""
+    data = _limit(serialization.dumps_function(fn, what=f"function {name}"), f"function {name}")
+    digest = serialization.digest(data)
+    return signer().seal("function", digest, data), digest
+
+
+def unpack_function(blob: bytes, digest: str) -> Any:
+    return serialization.loads_function(signer().open("function", digest, blob))
 
 
 def format_traceback(exc: BaseException, skip_frames: int = 0) -> str:
@@ -65,7 +103,7 @@ def format_traceback(exc: BaseException, skip_frames: int = 0) -> str:
 
 
 def pack_error(function_name: str, exc: BaseException, traceback_text: str, pid: int, ip: str,
-               kind: str = "TaskError") -> bytes:
+               object_id: str, kind: str = "TaskError") -> bytes:
     try:
         cause_blob: bytes | None = serialization.dumps(exc)
     except SerializationError:
@@ -75,7 +113,14 @@ def pack_error(function_name: str, exc: BaseException, traceback_text: str, pid:
         "pid": pid, "ip": ip, "type_name": _qualified_name(type(exc)),
         "message": _safe_str(exc), "cause": cause_blob,
     }
-    return ERROR + pickle.dumps(record, protocol=serialization.PROTOCOL)
+    return _seal_error(record, object_id)
+
+
+def _seal_error(record: dict[str, Any], object_id: str) -> bytes:
+    if record["cause"] is not None and len(record["cause"]) > max_payload_bytes() // 2:
+        record["cause"] = None    # an exception carrying huge data travels as text only
+    data = ERROR + pickle.dumps(record, protocol=serialization.PROTOCOL)
+    return signer().seal("result", object_id, data)
 
 
 def _qualified_name(cls: type) -> str:
@@ -95,10 +140,10 @@ def error_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_safe_str(exc)}"
 
 
-def unpack_error(blob: bytes) -> TaskError:
+def unpack_error(data: bytes) -> TaskError:
     from .exceptions import TaskTimeoutError
 
-    record = pickle.loads(blob[1:])
+    record = pickle.loads(data[1:])
     cause: BaseException
     try:
         cause = serialization.loads(record["cause"]) if record["cause"] is not None else None
@@ -112,7 +157,8 @@ def unpack_error(blob: bytes) -> TaskError:
     return err.as_instanceof_cause()
 
 
-def dependency_error(function_name: str, dep_error: BaseException, pid: int, ip: str) -> bytes:
+def dependency_error(function_name: str, dep_error: BaseException, pid: int, ip: str,
+                     object_id: str) -> bytes:
     """The error of a task that did not run because an argument failed (Ray's wording)."""
     shown = dep_error._base_class() if isinstance(dep_error, TaskError) else type(dep_error)
     text = DEP_FAILED_LINE + "\n" + f"{_qualified_name(shown)}: {dep_error}"
@@ -124,7 +170,7 @@ def dependency_error(function_name: str, dep_error: BaseException, pid: int, ip:
     record = {"kind": "TaskError", "function_name": function_name, "traceback": text, "pid": pid,
               "ip": ip, "type_name": _qualified_name(type(root)), "message": _safe_str(root),
               "cause": cause_blob}
-    return ERROR + pickle.dumps(record, protocol=serialization.PROTOCOL)
+    return _seal_error(record, object_id)
 
 
 _SYSTEM_ERRORS = {
@@ -144,12 +190,12 @@ def outcome_to_result(object_id: str, record: dict[str, str], blob: bytes | None
             return False, ObjectReconstructionFailedError(
                 f"Failed to retrieve object {object_id}: no result and no task record "
                 "[LINEAGE_EVICTED: its task record expired, or the id is unknown]")
-        return _decode(blob)
+        return _decode(blob, object_id)
     error_type = record.get("error_type", "")
     if record["state"] == "FINISHED":
         if blob is None:
             return False, ObjectLostError(f"The result of task {object_id} is lost")
-        return _decode(blob)
+        return _decode(blob, object_id)
     if error_type in _SYSTEM_ERRORS:
         return False, _SYSTEM_ERRORS[error_type](
             f"Task {object_id} ({record.get('func', '')}) failed: {record.get('error_message', '')}")
@@ -158,15 +204,22 @@ def outcome_to_result(object_id: str, record: dict[str, str], blob: bytes | None
     if blob is None:
         return False, ObjectLostError(f"The error of task {object_id} is lost: "
                                       f"{record.get('error_message', '')}")
-    return _decode(blob)
+    return _decode(blob, object_id)
 
 
-def _decode(blob: bytes) -> tuple[bool, Any]:
-    if blob[:1] == VALUE:
+def _decode(blob: bytes, object_id: str) -> tuple[bool, Any]:
+    try:
+        data = signer().open("result", object_id, blob)
+    except PayloadVerificationError as e:
+        return False, e
+    if data[:1] == VALUE:
         try:
-            return True, serialization.loads(blob[1:], what="task's return value")
+            return True, serialization.loads(data[1:], what="task's return value")
         except SerializationError as e:
             return False, e
-    if blob[:1] == ERROR:
-        return False, unpack_error(blob)
+    if data[:1] == ERROR:
+        try:
+            return False, unpack_error(data)
+        except Exception as e:  # noqa: BLE001 - a malformed error record
+            return False, SerializationError(f"unreadable error record: {e}")
     return False, SerializationError("unrecognised result payload")

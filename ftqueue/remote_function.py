@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import serialization
+from . import payload
 from .spec import ObjectRef, ResolvedOptions, validate_options
 
 IMPORT_PREFIX = "import:"
@@ -44,8 +44,8 @@ class RemoteFunction:
         if self._import_path is not None:
             return IMPORT_PREFIX + self._import_path
         if self._exported is None or self._exported[0] != client.client_id:
-            blob = serialization.dumps_function(self._function, what=f"function {self._name}")
-            self._exported = (client.client_id, client.export_function(blob))
+            blob, digest = payload.pack_function(self._function, self._name)
+            self._exported = (client.client_id, client.export_function(blob, digest))
         return self._exported[1]
 
     def _submit(self, options: dict[str, Any], args: tuple[Any, ...],

@@ -36,15 +36,31 @@ def digest(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+def versions() -> str:
+    import platform
+
+    return f"Python {platform.python_version()}, cloudpickle {cloudpickle.__version__}"
+
+
 def dumps_function(fn: Any, what: str) -> bytes:
-    """Pickle a function with the file it came from: cloudpickle stores code by value as
-    "<dynamic-code>", and tracebacks should name the user's file as Ray's do."""
+    """Pickle a function with the file it came from (cloudpickle stores code by value as
+    "<dynamic-code>", and tracebacks should name the user's file as Ray's do) inside a plain
+    envelope naming the versions that pickled it, readable by any Python 3."""
     code = getattr(fn, "__code__", None)
-    return dumps((fn, code.co_filename if code is not None else None), what=what)
+    inner = dumps((fn, code.co_filename if code is not None else None), what=what)
+    return pickle.dumps({"versions": versions(), "code": inner}, protocol=4)
 
 
 def loads_function(blob: bytes) -> Any:
-    fn, filename = loads(blob, what="function")
+    envelope = loads(blob, what="function")
+    try:
+        fn, filename = pickle.loads(envelope["code"])
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise SerializationError(
+            f"Could not load the function: it was pickled by {envelope['versions']}, and this "
+            f"worker runs {versions()}: {type(e).__name__}: {e}") from e
     code = getattr(fn, "__code__", None)
     if filename and code is not None and code.co_filename == "<dynamic-code>":
         try:

@@ -65,9 +65,10 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
     for key in ("name", "queue"):
         if key in options and options[key] is not None:
             value = options[key]
-            if not isinstance(value, str) or not value or any(c in value for c in "\r\n\t "):
-                raise ValueError(f"{key} must be a non-empty string without whitespace, "
-                                 f"got {value!r}")
+            if not isinstance(value, str) or not value or any(
+                    c.isspace() or not c.isprintable() or c in "*?[]{}" for c in value):
+                raise ValueError(f"{key} must be a non-empty string without whitespace or "
+                                 f"glob characters, got {value!r}")
     return dict(options)
 
 

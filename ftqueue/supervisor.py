@@ -101,6 +101,7 @@ class WorkerHandle:
     temporary: bool = False
     running: str = ""
     fence: str = ""
+    func_name: str = ""
     timeout_s: float | None = None
     retry_timeout: bool = False
     task_started: float = 0.0
@@ -123,6 +124,7 @@ class WorkerHandle:
             self.fence = parts[1] if len(parts) > 1 else ""
             self.timeout_s = float(parts[2]) if len(parts) > 2 and parts[2] != "-" else None
             self.retry_timeout = len(parts) > 3 and parts[3] == "1"
+            self.func_name = parts[4] if len(parts) > 4 else ""
             self.task_started = time.monotonic()
             self.interrupted_at = 0.0
             self.tasks_run += 1
@@ -409,9 +411,9 @@ class Supervisor:
         cause = TimeoutError(f"the task ran longer than its timeout_s={handle.timeout_s} and "
                              f"did not stop within {self.settings.timeout_grace_s} s; "
                              "its worker was killed")
-        blob = payload.pack_error(handle.running, cause, f"TimeoutError: {cause}\n",
-                                  handle.process.pid, socket.gethostname(),
-                                  kind="TaskTimeoutError")
+        blob = payload.pack_error(handle.func_name or handle.running, cause,
+                                  f"TimeoutError: {cause}\n", handle.process.pid,
+                                  socket.gethostname(), handle.running, kind="TaskTimeoutError")
         return (handle.running, handle.fence, "err", blob, handle.retry_timeout,
                 f"TaskTimeoutError: {cause}")
 

@@ -18,9 +18,13 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from . import payload, serialization
+from . import payload
 from .context import TaskContext, set_current_task
-from .exceptions import FtqueueError, TaskCancelledError
+from .exceptions import (
+    FtqueueError,
+    PayloadVerificationError,
+    TaskCancelledError,
+)
 from .output import OutputCapture
 from .remote_function import IMPORT_PREFIX, RemoteFunction
 from .settings import NodeSettings, retention_from_env
@@ -69,7 +73,7 @@ class FunctionCache:
             blob = self.store.load_function(fn_ref)
             if blob is None:
                 raise FtqueueError(f"function {fn_ref} is not stored in Redis")
-            obj = serialization.loads_function(blob)
+            obj = payload.unpack_function(blob, fn_ref)
         if isinstance(obj, RemoteFunction):
             obj = obj._function if obj._function is not None else self.get(obj._fn_ref(None))
         if not callable(obj):
@@ -271,7 +275,8 @@ class Worker:
     def execute(self, task: Claimed) -> tuple[str, str, str, bytes, bool, str]:
         self.current = task.task_id
         timeout = repr(task.timeout_s) if task.timeout_s else "-"
-        self.tell(f"S {task.task_id} {task.fence} {timeout} {int(task.retry_timeout)}")
+        self.tell(f"S {task.task_id} {task.fence} {timeout} {int(task.retry_timeout)} "
+                  f"{task.func_name}")
         set_current_task(TaskContext(task.task_id, task.attempt, task.job_id, self.node_id,
                                      self.worker_id, task.func_name))
         if self.output is not None:
@@ -291,16 +296,22 @@ class Worker:
 
     def _execute(self, task: Claimed) -> tuple[str, str, str, bytes, bool, str]:
         head = (task.task_id, task.fence)
-        retry_exceptions: bool | tuple[type, ...] = False
         try:
             fn = self.functions.get(task.fn)
-            args, kwargs, retry_exceptions = payload.unpack_args(task.args_blob)
-            dep_error = self._resolve(args, kwargs)
-            if dep_error is not None:
-                blob = payload.dependency_error(task.func_name, dep_error, self.pid, self.ip)
-                return head + ("err", blob, False, "input argument failed: "
-                               + payload.error_summary(dep_error))
-            self.calls[task.fn] = self.calls.get(task.fn, 0) + 1
+            args, kwargs, retry_exceptions = payload.unpack_args(task.args_blob, task.task_id)
+        except Exception as e:  # noqa: BLE001 - cannot load: fails, never retried
+            if isinstance(e, PayloadVerificationError):
+                self._count("payload_rejected")
+            return head + ("err", self._error(task, e, f"{type(e).__name__}: {e}\n"), False,
+                           payload.error_summary(e))
+        dep_error = self._resolve(args, kwargs)
+        if dep_error is not None:
+            blob = payload.dependency_error(task.func_name, dep_error, self.pid, self.ip,
+                                            task.task_id)
+            return head + ("err", blob, False, "input argument failed: "
+                           + payload.error_summary(dep_error))
+        self.calls[task.fn] = self.calls.get(task.fn, 0) + 1
+        try:
             if task.task_id in self.cancelled:
                 raise KeyboardInterrupt
             self.interruptible = True
@@ -316,23 +327,32 @@ class Worker:
         except TaskInterrupt as e:
             cause = TimeoutError(f"the task ran longer than its timeout_s={task.timeout_s}")
             blob = payload.pack_error(task.func_name, cause, payload.format_traceback(e, 1),
-                                      self.pid, self.ip, kind="TaskTimeoutError")
+                                      self.pid, self.ip, task.task_id, kind="TaskTimeoutError")
             return head + ("err", blob, task.retry_timeout, f"TaskTimeoutError: {cause}")
         except KeyboardInterrupt as e:
             self.cancelled.discard(task.task_id)
             blob = payload.pack_error(task.func_name, TaskCancelledError(task.task_id),
-                                      payload.format_traceback(e, 1), self.pid, self.ip)
+                                      payload.format_traceback(e, 1), self.pid, self.ip,
+                                      task.task_id)
             return head + ("cancelled", blob, False, "KeyboardInterrupt: task interrupted")
         except BaseException as e:  # noqa: BLE001 - every task error is the caller's to see
-            blob = payload.pack_error(task.func_name, e, payload.format_traceback(e, 1),
-                                      self.pid, self.ip)
-            return head + ("err", blob, should_retry(e, retry_exceptions), payload.error_summary(e))
+            return head + ("err", self._error(task, e, payload.format_traceback(e, 1)),
+                           should_retry(e, retry_exceptions), payload.error_summary(e))
         try:
-            return head + ("ok", payload.pack_value(value), False, "")
-        except FtqueueError as e:
-            blob = payload.pack_error(task.func_name, e, f"{type(e).__name__}: {e}\n",
-                                      self.pid, self.ip)
-            return head + ("err", blob, False, payload.error_summary(e))
+            return head + ("ok", payload.pack_value(value, task.task_id), False, "")
+        except FtqueueError as e:   # unpicklable or oversized: deterministic, not retried
+            return head + ("err", self._error(task, e, f"{type(e).__name__}: {e}\n"), False,
+                           payload.error_summary(e))
+
+    def _error(self, task: Claimed, exc: BaseException, traceback_text: str) -> bytes:
+        return payload.pack_error(task.func_name, exc, traceback_text, self.pid, self.ip,
+                                  task.task_id)
+
+    def _count(self, stat: str) -> None:
+        try:
+            self.store.incr_stat(stat)
+        except Exception:  # noqa: BLE001 - a counter is not worth failing a task for
+            pass
 
     def _resolve(self, args: list[Any], kwargs: dict[str, Any]) -> BaseException | None:
         """Replace top-level ArgRefs by their values; return the first failed one's error."""

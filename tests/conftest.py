@@ -89,7 +89,8 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             pass
         self.log.close()
-        os.unlink(self.log.name)
+        if os.path.exists(self.log.name):
+            os.unlink(self.log.name)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -15,6 +17,9 @@ CONNECT_TIMEOUT_S = 5.0
 def connect(address: str, *, check: bool = True) -> redis.Redis:
     """A client for `address` (redis://, rediss://, unix://) with redis-py's own command
     retries off: every ftqueue step is retried by ftqueue itself, only where that is safe."""
+    tls: dict[str, str] = {}
+    if address.startswith("rediss://") and os.environ.get("FTQUEUE_TLS_CA_FILE"):
+        tls["ssl_ca_certs"] = os.environ["FTQUEUE_TLS_CA_FILE"]
     try:
         client = redis.Redis.from_url(
             address,
@@ -22,6 +27,7 @@ def connect(address: str, *, check: bool = True) -> redis.Redis:
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             health_check_interval=10,
+            **tls,
         )
     except ValueError as e:
         raise FtqueueConnectionError(f"invalid Redis address {address!r}: {e}") from None
@@ -29,11 +35,29 @@ def connect(address: str, *, check: bool = True) -> redis.Redis:
         try:
             client.ping()
         except redis.AuthenticationError as e:
-            raise FtqueueConnectionError(f"Redis at {address} refused the credentials: {e}") from None
+            raise FtqueueConnectionError(
+                f"Redis at {_redact(address)} refused the credentials: {e}") from None
         except redis.RedisError as e:
-            raise FtqueueConnectionError(f"cannot reach Redis at {address}: {e}") from None
+            raise FtqueueConnectionError(f"cannot reach Redis at {_redact(address)}: {e}") \
+                from None
     return client
 
 
 def is_connection_error(e: BaseException) -> bool:
     return isinstance(e, (redis.ConnectionError, redis.TimeoutError, FtqueueConnectionError))
+
+
+def _redact(address: str) -> str:
+    """The address without its password (in the user part or the query), for messages."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    try:
+        parts = urlsplit(address)
+    except ValueError:
+        return "<unparsable address>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = urlencode([(k, "***" if k == "password" else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")

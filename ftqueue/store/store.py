@@ -17,6 +17,8 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+REDIS_CLOCK = None   # scripts read Redis's own TIME
+
 def _load_scripts() -> dict[str, str]:
     lua = resources.files(__package__).joinpath("lua")
     lib = lua.joinpath("lib.lua").read_text()
@@ -54,16 +56,17 @@ class Store:
     """Every read and write ftqueue makes to Redis goes through here."""
 
     def __init__(self, client: redis.Redis, namespace: str = "ftq",
-                 clock_ms: Callable[[], int] = wall_clock_ms) -> None:
+                 clock_ms: Callable[[], int] | None = REDIS_CLOCK) -> None:
         self.redis = client
         self.keys = Keys(namespace)
-        self.clock_ms = clock_ms
+        self._script_clock = clock_ms
+        self.clock_ms = clock_ms or wall_clock_ms   # for reads that show ages
         self._sha: dict[str, str] = {}
 
     # -- scripts ---------------------------------------------------------------------------
 
     def _run(self, name: str, *args: Any) -> Any:
-        argv = (self.keys.prefix, self.clock_ms()) + args
+        argv = (self.keys.prefix, self._script_clock() if self._script_clock else "") + args
         sha = self._sha.get(name)
         if sha is not None:
             try:
@@ -82,7 +85,7 @@ class Store:
 
     def claim(self, node_id: str, worker_id: str, queues: Sequence[str], max_n: int,
               batch_divisor: int, lease_timeout_ms: int) -> list[Claimed]:
-        rows = self._run("claim", self.clock_ms() + lease_timeout_ms, node_id, worker_id,
+        rows = self._run("claim", lease_timeout_ms, node_id, worker_id,
                          max_n, batch_divisor, len(queues), *queues)
         return [Claimed(_s(r[0]), _s(r[1]), _s(r[2]), _s(r[3]), int(r[4]), _s(r[5]),
                         int(r[6] or 0), r[7], float(r[8]) if r[8] else None, r[9] == b"1")
@@ -100,8 +103,7 @@ class Store:
               held: Sequence[str] = ()) -> int:
         """Heartbeat; extend the leases of the tasks the node's workers hold; mark the tasks
         they run as RUNNING."""
-        return int(self._run("renew", node_id, self.clock_ms() + lease_timeout_ms,
-                             ",".join(running), *held))
+        return int(self._run("renew", node_id, lease_timeout_ms, ",".join(running), *held))
 
     def sweep(self, lease_timeout_ms: int, limit: int = 100,
               index_ttl_ms: int = 7 * 24 * 3600 * 1000) -> tuple[list[tuple[str, str]], list[str]]:

@@ -18,7 +18,11 @@ def make_error(exc):
     try:
         raise exc
     except Exception as e:
-        return payload.unpack_error(payload.pack_error("f", e, payload.format_traceback(e), 7, "1.2.3.4"))
+        blob = payload.pack_error("f", e, payload.format_traceback(e), 7, "1.2.3.4", "t1")
+        ok, err = payload.outcome_to_result("t1", {"state": "FAILED", "error_type":
+                                                   "TASK_EXECUTION_EXCEPTION"}, blob)
+        assert not ok
+        return err
 
 
 def test_task_error_is_instance_of_cause_class():
@@ -66,7 +70,7 @@ def test_outcome_decoding_for_system_failures():
     assert not ok and isinstance(err, ex.NodeDiedError) and "gone" in str(err)
     ok, err = payload.outcome_to_result("t", {"state": "FINISHED", "error_type": ""}, None)
     assert not ok and isinstance(err, ex.ObjectLostError)
-    ok, value = payload.outcome_to_result("t", {}, payload.pack_value([1]))
+    ok, value = payload.outcome_to_result("t", {}, payload.pack_value([1], "t"))
     assert ok and value == [1]
 
 
@@ -89,5 +93,5 @@ def test_serialization_error_is_type_error():
     import threading
 
     with pytest.raises(TypeError):
-        payload.pack_args([threading.Lock()], {}, False, "f")
+        payload.pack_args([threading.Lock()], {}, False, "f", "t1")
     assert pickle.loads(pickle.dumps(ex.UnserializableException("T", "m"))).type_name == "T"

@@ -6,5 +6,5 @@ def test_all_names_exist_and_nothing_else_is_public():
     assert set(ftqueue.__all__) <= public
     modules = {"api", "cli", "client", "context", "embedded", "exceptions", "keys", "payload",
                "remote_function", "serialization", "settings", "spec", "store", "supervisor",
-               "worker", "state", "output", "metrics"}
+               "worker", "state", "output", "metrics", "signing"}
     assert public - set(ftqueue.__all__) <= modules

@@ -2,10 +2,10 @@
 -- Takes more than one only when the queue is deep (len / batch_divisor), so that work is
 -- not hoarded by one worker while others are idle. When nothing is queued, clears the
 -- queues' wake-up bells (they are hints; a submit after this rings again).
--- ARGV: prefix, now_ms, lease_deadline_ms, node_id, worker_id, max_n, batch_divisor, nq, queues...
+-- ARGV: prefix, now_ms, lease_ms, node_id, worker_id, max_n, batch_divisor, nq, queues...
 -- Returns: {{task_id, fence, fn, func, attempt, job_id, max_calls, args_blob, timeout_s,
 --            retry_timeout}, ...}
-local deadline, node, worker = ARGV[3], ARGV[4], ARGV[5]
+local deadline, node, worker = NOW + tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local max_n, divisor, nq = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local out = {}
 for qi = 1, nq do

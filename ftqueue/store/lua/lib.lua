@@ -3,7 +3,13 @@
 -- its own arguments start at ARGV[3]. Keys are built here from the prefix, exactly as
 -- ftqueue/keys.py builds them (see docs/redis-layout.md).
 local P = ARGV[1]
+-- Time comes from Redis itself unless a caller (a test's fake clock) passes it: leases must
+-- not depend on the clocks of the hosts that run nodes and drivers.
 local NOW = tonumber(ARGV[2])
+if not NOW then
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local NOTIFY_TTL_S = 86400          -- settings.DEFAULT_NOTIFY_TTL_S
 local DEAD_NODE_TTL_S = 86400
 local MESSAGE_MAX = 2000            -- settings.ATTEMPT_MESSAGE_MAX_CHARS

@@ -1,9 +1,9 @@
 -- A node's heartbeat: mark it alive; extend the leases of the tasks its workers say they
 -- hold (only those: a task the node no longer holds, e.g. after Redis lost a commit, is
 -- left to expire and be retried); mark RUNNING the ones its workers say they run.
--- ARGV: prefix, now_ms, node_id, lease_deadline_ms, running_ids_csv, held_task_id...
+-- ARGV: prefix, now_ms, node_id, lease_ms, running_ids_csv, held_task_id...
 -- Returns: the number of leases renewed.
-local node, deadline = ARGV[3], ARGV[4]
+local node, deadline = ARGV[3], NOW + tonumber(ARGV[4])
 redis.call('ZADD', P .. ':nodes', NOW, node)
 redis.call('HSET', P .. ':node:' .. node, 'state', 'ALIVE', 'heartbeat_ms', NOW)
 redis.call('PERSIST', P .. ':node:' .. node)
