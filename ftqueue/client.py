@@ -270,7 +270,8 @@ class Client:
         return {i for i, s in zip(todo, statuses) if s != "pending" and i not in resubmitted}
 
     def _check_epoch(self) -> None:
-        """Notice a Redis that lost its data; hand it our unfinished tasks again."""
+        """Notice a Redis that lost its data; hand it our unfinished tasks again. (Finished
+        ones whose results were lost are submitted again only when asked for: `_check`.)"""
         now = time.monotonic()
         if now - self._last_epoch_check < SAFETY_POLL_S:
             return
@@ -283,7 +284,8 @@ class Client:
             for digest, blob in self._functions.items():
                 self.store.store_function(digest, blob)
             with self._cond:
-                specs = list(self._specs.values())
+                specs = [self._specs[i] for i in self._mine
+                         if i not in self._done and i in self._specs]
             for i in range(0, len(specs), SUBMIT_BATCH_MAX):
                 self.store.submit(specs[i:i + SUBMIT_BATCH_MAX])
         except Exception as e:  # noqa: BLE001

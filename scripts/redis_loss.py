@@ -3,8 +3,8 @@
     python scripts/redis_loss.py [--tasks N] [--json]
 
 For each setting (AOF always, AOF everysec, RDB snapshot, none): a private redis-server, one
-node of 2 workers, a driver submitting N short tasks; 1 s in, Redis is SIGKILLed and started
-again from whatever it persisted. Prints per setting: results correct / N, tasks the driver
+node of 2 workers, a driver submitting N short tasks; when half have run, Redis is
+SIGKILLed and started again from whatever it persisted. Prints per setting: results correct / N, tasks the driver
 had to submit again, extra executions (re-runs), and the time to finish.
 """
 
@@ -37,6 +37,14 @@ def step(path: str, i: int) -> int:
     return i * 3
 
 
+def _count(path: str) -> int:
+    try:
+        with open(path) as f:
+            return len(f.read().split())
+    except FileNotFoundError:
+        return 0
+
+
 def run(name: str, extra: list[str], n: int) -> dict:
     directory = tempfile.mkdtemp(prefix=f"ftqueue-loss-{name}-")
     log = os.path.join(directory, "executions")
@@ -53,12 +61,12 @@ def run(name: str, extra: list[str], n: int) -> dict:
         started = time.monotonic()
         refs = [step.remote(log, i) for i in range(n)]
         ftqueue.flush_submissions()
-        time.sleep(1.0)
+        while _count(log) < n // 2:      # crash with half the work done
+            time.sleep(0.01)
         server.restart()
         client = ftqueue.api._client
         correct = sum(1 for i, v in enumerate(ftqueue.get(refs, timeout=600)) if v == i * 3)
-        with open(log) as f:
-            executions = len(f.read().split())
+        executions = _count(log)
         return {"setting": name, "tasks": n, "correct": correct,
                 "redis_reset_seen": client.redis_reset,
                 "extra_executions": executions - n,
