@@ -45,7 +45,8 @@ class Node:
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ftqueue", "worker", "--address", address, "--num-workers",
-             str(workers), "--lease-timeout", str(lease_s), "--grace-period", "1"],
+             str(workers), "--lease-timeout", str(lease_s), "--grace-period", "1",
+             "--exit-with-parent", str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             env=env, start_new_session=True)
 
@@ -139,6 +140,7 @@ def main() -> int:
     if args.quick:
         args.tasks, args.lease_timeout = 800, 1.5
     rng = random.Random(args.seed)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))   # still clean up in `finally`
 
     server = RedisServer.start(unix_socket=True)
     nodes: list[Node] = []

@@ -48,7 +48,7 @@ class NodeProcess:
                  env: dict[str, str] | None = None) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="ftqueue-node-", suffix=".log", delete=False)
         cmd = [sys.executable, "-m", "ftqueue", "worker", "--address", address,
-               "--num-workers", str(num_workers), *args]
+               "--num-workers", str(num_workers), "--exit-with-parent", str(os.getpid()), *args]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log,
                                         stderr=subprocess.STDOUT, env=env or child_env(),
                                         start_new_session=True)
