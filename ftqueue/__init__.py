@@ -2,8 +2,8 @@
 
 from . import exceptions
 from .api import (
-    cancel,
     ClusterInfo,
+    cancel,
     flush_submissions,
     get,
     get_runtime_context,

@@ -8,13 +8,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import spec
 from .client import Client
 from .context import RuntimeContext, current_task
 from .embedded import EmbeddedCluster
 from .keys import DEFAULT_NAMESPACE
 from .remote_function import RemoteFunction
 from .settings import env_str
-from . import spec
 from .spec import ObjectRef
 
 # Ray's init arguments that mean nothing for ftqueue are accepted and ignored, so ported

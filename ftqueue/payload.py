@@ -17,8 +17,6 @@ import traceback
 from typing import Any, Sequence
 
 from . import serialization
-from .settings import env_int
-from .signing import signer
 from .exceptions import (
     DEP_FAILED_LINE,
     NodeDiedError,
@@ -33,6 +31,8 @@ from .exceptions import (
     UnserializableException,
     WorkerCrashedError,
 )
+from .settings import env_int
+from .signing import signer
 from .spec import PUT_ID_LENGTH, ArgRef, ErrorType, ObjectRef
 
 VALUE = b"V"

@@ -19,10 +19,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-
-import psutil
 from enum import Enum
 from typing import Any, Callable
+
+import psutil
 
 from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings, retention_from_env
 from .spec import ErrorType, new_id

@@ -8,9 +8,9 @@ import time
 
 import pytest
 import redis
+from conftest import child_env, run_script, wait_until
 
 import ftqueue
-from conftest import child_env, run_script, wait_until
 from ftqueue.exceptions import (
     GetTimeoutError,
     ObjectLostError,

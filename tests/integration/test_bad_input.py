@@ -14,10 +14,10 @@ import time
 import psutil
 import pytest
 import redis
+from conftest import NodeProcess, child_env, wait_until
 
 import ftqueue
 import ftqueue.state
-from conftest import NodeProcess, child_env, wait_until
 from ftqueue.exceptions import (
     FtqueueConnectionError,
     GetTimeoutError,

@@ -7,10 +7,10 @@ import time
 
 import psutil
 import pytest
+from conftest import wait_until
 
 import ftqueue
 import ftqueue.state
-from conftest import wait_until
 from ftqueue.exceptions import (
     OutOfMemoryError,
     TaskCancelledError,
@@ -119,7 +119,7 @@ def test_recursive_cancel_reaches_children_and_dependents_fail(cluster, rclient,
     with pytest.raises(TaskCancelledError):
         ftqueue.get(ref, timeout=30)
     for child in rclient.smembers(f"ftq:children:{ref.hex()}"):
-        wait_until(lambda: rclient.hget(f"ftq:task:{child}", "state") == "FAILED", 30,
+        wait_until(lambda c=child: rclient.hget(f"ftq:task:{c}", "state") == "FAILED", 30,
                    "the child to be cancelled")
         assert rclient.hget(f"ftq:task:{child}", "error_type") == "TASK_CANCELLED"
     with pytest.raises(TaskError) as info:

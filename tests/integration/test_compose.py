@@ -15,10 +15,10 @@ import time
 
 import pytest
 import yaml
+from conftest import child_env, wait_until
 
 import ftqueue
 import ftqueue.state
-from conftest import child_env, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

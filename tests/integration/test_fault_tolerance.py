@@ -9,10 +9,10 @@ import time
 
 import psutil
 import pytest
+from conftest import wait_until
 
 import ftqueue
 import ftqueue.state
-from conftest import wait_until
 from ftqueue.exceptions import NodeDiedError, TaskError, WorkerCrashedError
 
 

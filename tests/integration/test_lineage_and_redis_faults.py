@@ -9,10 +9,10 @@ import time
 
 import pytest
 import redis
+from conftest import NodeProcess, child_env, wait_until
 
 import ftqueue
 import ftqueue.state
-from conftest import NodeProcess, child_env, wait_until
 from ftqueue.embedded import RedisServer
 from ftqueue.exceptions import ObjectLostError, ObjectReconstructionFailedError
 

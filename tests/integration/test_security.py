@@ -8,10 +8,10 @@ import pickle
 
 import pytest
 import redis
+from conftest import NodeProcess, child_env, wait_until
 
 import ftqueue
 import ftqueue.state
-from conftest import NodeProcess, child_env, wait_until
 from ftqueue.exceptions import FtqueueConnectionError, PayloadVerificationError
 from ftqueue.signing import MAGIC
 

@@ -13,10 +13,10 @@ import urllib.request
 
 import pytest
 import yaml
+from conftest import child_env, run_script, wait_until
 
 import ftqueue
 import ftqueue.state
-from conftest import child_env, run_script, wait_until
 from ftqueue.embedded import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
