@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import pickle
 import statistics
 import sys
@@ -56,6 +57,41 @@ def ftqueue_latency(samples: int) -> list[float]:
         start = time.perf_counter()
         assert ftqueue.get(noop.remote(i)) == i
         out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+@ftqueue.remote
+def interruptible(path: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write("running")
+        time.sleep(60)
+    except KeyboardInterrupt:
+        with open(path, "w") as f:
+            f.write(repr(time.time()))
+        raise
+
+
+def cancel_latency(samples: int) -> list[float]:
+    """ms from `cancel()` returning to the KeyboardInterrupt inside the running task."""
+    import tempfile
+
+    out = []
+    for _ in range(samples):
+        path = tempfile.mktemp(prefix="ftqueue-cancel-")
+        ref = interruptible.remote(path)
+        while not os.path.exists(path):
+            time.sleep(0.005)
+        ftqueue.cancel(ref)
+        returned = time.time()
+        while True:
+            with open(path) as f:
+                text = f.read()
+            if text != "running":
+                break
+            time.sleep(0.002)
+        out.append((float(text) - returned) * 1000)
+        os.unlink(path)
     return out
 
 
@@ -173,6 +209,7 @@ def main() -> int:
         ftqueue_throughput(200)  # warm up: workers started, function cached
         rates = [ftqueue_throughput(args.tasks) for _ in range(args.runs)]
         latencies = ftqueue_latency(args.samples)
+        cancels = cancel_latency(5 if args.quick else 20)
         rss_mb = worker_peak_rss_mb()
     finally:
         ftqueue.shutdown()
@@ -195,6 +232,8 @@ def main() -> int:
         "raw_p50_ms": round(percentile(raw_latencies, 0.5), 3),
         "raw_p99_ms": round(percentile(raw_latencies, 0.99), 3),
         "redis_bytes_per_queued_task": round(memory),
+        "cancel_to_interrupt_p50_ms": round(percentile(cancels, 0.5), 1),
+        "cancel_to_interrupt_max_ms": round(max(cancels), 1),
         "worker_peak_rss_mb": round(rss_mb, 1),
     }
     print(f"{args.tasks} no-op tasks, {WORKERS} worker processes, median of {args.runs} runs")
@@ -206,6 +245,8 @@ def main() -> int:
     print(f"  Redis memory per queued task: {result['redis_bytes_per_queued_task']} bytes "
           f"({args.queued} queued, no worker)")
     print(f"  worker peak RSS: {result['worker_peak_rss_mb']} MB")
+    print(f"  cancel() returned -> KeyboardInterrupt in the task: p50 "
+          f"{result['cancel_to_interrupt_p50_ms']} ms, max {result['cancel_to_interrupt_max_ms']} ms")
     if args.json:
         print(json.dumps(result))
     return 0

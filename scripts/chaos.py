@@ -116,16 +116,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def detection_latencies(kills: list[tuple[str, int]]) -> list[float]:
-    """Seconds from each worker kill to the failed attempt being recorded."""
-    out = []
+def detection_latencies(kills: list[tuple[str, int]]) -> tuple[list[float], list[float]]:
+    """Seconds from each worker kill to (the failed attempt being recorded, the next attempt
+    being claimed by a worker)."""
+    detected, restarted = [], []
     for task_id, kill_ms in kills:
-        for row in ftqueue.state.get_task(task_id):
+        rows = ftqueue.state.get_task(task_id)
+        for row, after in zip(rows, rows[1:] + [None]):
             if row["error_type"] == "WORKER_DIED" and row["end_time"] and \
                     row["start_time"] * 1000 <= kill_ms + 5 <= row["end_time"] * 1000 + 1000:
-                out.append(max(0.0, row["end_time"] - kill_ms / 1000))
+                detected.append(max(0.0, row["end_time"] - kill_ms / 1000))
+                if after is not None and after["start_time"]:
+                    restarted.append(max(0.0, after["start_time"] - kill_ms / 1000))
                 break
-    return out
+    return detected, restarted
 
 
 def main() -> int:
@@ -179,7 +183,7 @@ def main() -> int:
         finished_commits = stats.get("tasks:FINISHED", 0)
         node_died = [row["end_time"] for ref in refs for row in ftqueue.state.get_task(ref.hex())
                      if row["error_type"] == "NODE_DIED"]
-        latencies = detection_latencies(killer.kills)
+        latencies, restarts = detection_latencies(killer.kills)
         result = {
             "submitted": args.tasks,
             "finished": args.tasks - lost,
@@ -191,6 +195,8 @@ def main() -> int:
             "detect_p50_s": round(percentile(latencies, 0.5), 3),
             "detect_p99_s": round(percentile(latencies, 0.99), 3),
             "detect_max_s": round(max(latencies, default=0.0), 3),
+            "retry_start_p50_s": round(percentile(restarts, 0.5), 3),
+            "retry_start_p99_s": round(percentile(restarts, 0.99), 3),
             "node_loss_detect_s": round(min(node_died) - node_kill_ms / 1000, 3) if node_died else None,
             "lease_timeout_s": args.lease_timeout,
             "elapsed_s": round(elapsed, 1),
@@ -206,6 +212,8 @@ def main() -> int:
     print(f"worker kills {result['worker_kills']}  retries by cause {result['retries']}")
     print(f"worker-crash detection p50 {result['detect_p50_s']} s  p99 {result['detect_p99_s']} s  "
           f"max {result['detect_max_s']} s")
+    print(f"retry of a killed worker's task started after p50 {result['retry_start_p50_s']} s  "
+          f"p99 {result['retry_start_p99_s']} s")
     print(f"node loss detected after {result['node_loss_detect_s']} s "
           f"(lease timeout {args.lease_timeout} s)   elapsed {result['elapsed_s']} s")
     if args.json:
