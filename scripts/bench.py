@@ -87,7 +87,7 @@ def cancel_latency(samples: int) -> list[float]:
         while True:
             with open(path) as f:
                 text = f.read()
-            if text != "running":
+            if text not in ("running", ""):   # "" while the task rewrites the file
                 break
             time.sleep(0.002)
         out.append((float(text) - returned) * 1000)
