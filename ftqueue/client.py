@@ -68,6 +68,7 @@ class Client:
         # Finished ids we were told of, with the result when it came inline.
         self._done: OrderedDict[str, bytes | None] = OrderedDict()
         self._done_bytes = 0
+        self._waiting: list[tuple[set[str], set[str]]] = []
         self._mine: OrderedDict[str, None] = OrderedDict()   # submitted here: we are notified
         # The specs of what we submitted (newest, up to a byte budget): a Redis that lost
         # data is given these tasks again, and re-running them rebuilds lost results.
@@ -210,6 +211,10 @@ class Client:
                     for task_id, blob in ids:
                         self._done[task_id] = blob
                         self._done_bytes += len(blob) if blob else 0
+                        for pending, ready in self._waiting:   # each getter's ids
+                            if task_id in pending:
+                                pending.discard(task_id)
+                                ready.add(task_id)
                     while len(self._done) > DONE_MEMORY or self._done_bytes > DONE_MEMORY_BYTES:
                         # Forgotten here, such a task is found final by a check instead.
                         task_id, blob = self._done.popitem(last=False)
@@ -219,13 +224,20 @@ class Client:
 
     def _await(self, ids: Sequence[str], num_ready: int, deadline: float | None) -> set[str]:
         """Block until at least num_ready of ids are final; return those that are."""
-        ready = {i for i in ids if i in self._submit_errors}
+        unique = set(ids)
         with self._cond:
-            ready.update(i for i in ids if i in self._done)
+            ready = {i for i in unique if i in self._submit_errors or i in self._done}
             # Our own submissions notify us; only others' need a check (and registration).
-            known = ready | {i for i in ids if i in self._mine}
-        if len(ready) < num_ready and len(known) < len(set(ids)):
-            ready.update(self._check(ids, known))
+            known = ready | {i for i in unique if i in self._mine}
+        if len(ready) < num_ready and len(known) < len(unique):
+            ready |= self._check(ids, known)
+        # Registered with the listener, which moves arriving ids from `pending` into `ready`
+        # (under the lock): a wake-up costs what arrived, not a scan of every id waited for.
+        with self._cond:
+            ready |= {i for i in unique if i in self._done}
+            pending = unique - ready
+            waiting = (pending, ready)
+            self._waiting.append(waiting)
         blocked = False
         try:
             while len(ready) < num_ready:
@@ -237,18 +249,22 @@ class Client:
                     blocked = True
                 wait_s = SAFETY_POLL_S if remaining is None else min(remaining, SAFETY_POLL_S)
                 with self._cond:
-                    notified = self._cond.wait_for(
-                        lambda: any(i in self._done for i in ids if i not in ready), wait_s)
-                    if notified:
-                        ready.update(i for i in ids if i in self._done)
-                        continue
-                ready.update(self._check(ids, ready))
+                    if self._cond.wait_for(lambda: len(ready) >= num_ready, wait_s):
+                        break
+                with self._cond:
+                    done_ids = set(ready)
+                found = self._check(ids, done_ids)
+                with self._cond:
+                    pending -= found
+                    ready |= found
                 self._maybe_sweep()
                 self._check_epoch()
         finally:
+            with self._cond:
+                self._waiting.remove(waiting)
             if blocked and self.on_block is not None:
                 self.on_block(False)
-        return ready
+        return set(ready)
 
     def _check(self, ids: Sequence[str], ready: set[str]) -> set[str]:
         """Ask Redis which ids are final, registering as a waiter on the others. A task of

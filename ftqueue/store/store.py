@@ -186,11 +186,13 @@ class Store:
 
     def pop_notifications(self, notify_key: str, timeout_s: float,
                           max_n: int = 1000) -> list[tuple[str, bytes | None]]:
-        """(task id, inline result blob or None) for each completion notice."""
-        first = self.redis.blpop([notify_key], timeout=timeout_s)
-        if first is None:
-            return []
-        items = [first[1]] + (self.redis.lpop(notify_key, max_n) or [])
+        """(task id, inline result blob or None) for each completion notice: what is there
+        already, else the first to arrive within timeout_s (handed over at once, not held
+        back for a second round trip to drain more)."""
+        items = self.redis.lpop(notify_key, max_n) or []
+        if not items:
+            first = self.redis.blpop([notify_key], timeout=timeout_s)
+            items = [first[1]] if first is not None else []
         out = []
         for item in items:
             task_id, sep, blob = item.partition(b"\n")
