@@ -29,7 +29,7 @@ from .spec import ErrorType, new_id
 from .store import Store, connect, is_connection_error
 from .worker import EXIT_RECYCLE
 
-TICK_S = 0.2
+TICK_S = 0.1
 CANCEL_POLL_S = 0.1
 MESSAGE_BATCH_S = 0.005      # a running task hears of its cancel within this (plus a signal)
 CRASH_WINDOW_S = 10.0

@@ -207,9 +207,14 @@ def test_13_argument_from_a_cancelled_task(node):
 
 # 14-16: garbage in Redis
 
-def test_14_garbage_pushed_onto_the_queue(node, raw):
-    raw.lpush("ftq:queue:default", b"\x00\xffnot-a-task", b"*", "0" * 32)
-    raw.lpush("ftq:bell:default", b"1")
+def test_14_garbage_pushed_onto_the_queue(node, raw, redis_server):
+    from ftqueue.embedded import find_redis_server
+
+    redis_cli = os.path.join(os.path.dirname(find_redis_server()), "redis-cli")
+    socket_path = redis_server.address[len("unix://"):]
+    for args in (["LPUSH", "ftq:queue:default", "not-a-task", "*", "0" * 32, "\xff\xfe"],
+                 ["LPUSH", "ftq:bell:default", "1"]):
+        subprocess.run([redis_cli, "-s", socket_path, *args], check=True, capture_output=True)
     still_serves()
     assert node.process.poll() is None
 
