@@ -100,16 +100,41 @@ def shutdown() -> None:
 
 
 def is_initialized() -> bool:
-    return _client is not None
+    return _client is not None or _forked_from is not None
 
 
 def _ensure_client() -> Client:
+    global _client, _info, _forked_from
     client = _client
+    if client is None and _forked_from is not None:
+        with _lock:   # a forked child (gunicorn, multiprocessing): a connection of its own
+            if _client is None and _forked_from is not None:
+                address, namespace, job_id = _forked_from
+                _client = Client(address, namespace, job_id=job_id)
+                _info = ClusterInfo(address, namespace, job_id, False)
+                _forked_from = None
+        client = _client
     if client is None:
         init(ignore_reinit_error=True)
         client = _client
         assert client is not None
     return client
+
+
+_forked_from: tuple[str, str, str] | None = None
+
+
+def _after_fork_in_child() -> None:
+    """The parent's client has no threads here (its flusher would never send what this
+    process submits) and its embedded cluster belongs to the parent: start afresh."""
+    global _client, _cluster, _info, _forked_from, _lock
+    _lock = threading.RLock()
+    if _client is not None:
+        _forked_from = (_client.address, _client.namespace, _client.job_id)
+    _client = _cluster = _info = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _attach_worker_client(address: str, namespace: str,

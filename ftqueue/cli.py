@@ -214,7 +214,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not args.address:
         raise FtqueueError("no Redis address: pass --address or set FTQUEUE_ADDRESS")
     _watch_parent(args)
-    _security(args, lambda msg: print(f"ftqueue: {msg}", file=sys.stderr, flush=True))
+    log = lambda msg: print(f"ftqueue: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    _security(args, log)
+    _wait_for_redis(args.address, log)
     supervisor = Supervisor(_node_settings(args, args.address), parent_pid=args.exit_with_parent,
                             metrics_port=args.metrics_port, health_file=args.health_file)
     from .store.connection import _redact
@@ -222,6 +224,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
     supervisor.log(f"serving queues {','.join(args.queues)} with {args.num_workers} workers "
                    f"on {_redact(args.address)}")
     return supervisor.run()
+
+
+def _wait_for_redis(address: str, log: Callable[[str], None]) -> None:
+    """A node may start before its Redis (or during a blip): wait a while, then give up
+    with the one-line error."""
+    import time
+
+    from .client import backoff
+    from .store import connect
+    from .store.connection import _redact
+
+    deadline = time.monotonic() + env_float("FTQUEUE_STARTUP_WAIT_S", 30.0)
+    failures = 0
+    while True:
+        try:
+            connect(address).close()
+            return
+        except FtqueueError as e:
+            if time.monotonic() >= deadline or "credentials" in str(e):
+                raise
+            if failures == 0:
+                log(f"waiting for Redis at {_redact(address)} ({e})")
+            time.sleep(backoff(failures))
+            failures += 1
 
 
 def cmd_start(args: argparse.Namespace) -> int:

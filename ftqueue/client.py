@@ -1,8 +1,8 @@
 """A connected process (driver or worker): submits, waits and fetches through the store.
 
-Submissions go through a small buffer that a background thread flushes: while one batch is
-in flight the next accumulates, so a burst of `.remote()` calls costs a few round trips, and
-a lone call is sent at once. `get`, `wait` and `ObjectRef.hex()` flush first.
+A lone `.remote()` is sent before it returns. A burst goes through a small buffer that a
+background thread flushes: while one batch is in flight the next accumulates, so a burst
+costs a few round trips. `get`, `wait`, `ObjectRef.hex()` and shutdown flush first.
 Completions arrive as task ids pushed on this process's notification list, which a listener
 thread pops in batches; a slow safety poll re-checks state (and runs the reaper) in case a
 notification was lost.
@@ -35,6 +35,7 @@ from .spec import TERMINAL_STATES, ObjectRef, ResolvedOptions, new_id, new_put_i
 from .store import Store, connect, is_connection_error
 
 SUBMIT_BATCH_MAX = 500
+BURST_GAP_S = 0.002      # a .remote() this soon after the previous one is part of a burst
 SAFETY_POLL_S = 1.0
 DONE_MEMORY = 100_000
 DONE_MEMORY_BYTES = 64 * 1024 * 1024
@@ -78,6 +79,7 @@ class Client:
         self._functions: dict[str, bytes] = {}
         self._last_epoch_check = 0.0
         self._flushing = False
+        self._last_submit = 0.0
         self._closing = False
         self._last_sweep = 0.0
         self._flusher = threading.Thread(target=self._flush_loop, name="ftqueue-flusher", daemon=True)
@@ -115,10 +117,20 @@ class Client:
             # kill a task past its timeout knows whether that may be retried.
             if retries_timeout(options.retry_exceptions):
                 fields["retry_timeout"] = "1"
+        now = time.monotonic()
         with self._cond:
             self._buffer.append((task_id, options.queue, blob, deps, fields))
             self._queued_seq += 1
-            self._cond.notify_all()
+            # An isolated submission (a web request, a child process about to exit) is in
+            # Redis when .remote() returns; a burst is batched by the flusher thread.
+            alone = (now - self._last_submit > BURST_GAP_S and not self._flushing
+                     and not self._buffer[:-1])   # nothing older waits (e.g. Redis away)
+            self._last_submit = now
+            batch = self._take_batch() if alone else None
+            if batch is None:
+                self._cond.notify_all()
+        if batch is not None:
+            self._send(batch)   # if Redis is unreachable, the flusher thread retries it
         return ObjectRef(task_id)
 
     def has_unflushed(self) -> bool:

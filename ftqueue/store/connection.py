@@ -10,7 +10,7 @@ from redis.retry import Retry
 
 from ..exceptions import FtqueueConnectionError
 
-SOCKET_TIMEOUT_S = 30.0
+SOCKET_TIMEOUT_S = 10.0   # above the 1 s BLPOP waits; bounds a call to a frozen Redis
 CONNECT_TIMEOUT_S = 5.0
 
 

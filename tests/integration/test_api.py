@@ -346,3 +346,31 @@ def test_lost_put_object_raises_object_lost(cluster, rclient):
     rclient.delete(f"ftq:result:{ref.hex()}")
     with pytest.raises(ObjectLostError):
         ftqueue.get(ref)
+
+
+def test_forked_child_submits_without_waiting(redis_url, start_node):
+    """A web server that forks after init (gunicorn --preload) must not strand submissions
+    in a buffer whose sending thread did not survive the fork."""
+    start_node(1)
+    result = run_script(f"""
+import os, time, ftqueue
+
+@ftqueue.remote
+def f(x):
+    return x * 2
+
+ftqueue.init(address={redis_url!r})
+assert ftqueue.get(f.remote(1)) == 2
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    ref = f.remote(21)                    # fire and forget: no get, no flush
+    os.write(write, ref._id.encode())     # (hex() would flush: read the id directly)
+    time.sleep(2)
+    os._exit(0)
+task_id = os.read(read, 100).decode()
+os.waitpid(pid, 0)
+print(ftqueue.get(ftqueue.ObjectRef.from_hex(task_id), timeout=10))
+""")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "42"

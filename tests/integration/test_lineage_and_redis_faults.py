@@ -227,6 +227,7 @@ def test_redis_away_for_a_while_nothing_crashes(own_redis):
     node = NodeProcess(server.address, 2, "--lease-timeout", "3")
     ftqueue.init(address=server.address)
     try:
+        node.wait_workers(2)
         refs = [square.remote(i) for i in range(30)]
         ftqueue.flush_submissions()
         os.kill(server.process.pid, signal.SIGSTOP)     # unresponsive, not dead
