@@ -219,10 +219,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _wait_for_redis(args.address, log)
     supervisor = Supervisor(_node_settings(args, args.address), parent_pid=args.exit_with_parent,
                             metrics_port=args.metrics_port, health_file=args.health_file)
-    from .store.connection import _redact
+    from .store import redact
 
     supervisor.log(f"serving queues {','.join(args.queues)} with {args.num_workers} workers "
-                   f"on {_redact(args.address)}")
+                   f"on {redact(args.address)}")
     return supervisor.run()
 
 
@@ -231,9 +231,7 @@ def _wait_for_redis(address: str, log: Callable[[str], None]) -> None:
     with the one-line error."""
     import time
 
-    from .client import backoff
-    from .store import connect
-    from .store.connection import _redact
+    from .store import backoff, connect, redact
 
     deadline = time.monotonic() + env_float("FTQUEUE_STARTUP_WAIT_S", 30.0)
     failures = 0
@@ -245,7 +243,7 @@ def _wait_for_redis(address: str, log: Callable[[str], None]) -> None:
             if time.monotonic() >= deadline or "credentials" in str(e):
                 raise
             if failures == 0:
-                log(f"waiting for Redis at {_redact(address)} ({e})")
+                log(f"waiting for Redis at {redact(address)} ({e})")
             time.sleep(backoff(failures))
             failures += 1
 

@@ -32,18 +32,13 @@ from .settings import (
     retention_from_env,
 )
 from .spec import TERMINAL_STATES, ObjectRef, ResolvedOptions, new_id, new_put_id
-from .store import Store, connect, is_connection_error
+from .store import Store, backoff, connect, is_connection_error, retry_across_outage
 
 SUBMIT_BATCH_MAX = 500
 BURST_GAP_S = 0.002      # a .remote() this soon after the previous one is part of a burst
 SAFETY_POLL_S = 1.0
 DONE_MEMORY = 100_000
 DONE_MEMORY_BYTES = 64 * 1024 * 1024
-RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-
-
-def backoff(attempt: int) -> float:
-    return RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
 
 
 class Client:
@@ -404,15 +399,7 @@ class Client:
 
     def _redis_retry(self, step: Callable[[], Any]) -> Any:
         """An idempotent read, retried across a Redis outage (with backoff)."""
-        failures = 0
-        while True:
-            try:
-                return step()
-            except Exception as e:  # noqa: BLE001
-                if not is_connection_error(e) or self._closing:
-                    raise
-                time.sleep(backoff(failures))
-                failures += 1
+        return retry_across_outage(step, give_up=lambda: self._closing)
 
     def wait(self, refs: Any, num_returns: int = 1, timeout: float | None = None,
              fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:

@@ -20,7 +20,6 @@ class TaskState(str, Enum):
 
 
 TERMINAL_STATES = frozenset({TaskState.FINISHED.value, TaskState.FAILED.value})
-ACTIVE_STATES = frozenset({TaskState.SUBMITTED_TO_WORKER.value, TaskState.RUNNING.value})
 
 
 class ErrorType(str, Enum):

@@ -26,7 +26,7 @@ import psutil
 
 from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings, retention_from_env
 from .spec import ErrorType, new_id
-from .store import Store, connect, is_connection_error
+from .store import Store, backoff, connect, is_connection_error
 from .worker import EXIT_RECYCLE
 
 TICK_S = 0.1
@@ -462,8 +462,6 @@ class Supervisor:
 
     def _redis(self, step: Callable[[], Any], once: bool = False) -> Any:
         """Run a Redis step, riding out an outage: `once` steps are simply skipped."""
-        from .client import backoff
-
         failures = 0
         while True:
             try:

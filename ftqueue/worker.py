@@ -29,7 +29,7 @@ from .output import OutputCapture
 from .remote_function import IMPORT_PREFIX, RemoteFunction
 from .settings import NodeSettings, retention_from_env
 from .spec import ArgRef
-from .store import Claimed, Store, is_connection_error
+from .store import Claimed, Store, is_connection_error, retry_across_outage
 
 EXIT_RECYCLE = 75          # exited on purpose (max_calls): restart, charge nothing
 COMMIT_BATCH_S = 0.002     # hold commits this long at most while prefetched tasks remain
@@ -258,17 +258,7 @@ class Worker:
         self.tell("D " + " ".join(outcome[0] for outcome in batch))
 
     def _retry_redis(self, step: Callable[[], Any]) -> Any:
-        from .client import backoff
-
-        failures = 0
-        while True:
-            try:
-                return step()
-            except Exception as e:
-                if not is_connection_error(e):
-                    raise
-                time.sleep(backoff(failures))
-                failures += 1
+        return retry_across_outage(step)
 
     # -- one task -----------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The only package that imports redis: connections and one typed wrapper per Lua script."""
 
-from .connection import connect, is_connection_error
+from .connection import backoff, connect, is_connection_error, redact, retry_across_outage
 from .store import Claimed, Store
 
-__all__ = ["Claimed", "Store", "connect", "is_connection_error"]
+__all__ = ["Claimed", "Store", "backoff", "connect", "is_connection_error", "redact",
+           "retry_across_outage"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from typing import Any, Callable
 
 import redis
 from redis.backoff import NoBackoff
@@ -36,18 +38,38 @@ def connect(address: str, *, check: bool = True) -> redis.Redis:
             client.ping()
         except redis.AuthenticationError as e:
             raise FtqueueConnectionError(
-                f"Redis at {_redact(address)} refused the credentials: {e}") from None
+                f"Redis at {redact(address)} refused the credentials: {e}") from None
         except redis.RedisError as e:
-            raise FtqueueConnectionError(f"cannot reach Redis at {_redact(address)}: {e}") \
+            raise FtqueueConnectionError(f"cannot reach Redis at {redact(address)}: {e}") \
                 from None
     return client
+
+
+RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def backoff(attempt: int) -> float:
+    return RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+
+
+def retry_across_outage(step: Callable[[], Any], give_up: Callable[[], bool] = lambda: False) -> Any:
+    """Run a step that is safe to repeat, retrying with backoff while Redis is unreachable."""
+    failures = 0
+    while True:
+        try:
+            return step()
+        except Exception as e:
+            if not is_connection_error(e) or give_up():
+                raise
+            time.sleep(backoff(failures))
+            failures += 1
 
 
 def is_connection_error(e: BaseException) -> bool:
     return isinstance(e, (redis.ConnectionError, redis.TimeoutError, FtqueueConnectionError))
 
 
-def _redact(address: str) -> str:
+def redact(address: str) -> str:
     """The address without its password (in the user part or the query), for messages."""
     from urllib.parse import parse_qsl, urlencode, urlsplit
 
