@@ -11,6 +11,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..exceptions import FtqueueConnectionError
+from .errors import is_transient
 
 SOCKET_TIMEOUT_S = 10.0   # above the 1 s BLPOP waits; bounds a call to a frozen Redis
 CONNECT_TIMEOUT_S = 5.0
@@ -52,21 +53,31 @@ def backoff(attempt: int) -> float:
     return RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
 
 
-def retry_across_outage(step: Callable[[], Any], give_up: Callable[[], bool] = lambda: False) -> Any:
-    """Run a step that is safe to repeat, retrying with backoff while Redis is unreachable."""
+def retry_across_outage(step: Callable[[], Any], give_up: Callable[[], bool] = lambda: False,
+                        deadline: float | None = None) -> Any:
+    """Run a step that is safe to repeat, retrying with backoff while Redis is unreachable
+    or not serving (see errors.is_transient). Past `deadline` (time.monotonic()) or when
+    `give_up()` says so, the last error is raised."""
     failures = 0
     while True:
         try:
             return step()
         except Exception as e:
-            if not is_connection_error(e) or give_up():
+            if not is_transient(e) or give_up():
                 raise
-            time.sleep(backoff(failures))
+            pause = backoff(failures)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                pause = min(pause, left)
+            time.sleep(pause)
             failures += 1
 
 
-def is_connection_error(e: BaseException) -> bool:
-    return isinstance(e, (redis.ConnectionError, redis.TimeoutError, FtqueueConnectionError))
+# The old name, kept while callers move over: "wait and retry" now covers every transient
+# error, not only a lost connection.
+is_connection_error = is_transient
 
 
 def redact(address: str) -> str:

@@ -1,0 +1,64 @@
+"""The one place that decides what a Redis error means for ftqueue.
+
+*Transient*: the server is unreachable, or reachable but not serving for now (`BUSY` with a
+long script, `LOADING` after a restart, `READONLY`/`MASTERDOWN` around a failover,
+`TRYAGAIN`). A step that is idempotent or fenced is waited out and run again.
+*Full*: `OOM` under `maxmemory` with `noeviction`. A write that must not be lost (an
+outcome) is held and retried; a new submission is refused with a clear error.
+*Corrupt*: `WRONGTYPE`, a key holding something ftqueue did not write there. The record is
+isolated and skipped; the node serves everything else.
+Anything else is a bug or a misconfiguration (no permission, bad credentials): raised.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from ..exceptions import FtqueueConnectionError
+
+_TRANSIENT_CODES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
+                    "NOREPLICAS")
+
+
+def _code(e: BaseException) -> str:
+    """The error code Redis put first in its reply (`BUSY`, `OOM`, ...), or ''."""
+    if not isinstance(e, redis.ResponseError):
+        return ""
+    text = str(e)
+    # Errors raised inside a script arrive wrapped: "Error running script ...: @user_script:
+    # ...: WRONGTYPE Operation ..." in older servers, or with the code first in newer ones.
+    for code in _TRANSIENT_CODES + ("OOM", "WRONGTYPE"):
+        if text.startswith(code) or f": {code} " in text or f" {code} " in text[:200]:
+            return code
+    return ""
+
+
+def is_unreachable(e: BaseException) -> bool:
+    """The connection failed or timed out (credentials refused are not this)."""
+    if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return False
+    return isinstance(e, (redis.ConnectionError, redis.TimeoutError, FtqueueConnectionError))
+
+
+def is_transient(e: BaseException) -> bool:
+    """Wait and run the (idempotent or fenced) step again."""
+    if is_unreachable(e):
+        return True
+    return isinstance(e, (redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError,
+                          redis.exceptions.BusyLoadingError)) \
+        or _code(e) in _TRANSIENT_CODES
+
+
+def is_full(e: BaseException) -> bool:
+    """Redis refused a write: `OOM` at maxmemory with the noeviction policy."""
+    return isinstance(e, redis.exceptions.OutOfMemoryError) or _code(e) == "OOM"
+
+
+def is_corrupt(e: BaseException) -> bool:
+    """A key of the wrong type: something other than ftqueue wrote it."""
+    return _code(e) == "WRONGTYPE"
+
+
+def describe(e: BaseException) -> str:
+    """One line naming the Redis error, for messages and logs."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
