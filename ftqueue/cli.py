@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "heartbeating (a container healthcheck)")
     p.add_argument("--file", default=env_str("FTQUEUE_HEALTH_FILE", "/tmp/ftqueue-health.json"),
                    help="the node's --health-file")
+    p.add_argument("--address", default=env_str("FTQUEUE_ADDRESS"),
+                   help="Redis URL (default: $FTQUEUE_ADDRESS, else the file's)")
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("logs", help="what a task printed, per attempt")
@@ -219,7 +221,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _wait_for_redis(args.address, log)
     supervisor = Supervisor(_node_settings(args, args.address), parent_pid=args.exit_with_parent,
                             metrics_port=args.metrics_port, health_file=args.health_file)
+    from .logs import setup_console
     from .store import redact
+
+    setup_console(f"ftqueue node {supervisor.node_id}")
 
     supervisor.log(f"serving queues {','.join(args.queues)} with {args.num_workers} workers "
                    f"on {redact(args.address)}")
@@ -260,6 +265,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         supervisor = Supervisor(_node_settings(args, server.address),
                                 parent_pid=args.exit_with_parent, metrics_port=args.metrics_port)
+        from .logs import setup_console
+
+        setup_console(f"ftqueue node {supervisor.node_id}")
         print(f"{READY_PREFIX}{server.address}", flush=True)
         if args.exit_with_parent is None:
             print(f"ftqueue cluster running; connect with:\n"
@@ -379,7 +387,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     age = time.time() - float(info["heartbeat"])
     if age > max_age:
         raise FtqueueError(f"node {info['node_id']} last heartbeat {age:.1f} s ago")
-    store = Store(connect(info["address"]), info["namespace"])
+    # The file holds no secret (its address is redacted): the real address comes from
+    # FTQUEUE_ADDRESS, as the node's own did.
+    address = args.address or info["address"]
+    store = Store(connect(address), info["namespace"])
     score = store.redis.zscore(store.keys.nodes, info["node_id"])
     if score is None or store.clock_ms() - score > max_age * 1000:
         raise FtqueueError(f"node {info['node_id']} is not registered as alive in Redis")

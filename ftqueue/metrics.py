@@ -46,10 +46,13 @@ class ClusterCollector:
         yield depth
         yield GaugeMetricFamily("ftqueue_running_tasks", "Tasks holding a lease (cluster)",
                                 value=r.zcard(self.reader.keys.leases))
+        # A snapshot the supervisor's own thread publishes: its worker table is not ours
+        # to iterate from this (the HTTP server's) thread.
+        workers, running = self.node.view
         yield GaugeMetricFamily("ftqueue_node_workers", "Worker processes of this node",
-                                value=len(self.node.workers))
+                                value=workers)
         yield GaugeMetricFamily("ftqueue_node_running_tasks", "Tasks running on this node",
-                                value=sum(1 for h in self.node.workers.values() if h.running))
+                                value=running)
 
 
 class NodeMetrics:

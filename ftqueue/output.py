@@ -4,6 +4,8 @@ the driver that submitted it, which echoes it prefixed like Ray: `(f pid=…, ho
 from __future__ import annotations
 
 import json
+import logging
+import os
 import socket
 import sys
 import threading
@@ -13,6 +15,7 @@ from .settings import env_int
 
 DEFAULT_LOG_MAX_BYTES = 64 * 1024
 FLUSH_INTERVAL_S = 0.2
+log = logging.getLogger("ftqueue.output")
 TRUNCATED = "\n[ftqueue: output truncated at FTQUEUE_LOG_MAX_BYTES]\n"
 
 
@@ -24,13 +27,21 @@ class _Stream:
         self._capture, self._name, self._real = capture, name, real
 
     def write(self, text: str) -> int:
-        if self._capture.copy:
-            self._real.write(text)
+        if self._capture.copy and not self._capture.console_gone:
+            try:
+                self._real.write(text)
+            except (OSError, ValueError) as e:
+                self._capture.stdio_failed(e)
         self._capture.add(self._name, text)
         return len(text)
 
     def flush(self) -> None:
-        self._real.flush()
+        if self._capture.console_gone:
+            return
+        try:
+            self._real.flush()
+        except (OSError, ValueError) as e:
+            self._capture.stdio_failed(e)
 
     def __getattr__(self, name: str) -> Any:  # fileno, encoding, isatty, ...
         return getattr(self._real, name)
@@ -51,7 +62,26 @@ class OutputCapture:
         self._stored = 0
         self._real_out, self._real_err = sys.stdout, sys.stderr
         self._wake = threading.Event()
+        self.console_gone = False     # the node's console is closed: stop copying to it
+        self.stdio_closed = False     # this process's fd 1 or 2 was closed: recycle it
         threading.Thread(target=self._loop, name="ftqueue-output", daemon=True).start()
+
+    def stdio_failed(self, error: BaseException) -> None:
+        """Writing to the real stream failed. A broken console (EPIPE) is the node's and
+        stays broken for every worker: stop copying. A closed stream or descriptor in this
+        process (a task ran `os.close(1)`) is this worker's: it is recycled after the task."""
+        if isinstance(error, BrokenPipeError):
+            self.console_gone = True
+        else:
+            self.stdio_closed = True
+            self.console_gone = True
+
+    def _check_descriptors(self) -> None:
+        for fd in (1, 2):
+            try:
+                os.fstat(fd)
+            except OSError:
+                self.stdio_closed = True
 
     def start(self, task_id: str, attempt: int, job_id: str, func: str, ttl_s: int) -> None:
         with self._lock:
@@ -60,8 +90,14 @@ class OutputCapture:
         sys.stderr = _Stream(self, "stderr", self._real_err)  # type: ignore[assignment]
 
     def finish(self) -> None:
+        """Restore the streams and ship what is left; never raises (losing output must not
+        lose the task's outcome)."""
         sys.stdout, sys.stderr = self._real_out, self._real_err
-        self.ship()
+        self._check_descriptors()
+        try:
+            self.ship()
+        except Exception as e:  # noqa: BLE001 - output is best effort
+            log.debug("shipping task output failed: %s", e)
         with self._lock:
             self._task = None
 
@@ -71,14 +107,12 @@ class OutputCapture:
                 self._chunks.append((stream, text))
 
     def _loop(self) -> None:
-        import os
-
         while True:
             self._wake.wait(FLUSH_INTERVAL_S)
             try:
                 self.ship()
-            except Exception:  # noqa: BLE001 - output is best effort; the task goes on
-                pass
+            except Exception as e:  # noqa: BLE001 - output is best effort; the task goes on
+                log.debug("shipping task output failed: %s", e)
             if os.getppid() == 1:
                 return
 
@@ -121,8 +155,6 @@ def _merge(chunks: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _pid() -> int:
-    import os
-
     return os.getpid()
 
 
@@ -159,14 +191,17 @@ class DriverEcho:
         *lines, rest = text.split("\n")
         if rest:
             self._partial[key] = rest
-        for line in lines:
-            stream.write(prefix + line + "\n")
-        stream.flush()
+        try:   # whole lines, one write each, so they do not interleave with the driver's own
+            for line in lines:
+                stream.write(prefix + line + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass   # the driver's console is gone: the output stays in Redis (ftqueue logs)
 
     def close(self) -> None:
         self._stop.set()
         self.thread.join(timeout=2)
         try:
             self.pubsub.close()
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as e:  # noqa: BLE001 - closing a dead connection
+            log.debug("closing the log subscription failed: %s", e)

@@ -12,6 +12,7 @@ FTQUEUE_MAX_PAYLOAD_BYTES.
 
 from __future__ import annotations
 
+import json
 import pickle
 import traceback
 from typing import Any, Sequence
@@ -54,10 +55,24 @@ def _limit(data: bytes, what: str) -> bytes:
     return data
 
 
+ARGS_MAGIC = b"FTQA1"
+
+
+def execution_fields(fn_ref: str, max_calls: int, timeout_s: float | None,
+                     retry_timeout: bool, max_retries: int) -> dict[str, str]:
+    """What decides which code runs and how: bound into the signed argument envelope by the
+    submitter and compared by the worker with what the task record says (DESIGN
+    invariant 10), so rewriting the record in Redis cannot change it."""
+    return {"fn": fn_ref, "max_calls": str(int(max_calls or 0)),
+            "timeout_s": repr(float(timeout_s)) if timeout_s else "",
+            "retry_timeout": "1" if retry_timeout else "0", "max_retries": str(int(max_retries))}
+
+
 def pack_args(args: Sequence[Any], kwargs: dict[str, Any],
               retry_exceptions: bool | tuple[type, ...], what: str,
-              task_id: str) -> tuple[bytes, list[str]]:
-    """Pickle a call's arguments; top-level ObjectRefs become dependencies."""
+              task_id: str, bound: dict[str, str] | None = None) -> tuple[bytes, list[str]]:
+    """Pickle a call's arguments behind a header of its execution fields (`bound`), sealed
+    together; top-level ObjectRefs become dependencies."""
     deps: list[str] = []
 
     def mark(value: Any) -> Any:
@@ -69,13 +84,48 @@ def pack_args(args: Sequence[Any], kwargs: dict[str, Any],
     marked = ([mark(a) for a in args], {k: mark(v) for k, v in kwargs.items()})
     blob = serialization.dumps((marked[0], marked[1], retry_exceptions),
                                what=f"arguments for a task {what}")
-    return signer().seal("args", task_id, _limit(blob, f"arguments of {what}")), \
+    header = json.dumps(bound or {}, sort_keys=True).encode()
+    data = ARGS_MAGIC + len(header).to_bytes(4, "big") + header + blob
+    return signer().seal("args", task_id, _limit(data, f"arguments of {what}")), \
         list(dict.fromkeys(deps))
+
+
+def open_args(blob: bytes, task_id: str) -> tuple[dict[str, str], bytes]:
+    """Verify an argument envelope (nothing unpickled): (its execution fields, the pickle)."""
+    data = signer().open("args", task_id, blob)
+    if data[:len(ARGS_MAGIC)] != ARGS_MAGIC:
+        return {}, data      # written before execution fields were bound
+    start = len(ARGS_MAGIC) + 4
+    size = int.from_bytes(data[len(ARGS_MAGIC):start], "big")
+    try:
+        bound = json.loads(data[start:start + size])
+    except ValueError:
+        raise PayloadVerificationError(f"the arguments of {task_id} have an unreadable "
+                                       "header") from None
+    return {str(k): str(v) for k, v in bound.items()}, data[start + size:]
+
+
+def check_execution_fields(task_id: str, bound: dict[str, str],
+                           recorded: dict[str, str]) -> None:
+    """Refuse a task whose record says something else than its signed envelope."""
+    if not signer().enabled and not bound:
+        return
+    changed = sorted(k for k in set(bound) | set(recorded) if bound.get(k) != recorded.get(k))
+    if changed:
+        raise PayloadVerificationError(
+            f"task {task_id} refused: its record's {', '.join(changed)} differ from what the "
+            "submitter signed (the record was changed in Redis)")
+
+
+def loads_args(data: bytes) -> tuple[list[Any], dict[str, Any], bool | tuple[type, ...]]:
+    args: tuple[list[Any], dict[str, Any], bool | tuple[type, ...]] = serialization.loads(
+        data, what="task arguments")
+    return args
 
 
 def unpack_args(blob: bytes, task_id: str) -> tuple[list[Any], dict[str, Any],
                                                      bool | tuple[type, ...]]:
-    return serialization.loads(signer().open("args", task_id, blob), what="task arguments")
+    return loads_args(open_args(blob, task_id)[1])
 
 
 def pack_value(value: Any, object_id: str) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .settings import default_max_retries
 
@@ -29,6 +29,17 @@ class ErrorType(str, Enum):
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     TASK_CANCELLED = "TASK_CANCELLED"
     OBJECT_LOST = "OBJECT_LOST"
+
+
+class Outcome(NamedTuple):
+    """How one attempt ended, as a worker (or a supervisor, for a timeout kill) commits it."""
+
+    task_id: str
+    fence: str
+    kind: str            # 'ok' | 'err' | 'cancelled'
+    blob: bytes          # sealed result or error record
+    retryable: bool      # an 'err' that retry_exceptions allows (the budget is Lua's)
+    message: str         # `Type: message`, kept in the task record for people
 
 
 TASK_OPTIONS = frozenset({"max_retries", "retry_exceptions", "max_calls", "name", "queue",

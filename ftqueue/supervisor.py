@@ -2,179 +2,89 @@
 
 It spawns them, learns from each one's pipe which task it runs, sees a death at once (the
 pipe closes; the child is reaped), fails exactly that attempt through the same atomic step
-the reaper uses, and starts a replacement. It keeps the node's heartbeat and renews its
-leases (from this process, so task code that holds the GIL cannot starve them), sweeps
-the cluster for expired leases, and lends the slot of a worker blocked in `get`.
+the reaper uses (what it costs is `policy`'s answer), and starts a replacement. Its periodic
+duties — heartbeat and lease renewal (from this process, so task code that holds the GIL
+cannot starve them), sweeping the cluster for expired leases, relaying cancels, reporting
+lost workers — run from a table, each isolated: a Redis that is down, busy or holding a
+corrupt record makes a duty skip a turn and log once, never stops the node.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import os
 import select
 import signal
 import socket
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any, Callable
 
-import psutil
-
+from . import payload, policy
+from .logs import LogOnce
+from .policy import KillReason, Restart
 from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings, retention_from_env
-from .spec import ErrorType, new_id
-from .store import Store, backoff, connect, is_connection_error
-from .worker import EXIT_RECYCLE
+from .spec import Outcome, new_id
+from .store import Store, backoff, connect, describe, is_corrupt, is_transient, redact
+from .watchdog import memory_kills, node_memory
+from .workerpool import WorkerHandle, spawn_worker
+
+log = logging.getLogger("ftqueue.node")
 
 TICK_S = 0.1
 CANCEL_POLL_S = 0.1
 MESSAGE_BATCH_S = 0.005      # a running task hears of its cancel within this (plus a signal)
-CRASH_WINDOW_S = 10.0
-CRASH_LOOP_LIMIT = 10
-CRASH_LOOP_DELAY_S = 1.0
-
-
-class Restart(str, Enum):
-    RESPAWN = "respawn"          # replace it now
-    RESPAWN_LATER = "later"      # crash loop: replace it after a pause
-    NONE = "none"                # it was asked to leave
-
-
-@dataclass(frozen=True)
-class Exit:
-    """How a worker ended, as the supervisor saw it."""
-
-    returncode: int
-    stop_requested: bool
-    temporary: bool
-
-    @property
-    def on_purpose(self) -> bool:
-        return self.returncode == EXIT_RECYCLE or (self.returncode == 0 and self.stop_requested)
-
-    def describe(self, pid: int) -> str:
-        if self.returncode < 0:
-            try:
-                name = signal.Signals(-self.returncode).name
-            except ValueError:
-                name = str(-self.returncode)
-            return f"worker process {pid} died: killed by signal {name}"
-        return f"worker process {pid} died: exit code {self.returncode}"
-
-
-def node_memory() -> tuple[int, int]:
-    """(used, total) bytes of this container (cgroup v2 limit) or else of the host."""
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        if limit != "max":
-            with open("/sys/fs/cgroup/memory.current") as f:
-                return int(f.read()), int(limit)
-    except (OSError, ValueError):
-        pass
-    vm = psutil.virtual_memory()
-    return vm.total - vm.available, vm.total
-
-
-def pick_oom_victim(handles: list[WorkerHandle]) -> WorkerHandle | None:
-    """As Ray's memory monitor: the worker whose task started last."""
-    busy = [h for h in handles if h.running and not h.kill_reason]
-    return max(busy, key=lambda h: h.task_started) if busy else None
-
-
-def decide_restart(exit: Exit, node_stopping: bool, recent_crashes: int) -> Restart:
-    """Pure: what to do after a worker exits."""
-    if node_stopping or exit.stop_requested or exit.temporary:
-        return Restart.NONE
-    if not exit.on_purpose and recent_crashes >= CRASH_LOOP_LIMIT:
-        return Restart.RESPAWN_LATER
-    return Restart.RESPAWN
+FINAL_REPORT_S = 2.0         # at exit, how long to try telling a lost Redis what we know
+DEAD_RECORD_TTL_S = 3600
 
 
 @dataclass
-class WorkerHandle:
-    worker_id: str
-    process: subprocess.Popen
-    control: int                 # we read what it tells us here
-    inbox: int = -1              # we write requests here, then send SIGUSR1
-    temporary: bool = False
-    running: str = ""
-    fence: str = ""
-    func_name: str = ""
-    timeout_s: float | None = None
-    retry_timeout: bool = False
-    task_started: float = 0.0
-    interrupted_at: float = 0.0
-    kill_reason: str = ""        # why we killed it: "cancel", "timeout", "oom", "recycle"
-    kill_detail: str = ""
-    blocked: bool = False
-    stop_requested: bool = False
-    tasks_run: int = 0
-    held: set[str] = field(default_factory=set)   # claimed and not yet committed or released
-    on_task_end: Callable[[float], None] | None = None
-    buffer: bytes = b""
-    started: float = field(default_factory=time.monotonic)
+class Loss:
+    """A worker that ended, to be reported to Redis (retried until Redis takes it)."""
 
-    def hear(self, line: bytes) -> None:
-        """One line from the worker's pipe."""
-        if line.startswith(b"S "):
-            parts = line[2:].decode().split()
-            self.running = parts[0]
-            self.fence = parts[1] if len(parts) > 1 else ""
-            self.timeout_s = float(parts[2]) if len(parts) > 2 and parts[2] != "-" else None
-            self.retry_timeout = len(parts) > 3 and parts[3] == "1"
-            self.func_name = parts[4] if len(parts) > 4 else ""
-            self.task_started = time.monotonic()
-            self.interrupted_at = 0.0
-            self.tasks_run += 1
-        elif line == b"E":
-            if self.running and self.on_task_end is not None:
-                self.on_task_end(time.monotonic() - self.task_started)
-            self.running = ""
-        elif line.startswith(b"H "):
-            self.held.update(line[2:].decode().split())
-        elif line.startswith(b"D "):
-            self.held.difference_update(line[2:].decode().split())
-        elif line == b"B":
-            self.blocked = True
-        elif line == b"U":
-            self.blocked = False
+    worker_id: str
+    in_flight: str               # the task its death costs, or ''
+    error_type: str
+    charged: bool
+    message: str
+    exit_text: str
+    held: set[str]
+    timeout_outcome: Outcome | None = None
 
 
 class Supervisor:
     def __init__(self, settings: NodeSettings, *, node_id: str | None = None,
                  parent_pid: int | None = None, metrics_port: int | None = None,
-                 health_file: str | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 health_file: str | None = None) -> None:
         self.settings = settings
         self.node_id = node_id or new_id()[:16]
         self.parent_pid = parent_pid
         self.store = Store(connect(settings.address), settings.namespace)
         self.keys = self.store.keys
         self.workers: dict[int, WorkerHandle] = {}   # by control fd
+        self.losses: list[Loss] = []
         self.stopping = False
         self.stop_deadline = 0.0
         self.crash_times: list[float] = []
         self.respawn_at: list[float] = []
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
-        self.next_renew = 0.0
-        self.next_sweep = 0.0
-        self.next_memory_check = 0.0
-        self.next_cancel_poll = 0.0
         self.epoch = ""
         self.index_ttl_ms = retention_from_env()[1] * 1000
-        self.redis_down_since: float | None = None
-        self.log = log or (lambda msg: print(f"ftqueue node {self.node_id}: {msg}",
-                                             file=sys.stderr, flush=True))
+        self.redis_ok = True
         self.health_file = health_file
+        self._once = LogOnce(log)
+        self._due: dict[str, float] = {}
+        self.view = (0, 0)          # (workers, running): what the metrics thread reads
         self.metrics = None
         if metrics_port is not None:
             from .metrics import NodeMetrics
 
             self.metrics = NodeMetrics(self, metrics_port)
+
+    def log(self, message: str) -> None:
+        log.warning(message)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -188,18 +98,30 @@ class Supervisor:
         self.store.redis.zadd(self.keys.node_index, {self.node_id: self.store.clock_ms()})
         self.epoch = self.store.ensure_epoch()
         self.store.renew(self.node_id, self.lease_timeout_ms)
+        for handle in self.workers.values():
+            handle.registered = False      # written again with the next heartbeat
 
-    def request_stop(self, *_: Any) -> None:
-        if not self.stopping:
-            self.stopping = True
-            self.stop_deadline = time.monotonic() + self.settings.grace_period_s
-            for handle in self.workers.values():
-                self._ask_to_stop(handle)
+    def request_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
+        """First SIGTERM/SIGINT: stop claiming, let running tasks finish within the grace
+        period. A second one: stop now (running tasks go back, uncharged)."""
+        if self.stopping:
+            if self.stop_deadline > time.monotonic():
+                self.log("stopping now: running tasks go back to the queue")
+                self.stop_deadline = 0.0
+            return
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.settings.grace_period_s
+        running = sum(1 for h in self.workers.values() if h.in_flight)
+        again = "Ctrl-C" if signum == signal.SIGINT else "signal"
+        self.log(f"stopping: waiting up to {self.settings.grace_period_s:g} s for {running} "
+                 f"running task(s); {again} again to stop now")
+        for handle in self.workers.values():
+            handle.ask_to_stop()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        self.register()
+        self._run_duty("register", self.register)
         for _ in range(self.settings.num_workers):
             self.spawn()
         try:
@@ -210,15 +132,27 @@ class Supervisor:
         return 0
 
     def shutdown(self) -> None:
+        # A frozen Redis must not hold the exit for a socket timeout per call.
+        self.store.redis.connection_pool.connection_kwargs["socket_timeout"] = FINAL_REPORT_S
+        self.store.redis.connection_pool.disconnect()
         for handle in list(self.workers.values()):
-            self._kill(handle)
-        try:
-            self.store.redis.hset(self.keys.node(self.node_id), mapping={
-                "state": "DEAD", "end_ms": self.store.clock_ms()})
-            self.store.redis.zrem(self.keys.nodes, self.node_id)
-            self.store.redis.expire(self.keys.node(self.node_id), 86400)
-        except Exception:  # noqa: BLE001 - Redis may be gone; the reaper covers us
-            pass
+            self._kill_and_reap(handle)
+        deadline = time.monotonic() + FINAL_REPORT_S
+        while self.losses and time.monotonic() < deadline:
+            if not self._run_duty("losses", self._report_losses):
+                time.sleep(backoff(0))
+        if self.losses:
+            self.log(f"Redis unreachable: {len(self.losses)} lost worker(s) not reported; "
+                     "their tasks are retried when their leases expire")
+        self._run_duty("deregister", self._deregister)
+
+    def _deregister(self) -> None:
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.node(self.node_id), mapping={"state": "DEAD",
+                                                         "end_ms": self.store.clock_ms()})
+        pipe.zrem(self.keys.nodes, self.node_id)
+        pipe.expire(self.keys.node(self.node_id), 86400)
+        pipe.execute()
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -231,7 +165,9 @@ class Supervisor:
         if not fds:
             time.sleep(timeout)
         for fd in readable:
-            self._read_control(self.workers[fd])
+            handle = self.workers.get(fd)
+            if handle is not None:
+                self._read_control(handle)
         self._reap()
         self._keep_workers()
         self._tick()
@@ -240,7 +176,8 @@ class Supervisor:
             self.stop_deadline = 0.0
         if self.stopping and time.monotonic() >= self.stop_deadline:
             for handle in list(self.workers.values()):
-                self._kill(handle)
+                handle.kill(KillReason.STOP)
+        self.view = (len(self.workers), sum(1 for h in self.workers.values() if h.running))
         if readable and not self.stopping:
             # Workers write a few lines per task; reading them in batches keeps this
             # process from taking a core under load, for a few ms of extra detection time.
@@ -254,10 +191,12 @@ class Supervisor:
         if not data:
             self._reap(handle, wait=True)
             return
-        handle.buffer += data
-        *lines, handle.buffer = handle.buffer.split(b"\n")
-        for line in lines:
-            handle.hear(line)
+        self._heard(handle, data)
+
+    def _heard(self, handle: WorkerHandle, data: bytes) -> None:
+        for seconds in handle.feed(data):
+            if self.metrics is not None:
+                self.metrics.task_ended(seconds)
 
     def _reap(self, only: WorkerHandle | None = None, wait: bool = False) -> None:
         for handle in [only] if only else list(self.workers.values()):
@@ -272,47 +211,68 @@ class Supervisor:
     def _on_exit(self, handle: WorkerHandle) -> None:
         if self.workers.pop(handle.control, None) is None:
             return
-        try:  # drain what it said last (its final "S <id>" matters)
-            while True:
-                data = os.read(handle.control, 65536)
-                if not data:
-                    break
-                handle.buffer += data
-                *lines, handle.buffer = handle.buffer.split(b"\n")
-                for line in lines:
-                    handle.hear(line)
+        try:  # drain what it said last (its final lines matter)
+            while data := os.read(handle.control, 65536):
+                self._heard(handle, data)
         except OSError:
             pass
-        os.close(handle.control)
-        if handle.inbox >= 0:
-            os.close(handle.inbox)
-        exit = Exit(handle.process.returncode,
-                    handle.stop_requested or self.stopping or bool(handle.kill_reason),
-                    handle.temporary)
+        handle.close_pipes()
+        returncode = int(handle.process.returncode)
+        ending = policy.classify_exit(returncode, task_in_flight=bool(handle.in_flight),
+                                      kill_reason=handle.kill_reason,
+                                      asked_to_stop=handle.asked_to_stop or self.stopping)
+        cost = policy.loss_cost(ending)
         now = time.monotonic()
-        if not exit.on_purpose:
-            self.crash_times = [t for t in self.crash_times if now - t < CRASH_WINDOW_S] + [now]
-        pid = handle.process.pid
-        if handle.kill_reason == "timeout" and handle.running:
-            self._redis(lambda: self.store.commit([self._timeout_outcome(handle)]))
-        if handle.kill_reason == "oom":
-            charge, error_type, message = True, ErrorType.OUT_OF_MEMORY.value, handle.kill_detail
-            self.log(message)
-        elif handle.kill_reason or exit.on_purpose or (self.stopping and exit.stop_requested):
-            charge, error_type, message = False, ErrorType.WORKER_DIED.value, \
-                f"worker process {pid} stopped on purpose; retry not charged"
-        else:
-            charge, error_type, message = True, ErrorType.WORKER_DIED.value, exit.describe(pid)
-            self.log(message + (f" while running task {handle.running}" if handle.running else ""))
-        self._redis(lambda: self.store.worker_lost(self.node_id, handle.worker_id, handle.running,
-                                                   error_type, message, charge))
-        self._redis(lambda: self.store.redis.hset(self.keys.worker(handle.worker_id), mapping={
-            "state": "DEAD", "exit": exit.describe(pid) if not exit.on_purpose else "stopped",
-            "end_ms": self.store.clock_ms()}))
-        self._redis(lambda: self.store.redis.expire(self.keys.worker(handle.worker_id), 3600))
-        decision = decide_restart(exit, self.stopping, len(self.crash_times))
+        if cost.is_crash:
+            self.crash_times = [t for t in self.crash_times
+                                if now - t < policy.CRASH_WINDOW_S] + [now]
+        self.losses.append(self._loss(handle, ending, cost, returncode))
+        if not self.stopping:     # when stopping, shutdown() reports them within a deadline
+            self._run_duty("losses", self._report_losses)
+        decision = policy.decide_restart(ending, node_stopping=self.stopping,
+                                         asked_to_stop=handle.asked_to_stop,
+                                         temporary=handle.temporary,
+                                         recent_crashes=len(self.crash_times))
         if decision is Restart.RESPAWN_LATER:
-            self.respawn_at.append(now + CRASH_LOOP_DELAY_S)
+            self.respawn_at.append(now + policy.CRASH_LOOP_DELAY_S)
+
+    def _loss(self, handle: WorkerHandle, ending: policy.Ending, cost: policy.LossCost,
+              returncode: int) -> Loss:
+        exit_text = describe_exit(returncode, handle.pid)
+        if ending is policy.Ending.OOM_KILLED:
+            message = handle.kill_detail
+            self.log(message)
+        elif cost.charged or cost.is_crash:
+            message = exit_text
+            self.log(message + (f" while running task {handle.in_flight}"
+                                if handle.in_flight else ""))
+        else:
+            message = f"worker process {handle.pid} stopped on purpose; retry not charged"
+        timeout_outcome = None
+        if ending is policy.Ending.TIMEOUT_KILLED and handle.in_flight:
+            timeout_outcome = self._timeout_outcome(handle)
+        return Loss(handle.worker_id, handle.in_flight, cost.error_type, cost.charged, message,
+                    exit_text if cost.is_crash or cost.charged else "stopped",
+                    set(handle.held) | ({handle.in_flight} if handle.in_flight else set()),
+                    timeout_outcome)
+
+    def _report_losses(self) -> None:
+        """Tell Redis about ended workers, oldest first; stops at the first failure (the
+        rest wait for the next turn, their leases still renewed by us)."""
+        while self.losses:
+            loss = self.losses[0]
+            if loss.timeout_outcome is not None:
+                self.store.commit([loss.timeout_outcome])
+                loss.timeout_outcome = None
+            self.store.worker_lost(self.node_id, loss.worker_id, loss.in_flight,
+                                   loss.error_type, loss.message, loss.charged)
+            pipe = self.store.redis.pipeline(transaction=False)
+            pipe.hset(self.keys.worker(loss.worker_id), mapping={
+                "state": "DEAD", "exit": loss.exit_text, "current_task": "",
+                "end_ms": self.store.clock_ms()})
+            pipe.expire(self.keys.worker(loss.worker_id), DEAD_RECORD_TTL_S)
+            pipe.execute()
+            self.losses.pop(0)
 
     def _keep_workers(self) -> None:
         """Replace lost workers, and lend the slot of each worker blocked in `get` to a
@@ -322,207 +282,174 @@ class Supervisor:
         now = time.monotonic()
         self.respawn_at = [t for t in self.respawn_at if t > now]
         target = self.settings.num_workers - len(self.respawn_at)
-        live = [h for h in self.workers.values() if not h.stop_requested]
+        live = [h for h in self.workers.values() if not h.asked_to_stop]
         for _ in range(target - sum(1 for h in live if not h.temporary)):
             live.append(self.spawn())
         active = [h for h in live if not h.blocked]
         for _ in range(target - len(active)):
             active.append(self.spawn(temporary=True))
-        spare = [h for h in active if h.temporary and not h.running]
+        spare = [h for h in active if h.temporary and not h.in_flight]
         for handle in spare[:max(0, len(active) - target)]:
-            self._ask_to_stop(handle)
+            handle.ask_to_stop()
+
+    # -- periodic duties ----------------------------------------------------------------------
 
     def _tick(self) -> None:
+        renew_s = self.settings.renew_interval_s
+        duties: tuple[tuple[str, float, Callable[[], Any]], ...] = (
+            ("renew", renew_s, self._renew),
+            ("workers", renew_s, self._publish_workers),
+            ("health", renew_s, self._write_health),
+            ("sweep", max(renew_s, 0.5), self._sweep),
+            ("cancels", CANCEL_POLL_S, self._poll_cancels),
+            ("losses", renew_s, self._report_losses),
+            ("memory", MEMORY_CHECK_INTERVAL_S, self._watch_memory),
+        )
         now = time.monotonic()
-        if now >= self.next_renew:
-            self.next_renew = now + self.settings.renew_interval_s
-            if self._redis(self.store.ensure_epoch, once=True) not in (None, self.epoch):
-                self.log("Redis lost its data (a new epoch): registering this node again")
-                self._redis(self.register, once=True)
-            running = [h.running for h in self.workers.values() if h.running]
-            held = [t for h in self.workers.values() for t in h.held]
-            self._redis(lambda: self.store.renew(self.node_id, self.lease_timeout_ms, running,
-                                                 held), once=True)
-            self._redis(self._publish_workers, once=True)
-            if self.health_file:
-                self._write_health()
-        if now >= self.next_sweep:
-            self.next_sweep = now + max(self.settings.renew_interval_s, 0.5)
-            self._redis(lambda: self.store.sweep(self.lease_timeout_ms,
-                                                 index_ttl_ms=self.index_ttl_ms), once=True)
-        if now >= self.next_cancel_poll:
-            # A timer, not every step: steps also run for every line a worker writes.
-            self.next_cancel_poll = now + CANCEL_POLL_S
-            for task_id, forced in self._redis(
-                    lambda: self.store.pop_cancel_requests(self.node_id), once=True) or []:
-                self._relay_cancel(task_id, forced)
+        for name, interval_s, duty in duties:
+            if now >= self._due.get(name, 0.0):
+                self._due[name] = now + interval_s
+                self._run_duty(name, duty)
         self._enforce_timeouts(now)
-        if now >= self.next_memory_check:
-            self.next_memory_check = now + MEMORY_CHECK_INTERVAL_S
-            self._watch_memory()
+
+    def _run_duty(self, name: str, duty: Callable[[], Any]) -> bool:
+        """Run one duty; a failure is logged once and the duty skips this turn."""
+        try:
+            duty()
+        except Exception as e:  # noqa: BLE001 - isolated: one duty cannot stop the node
+            if is_transient(e):
+                if self.redis_ok:
+                    self.redis_ok = False
+                    self.log(f"Redis unreachable or not serving ({describe(e)}); retrying")
+            elif is_corrupt(e):
+                self._once.start(f"corrupt:{name}", f"{name}: a record in Redis has the wrong "
+                                 f"type ({describe(e)}); skipped")
+            else:
+                self._once.start(f"error:{name}", f"{name} failed: {describe(e)}", logging.ERROR)
+            return False
+        if not self.redis_ok and name in ("renew", "sweep"):
+            self.redis_ok = True
+            self.log("Redis is reachable again")
+        self._once.clear(f"error:{name}")
+        self._once.clear(f"corrupt:{name}")
+        return True
+
+    def _renew(self) -> None:
+        epoch = self.store.ensure_epoch()
+        if epoch != self.epoch:
+            self.log("Redis lost its data (a new epoch): registering this node again")
+            self.register()
+        running = [h.running for h in self.workers.values() if h.running]
+        held = [t for h in self.workers.values() for t in h.held]
+        held += [t for loss in self.losses for t in loss.held]   # until their loss is told
+        self.store.renew(self.node_id, self.lease_timeout_ms, running, held)
+
+    def _sweep(self) -> None:
+        self.store.sweep(self.lease_timeout_ms, index_ttl_ms=self.index_ttl_ms)
+
+    def _poll_cancels(self) -> None:
+        for task_id, forced in self.store.pop_cancel_requests(self.node_id):
+            self._relay_cancel(task_id, forced)
 
     def _write_health(self) -> None:
         """For a container healthcheck (`ftqueue health`): who we are and when we last
-        heartbeated. Written atomically."""
+        heartbeated. Owner-only, no secrets (the address is redacted), written atomically."""
+        if not self.health_file:
+            return
         tmp = f"{self.health_file}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"node_id": self.node_id, "address": self.settings.address,
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"node_id": self.node_id, "address": redact(self.settings.address),
                        "namespace": self.settings.namespace, "pid": os.getpid(),
-                       "heartbeat": time.time(), "redis_ok": self.redis_down_since is None,
+                       "heartbeat": time.time(), "redis_ok": self.redis_ok,
                        "lease_timeout_s": self.settings.lease_timeout_s}, f)
+        os.chmod(tmp, 0o600)
         os.replace(tmp, self.health_file)
 
     def _publish_workers(self) -> None:
-        """What each worker is doing, for `ftqueue list workers` (refreshed with the heartbeat)."""
+        """Each worker's record, for `ftqueue list workers` (refreshed with the heartbeat,
+        so it comes back after Redis lost its data)."""
         pipe = self.store.redis.pipeline(transaction=False)
+        now_ms = self.store.clock_ms()
         for handle in self.workers.values():
-            pipe.hset(self.keys.worker(handle.worker_id), mapping={
-                "current_task": handle.running, "tasks_run": handle.tasks_run,
-                "blocked": int(handle.blocked)})
+            record: dict[str, Any] = {"current_task": handle.running,
+                                      "tasks_run": handle.tasks_run,
+                                      "blocked": int(handle.blocked)}
+            if not handle.registered:
+                record.update({"worker_id": handle.worker_id, "node_id": self.node_id,
+                               "pid": handle.pid, "host": socket.gethostname(),
+                               "state": "ALIVE", "started_ms": now_ms,
+                               "temporary": int(handle.temporary)})
+                pipe.zadd(self.keys.workers, {handle.worker_id: now_ms})
+            pipe.hset(self.keys.worker(handle.worker_id), mapping=record)
         pipe.execute()
+        for handle in self.workers.values():
+            handle.registered = True
 
     # -- cancellation, timeouts, memory --------------------------------------------------------
 
-    def _tell(self, handle: WorkerHandle, message: str) -> None:
-        try:
-            os.write(handle.inbox, message.encode() + b"\n")
-            handle.process.send_signal(signal.SIGUSR1)
-        except (OSError, ProcessLookupError):
-            pass
-
     def _relay_cancel(self, task_id: str, forced: bool) -> None:
+        from .protocol import Cancel
+
         handle = next((h for h in self.workers.values() if h.running == task_id), None)
         if handle is None:  # prefetched, not started: the worker drops it
-            worker_id = self._redis(lambda: self.store.redis.hget(self.keys.task(task_id),
-                                                                  "worker_id"), once=True)
-            worker_id = worker_id.decode() if worker_id else ""
-            handle = next((h for h in self.workers.values() if h.worker_id == worker_id), None)
+            handle = next((h for h in self.workers.values() if task_id in h.held), None)
             if handle is not None:
-                self._tell(handle, f"C {task_id}")
+                handle.tell(Cancel(task_id))
             return
         if forced:
-            self._kill_for(handle, "cancel", f"task {task_id} was cancelled with force=True")
+            handle.kill(KillReason.CANCEL, f"task {task_id} was cancelled with force=True")
         else:
-            self._tell(handle, f"C {task_id}")
+            handle.tell(Cancel(task_id))
 
     def _enforce_timeouts(self, now: float) -> None:
+        from .protocol import Timeout
+
         for handle in list(self.workers.values()):
-            if not handle.running or handle.timeout_s is None or handle.kill_reason:
+            if (not handle.running or handle.timeout_s is None
+                    or handle.kill_reason is not KillReason.NONE):
                 continue
             if not handle.interrupted_at and now - handle.task_started > handle.timeout_s:
                 handle.interrupted_at = now
-                self._tell(handle, f"T {handle.running}")
-            elif handle.interrupted_at and now - handle.interrupted_at > self.settings.timeout_grace_s:
-                self._kill_for(handle, "timeout", f"task {handle.running} ignored its timeout")
+                handle.tell(Timeout(handle.running))
+            elif (handle.interrupted_at
+                  and now - handle.interrupted_at > self.settings.timeout_grace_s):
+                handle.kill(KillReason.TIMEOUT, f"task {handle.running} ignored its timeout")
 
-    def _timeout_outcome(self, handle: WorkerHandle) -> tuple[str, str, str, bytes, bool, str]:
-        from . import payload
-
+    def _timeout_outcome(self, handle: WorkerHandle) -> Outcome:
         cause = TimeoutError(f"the task ran longer than its timeout_s={handle.timeout_s} and "
                              f"did not stop within {self.settings.timeout_grace_s} s; "
                              "its worker was killed")
-        blob = payload.pack_error(handle.func_name or handle.running, cause,
-                                  f"TimeoutError: {cause}\n", handle.process.pid,
-                                  socket.gethostname(), handle.running, kind="TaskTimeoutError")
-        return (handle.running, handle.fence, "err", blob, handle.retry_timeout,
-                f"TaskTimeoutError: {cause}")
+        blob = payload.pack_error(handle.func_name or handle.in_flight, cause,
+                                  f"TimeoutError: {cause}\n", handle.pid,
+                                  socket.gethostname(), handle.in_flight, kind="TaskTimeoutError")
+        return Outcome(handle.in_flight, handle.fence, "err", blob, handle.retry_timeout,
+                       f"TaskTimeoutError: {cause}")
 
     def _watch_memory(self) -> None:
-        limit = self.settings.max_memory_per_worker_bytes
-        rss: dict[int, int] = {}
-        for fd, handle in list(self.workers.items()):
-            if handle.kill_reason:
-                continue
-            try:
-                rss[fd] = psutil.Process(handle.process.pid).memory_info().rss
-            except psutil.Error:
-                continue
-            if limit and rss[fd] > limit:
-                detail = (f"worker process {handle.process.pid} used {rss[fd] // 2**20} MiB, over "
-                          f"its limit of {limit // 2**20} MiB")
-                if handle.running:
-                    self._kill_for(handle, "oom", detail + f" while running task {handle.running}")
-                else:
-                    self._kill_for(handle, "recycle", detail)
-        used, total = node_memory()
-        if total and used / total > self.settings.memory_threshold:
-            victim = pick_oom_victim(list(self.workers.values()))
-            if victim is not None:
-                self._kill_for(victim, "oom", f"node memory at {used / total:.0%} of "
-                               f"{total // 2**20} MiB, over the {self.settings.memory_threshold:.0%}"
-                               f" threshold: killed worker process {victim.process.pid} running "
-                               f"task {victim.running}")
-
-    def _kill_for(self, handle: WorkerHandle, reason: str, detail: str) -> None:
-        handle.kill_reason, handle.kill_detail = reason, detail
-        try:
-            handle.process.kill()
-        except ProcessLookupError:
-            pass
-
-    def _redis(self, step: Callable[[], Any], once: bool = False) -> Any:
-        """Run a Redis step, riding out an outage: `once` steps are simply skipped."""
-        failures = 0
-        while True:
-            try:
-                result = step()
-                if self.redis_down_since is not None:
-                    self.log("Redis is reachable again")
-                    self.redis_down_since = None
-                return result
-            except Exception as e:
-                if not is_connection_error(e):
-                    raise
-                if self.redis_down_since is None:
-                    self.redis_down_since = time.monotonic()
-                    self.log(f"Redis unreachable ({e}); retrying")
-                if once or self.stopping and failures >= 3:
-                    return None
-                time.sleep(backoff(failures))
-                failures += 1
+        for handle, reason, detail in memory_kills(
+                list(self.workers.values()), self.settings.max_memory_per_worker_bytes,
+                self.settings.memory_threshold, node_memory()):
+            handle.kill(reason, detail)
 
     # -- workers ------------------------------------------------------------------------------
 
     def spawn(self, temporary: bool = False) -> WorkerHandle:
-        read_fd, write_fd = os.pipe()
-        inbox_read, inbox_write = os.pipe()
-        os.set_blocking(inbox_write, False)
-        worker_id = new_id()[:16]
-        settings = json.dumps(dataclasses.asdict(self.settings))
-        cmd = [sys.executable, "-m", "ftqueue.worker", "--settings", settings,
-               "--node-id", self.node_id, "--worker-id", worker_id,
-               "--control-fd", str(write_fd), "--inbox-fd", str(inbox_read),
-               "--parent-pid", str(os.getpid())]
-        try:
-            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                       pass_fds=(write_fd, inbox_read))
-        finally:
-            os.close(write_fd)
-            os.close(inbox_read)
-        handle = WorkerHandle(worker_id, process, read_fd, inbox_write, temporary=temporary)
-        if self.metrics is not None:
-            handle.on_task_end = self.metrics.task_ended
-        self.workers[read_fd] = handle
-        self._redis(lambda: self.store.redis.hset(self.keys.worker(worker_id), mapping={
-            "worker_id": worker_id, "node_id": self.node_id, "pid": process.pid,
-            "host": socket.gethostname(), "state": "ALIVE", "started_ms": self.store.clock_ms(),
-            "temporary": int(temporary)}))
-        self._redis(lambda: self.store.redis.zadd(self.keys.workers,
-                                                  {worker_id: self.store.clock_ms()}))
+        handle = spawn_worker(self.settings, self.node_id, temporary)
+        self.workers[handle.control] = handle
         return handle
 
-    def _ask_to_stop(self, handle: WorkerHandle) -> None:
-        handle.stop_requested = True
-        try:
-            handle.process.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-    def _kill(self, handle: WorkerHandle) -> None:
-        handle.stop_requested = True
-        try:
-            handle.process.kill()
-        except ProcessLookupError:
-            pass
+    def _kill_and_reap(self, handle: WorkerHandle) -> None:
+        handle.kill(KillReason.STOP)
         handle.process.wait()
         self._on_exit(handle)
+
+
+def describe_exit(returncode: int, pid: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"worker process {pid} died: killed by signal {name}"
+    return f"worker process {pid} died: exit code {returncode}"

@@ -1,14 +1,14 @@
 """A worker process: a thin loop around `step()` that claims, runs and commits tasks.
 
-It is always the child of a node supervisor and tells it, through a pipe, which task it is
-running ("S <id>"), when it is idle again ("E"), and when a task blocks in get ("B"/"U"),
-so the supervisor can fail exactly the right attempt if this process dies, and lend the
-slot of a blocked worker.
+It is always the child of a node supervisor and tells it through a pipe (see protocol.py)
+which tasks it holds, which one runs, when a body ended and when outcomes are settled in
+Redis, so the supervisor can fail exactly the right attempt if this process dies, renew the
+right leases, and lend the slot of a worker blocked in `get`.
 """
 
 from __future__ import annotations
 
-import importlib
+import logging
 import os
 import signal
 import socket
@@ -16,25 +16,24 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
-from . import payload
+from . import payload, protocol
+from .commits import CommitBatcher
 from .context import TaskContext, set_current_task
-from .exceptions import (
-    FtqueueError,
-    PayloadVerificationError,
-    TaskCancelledError,
-)
+from .exceptions import FtqueueError, PayloadVerificationError, TaskCancelledError
+from .functions import FunctionCache
+from .logs import LogOnce
 from .output import OutputCapture
-from .remote_function import IMPORT_PREFIX, RemoteFunction
+from .policy import EXIT_RECYCLE, exception_is_retryable
 from .settings import NodeSettings, retention_from_env
-from .spec import ArgRef
-from .store import Claimed, Store, is_connection_error, retry_across_outage
+from .spec import ArgRef, Outcome
+from .store import Claimed, Store, describe, is_transient, retry_across_outage
 
-EXIT_RECYCLE = 75          # exited on purpose (max_calls): restart, charge nothing
-COMMIT_BATCH_S = 0.002     # hold commits this long at most while prefetched tasks remain
-COMMIT_BATCH_MAX = 64
+log = logging.getLogger("ftqueue.worker")
+
 BELL_WAIT_S = 1.0
+IDLE_ERROR_PAUSE_S = 1.0
 
 
 def host_ip() -> str:
@@ -44,83 +43,43 @@ def host_ip() -> str:
         return "127.0.0.1"
 
 
-class FunctionCache:
-    """Functions by digest (pickled once by the driver) or by import path."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._cache: dict[str, Callable[..., Any]] = {}
-
-    def get(self, fn_ref: str) -> Callable[..., Any]:
-        fn = self._cache.get(fn_ref)
-        if fn is None:
-            fn = self._load(fn_ref)
-            self._cache[fn_ref] = fn
-        return fn
-
-    def _load(self, fn_ref: str) -> Callable[..., Any]:
-        if fn_ref.startswith(IMPORT_PREFIX):
-            path = fn_ref[len(IMPORT_PREFIX):]
-            module_name, _, attr = path.partition(":")
-            try:
-                obj: Any = importlib.import_module(module_name)
-                for part in attr.split("."):
-                    obj = getattr(obj, part)
-            except Exception as e:
-                raise ImportError(f"could not import {path!r} on the worker: "
-                                  f"{type(e).__name__}: {e}") from e
-        else:
-            blob = self.store.load_function(fn_ref)
-            if blob is None:
-                raise FtqueueError(f"function {fn_ref} is not stored in Redis")
-            obj = payload.unpack_function(blob, fn_ref)
-        if isinstance(obj, RemoteFunction):
-            obj = obj._function if obj._function is not None else self.get(obj._fn_ref(None))
-        if not callable(obj):
-            raise TypeError(f"{fn_ref} is not callable")
-        return obj
-
-
 class TaskInterrupt(BaseException):
     """Raised inside a task that ran past its timeout_s (a BaseException, so a task's
     `except Exception:` does not swallow it)."""
 
 
-def should_retry(exc: BaseException, retry_exceptions: bool | tuple[type, ...]) -> bool:
-    if isinstance(retry_exceptions, bool):
-        return retry_exceptions
-    return isinstance(exc, tuple(retry_exceptions))
-
-
 class Worker:
     def __init__(self, settings: NodeSettings, node_id: str, worker_id: str,
-                 control: Any, store: Store, inbox_fd: int | None = None) -> None:
+                 control: BinaryIO, store: Store, inbox_fd: int | None = None,
+                 rebuild: Callable[[str], Any] | None = None) -> None:
         self.settings = settings
         self.node_id = node_id
         self.worker_id = worker_id
         self.control = control
         self.store = store
         self.functions = FunctionCache(store)
+        self.commits = CommitBatcher(store, worker_id,
+                                     lambda ids: self.tell(protocol.Settled(tuple(ids))))
         self.local: deque[Claimed] = deque()
-        self.pending: list[tuple[str, str, str, bytes, bool, str]] = []
-        self.pending_since = 0.0
         self.calls: dict[str, int] = {}
         self.claimed_at = 0.0
         self.inbox_fd = inbox_fd
-        self.inbox = b""
+        self.inbox = protocol.LineBuffer()
         self.current = ""
         self.interruptible = False
         self.cancelled: set[str] = set()
         self.output: OutputCapture | None = None
+        self.rebuild = rebuild        # get() of a lost argument: the runtime's, injected
         self.result_ttl_s = retention_from_env()[0]
         self.stopping = False
         self.pid = os.getpid()
         self.ip = host_ip()
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
+        self._once = LogOnce(log)
 
-    def tell(self, message: str) -> None:
+    def tell(self, message: protocol.WorkerMessage) -> None:
         try:
-            self.control.write(message.encode() + b"\n")
+            self.control.write(protocol.encode(message))
             self.control.flush()
         except (OSError, ValueError):
             os._exit(1)  # the supervisor is gone: so must we be
@@ -136,7 +95,7 @@ class Worker:
     def step(self) -> int | None:
         """Run one task (claiming first if none is at hand); an exit code ends the loop."""
         if not self.local:
-            self.flush()
+            self.commits.flush()
             if self.stopping:
                 return 0
             claimed = self._claim()
@@ -145,35 +104,35 @@ class Worker:
                 return None
             self.local.extend(claimed)
             self.claimed_at = time.monotonic()
-            self.tell("H " + " ".join(t.task_id for t in claimed))
+            self.tell(protocol.Held(tuple(t.task_id for t in claimed)))
         elif time.monotonic() - self.claimed_at > self.settings.lease_timeout_s:
             # We were frozen or starved past our lease: the reaper has most likely handed
             # these prefetched tasks to others. Give back whatever is still ours.
-            self.flush()
-            self._retry_redis(lambda: self.store.worker_lost(
-                self.node_id, self.worker_id, "", "WORKER_DIED", "prefetch outlived its lease",
-                charge=False))
-            self.tell("D " + " ".join(t.task_id for t in self.local))
-            self.local.clear()
+            self._release_prefetched("prefetch outlived its lease")
             return None
         task = self.local.popleft()
+        # What finished before is in Redis before this task starts (DESIGN invariant 8).
+        self.commits.flush(next_task_id=task.task_id)
         if task.task_id in self.cancelled:
             self.cancelled.discard(task.task_id)
-            outcome: tuple[str, str, str, bytes, bool, str] = (
-                task.task_id, task.fence, "cancelled", b"", False, "cancelled before it started")
+            self.commits.add(Outcome(task.task_id, task.fence, "cancelled", b"", False,
+                                     "cancelled before it started"))
         else:
-            outcome = self.execute(task)
-        if not self.pending:
-            self.pending_since = time.monotonic()
-        self.pending.append(outcome)
-        if (not self.local or len(self.pending) >= COMMIT_BATCH_MAX
-                or time.monotonic() - self.pending_since >= COMMIT_BATCH_S):
-            self.flush()
+            self.commits.add(self.execute(task))
+        if not self.local:
+            self.commits.flush()
+        return self._exit_code_after(task)
+
+    def _exit_code_after(self, task: Claimed) -> int | None:
         if task.max_calls and self.calls.get(task.fn, 0) >= task.max_calls:
             return self.leave(EXIT_RECYCLE)
         if self.stopping:
             return self.leave(0)
         if self.over_memory():
+            return self.leave(EXIT_RECYCLE)
+        if self.output is not None and self.output.stdio_closed:
+            log.warning("worker process %d: a task closed its stdout/stderr; recycling "
+                        "this worker", self.pid)
             return self.leave(EXIT_RECYCLE)
         return None
 
@@ -193,80 +152,80 @@ class Worker:
     def on_inbox(self, signum: int, frame: Any) -> None:
         """SIGUSR1 from the supervisor: read its requests; interrupt the current task if one
         names it (and only while that task's own code runs)."""
+        data = b""
         try:
-            while True:
-                data = os.read(self.inbox_fd, 65536) if self.inbox_fd is not None else b""
-                if not data:
+            while self.inbox_fd is not None:
+                chunk = os.read(self.inbox_fd, 65536)
+                if not chunk:
                     break
-                self.inbox += data
+                data += chunk
         except BlockingIOError:
             pass
-        *lines, self.inbox = self.inbox.split(b"\n")
         interrupt: BaseException | None = None
-        for line in lines:
-            kind, _, task_id = line.decode().partition(" ")
-            if kind == "C":
-                self.cancelled.add(task_id)
-            if task_id == self.current and self.interruptible:
-                interrupt = KeyboardInterrupt() if kind == "C" else TaskInterrupt()
+        for line in self.inbox.feed(data):
+            try:
+                message = protocol.decode_supervisor(line)
+            except protocol.ProtocolError:
+                continue
+            if isinstance(message, protocol.Cancel):
+                self.cancelled.add(message.task_id)
+            if message.task_id == self.current and self.interruptible:
+                interrupt = (KeyboardInterrupt() if isinstance(message, protocol.Cancel)
+                             else TaskInterrupt())
         if interrupt is not None:
             self.interruptible = False
             raise interrupt
 
     def leave(self, code: int) -> int:
         """Commit what is done and hand prefetched tasks back before exiting on purpose."""
-        self.flush()
+        self.commits.flush()
         if self.local:
-            self._retry_redis(lambda: self.store.worker_lost(
-                self.node_id, self.worker_id, "", "WORKER_DIED",
-                "worker exited on purpose before starting it", charge=False))
-            self.tell("D " + " ".join(t.task_id for t in self.local))
-            self.local.clear()
+            self._release_prefetched("worker exited on purpose before starting it")
         return code
+
+    def _release_prefetched(self, reason: str) -> None:
+        self.commits.flush()
+        self._retry_redis(lambda: self.store.worker_lost(
+            self.node_id, self.worker_id, "", "WORKER_DIED", reason, charge=False))
+        self.tell(protocol.Settled(tuple(t.task_id for t in self.local)))
+        self.local.clear()
 
     def _claim(self) -> list[Claimed]:
         try:
-            return self.store.claim(self.node_id, self.worker_id, self.settings.queues,
-                                    self.settings.prefetch, 8, self.lease_timeout_ms)
-        except Exception as e:
-            if not is_connection_error(e):
-                raise
-            # The claim may have run with its reply lost: hand back anything it took.
-            self._retry_redis(lambda: self.store.worker_lost(
-                self.node_id, self.worker_id, "", "WORKER_DIED", "claim reply lost",
-                charge=False))
+            claimed = self.store.claim(self.node_id, self.worker_id, self.settings.queues,
+                                       self.settings.prefetch, 8, self.lease_timeout_ms)
+            self._once.clear("claim", "claiming works again")
+            return claimed
+        except Exception as e:  # noqa: BLE001 - classified: a worker never dies of Redis
+            if is_transient(e):
+                # The claim may have run with its reply lost: hand back anything it took.
+                self._retry_redis(lambda: self.store.worker_lost(
+                    self.node_id, self.worker_id, "", "WORKER_DIED", "claim reply lost",
+                    charge=False))
+            else:
+                self._once.start("claim", f"claiming failed ({describe(e)}); retrying",
+                                 logging.ERROR)
+                time.sleep(IDLE_ERROR_PAUSE_S)
             return []
 
     def _wait_for_work(self) -> None:
         try:
             self.store.wait_for_bell(self.settings.queues, BELL_WAIT_S)
-        except Exception as e:
-            if not is_connection_error(e):
-                raise
+        except Exception as e:  # noqa: BLE001 - a bell is a hint; poll instead
+            if not is_transient(e):
+                self._once.start("bell", f"waiting for work failed ({describe(e)}); polling",
+                                 logging.ERROR)
             time.sleep(0.5)
-
-    def flush(self) -> None:
-        """Send the held commits; the next prefetched task is marked RUNNING with them. (A
-        task started while commits are held, i.e. within COMMIT_BATCH_S of the last send,
-        is marked by the supervisor's next renewal instead.)"""
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
-        next_id = self.local[0].task_id if self.local else ""
-        # Commits are fenced, so sending one again after a lost reply is harmless.
-        self._retry_redis(lambda: self.store.commit(batch, next_task_id=next_id))
-        self.tell("D " + " ".join(outcome[0] for outcome in batch))
 
     def _retry_redis(self, step: Callable[[], Any]) -> Any:
         return retry_across_outage(step)
 
     # -- one task -----------------------------------------------------------------------------
 
-    def execute(self, task: Claimed) -> tuple[str, str, str, bytes, bool, str]:
+    def execute(self, task: Claimed) -> Outcome:
         self.current = task.task_id
-        timeout = repr(task.timeout_s) if task.timeout_s else "-"
-        self.tell(f"S {task.task_id} {task.fence} {timeout} {int(task.retry_timeout)} "
-                  f"{task.func_name}")
+        self.tell(protocol.Started(task.task_id, task.fence, task.timeout_s, task.retry_timeout,
+                                   task.func_name))
         set_current_task(TaskContext(task.task_id, task.attempt, task.job_id, self.node_id,
                                      self.worker_id, task.func_name))
         if self.output is not None:
@@ -276,83 +235,103 @@ class Worker:
             return self._execute(task)
         finally:
             if self.output is not None:
-                try:
-                    self.output.finish()
-                except Exception:  # noqa: BLE001 - losing output must not lose the result
-                    pass
+                self.output.finish()
             self.current = ""
             set_current_task(None)
-            self.tell("E")
+            self.tell(protocol.Ended())
 
-    def _execute(self, task: Claimed) -> tuple[str, str, str, bytes, bool, str]:
-        head = (task.task_id, task.fence)
+    def _load(self, task: Claimed) -> tuple[Callable[..., Any], list[Any], dict[str, Any],
+                                            bool | tuple[type, ...]]:
+        """Verify, then import or unpickle: nothing read from Redis is used before its
+        signature and the execution fields it binds check out."""
+        bound, data = payload.open_args(task.args_blob, task.task_id)
+        payload.check_execution_fields(task.task_id, bound, payload.execution_fields(
+            task.fn, task.max_calls, task.timeout_s, task.retry_timeout, task.max_retries))
+        fn = self.functions.get(task.fn)
+        args, kwargs, retry_exceptions = payload.loads_args(data)
+        return fn, args, kwargs, retry_exceptions
+
+    def _execute(self, task: Claimed) -> Outcome:
         try:
-            fn = self.functions.get(task.fn)
-            args, kwargs, retry_exceptions = payload.unpack_args(task.args_blob, task.task_id)
+            fn, args, kwargs, retry_exceptions = self._load(task)
         except Exception as e:  # noqa: BLE001 - cannot load: fails, never retried
             if isinstance(e, PayloadVerificationError):
                 self._count("payload_rejected")
-            return head + ("err", self._error(task, e, f"{type(e).__name__}: {e}\n"), False,
-                           payload.error_summary(e))
-        dep_error = self._resolve(args, kwargs)
+            return self._failed(task, e, f"{type(e).__name__}: {e}\n", False)
+        try:
+            dep_error = self._resolve(args, kwargs)
+        except Exception as e:  # noqa: BLE001 - e.g. a corrupt dependency record
+            return self._failed(task, e, f"{type(e).__name__}: {e}\n", False)
         if dep_error is not None:
             blob = payload.dependency_error(task.func_name, dep_error, self.pid, self.ip,
                                             task.task_id)
-            return head + ("err", blob, False, "input argument failed: "
-                           + payload.error_summary(dep_error))
+            return Outcome(task.task_id, task.fence, "err", blob, False,
+                           "input argument failed: " + payload.error_summary(dep_error))
         self.calls[task.fn] = self.calls.get(task.fn, 0) + 1
         try:
-            if task.task_id in self.cancelled:
-                raise KeyboardInterrupt
-            self.interruptible = True
-            try:
-                value = fn(*args, **kwargs)
-            finally:
-                self.interruptible = False
-        except SystemExit as e:
-            # As in Ray, sys.exit() in a task ends the worker: a worker death, retried.
-            self.flush()
-            code = e.code if isinstance(e.code, int) else 1
-            os._exit(code if code != EXIT_RECYCLE else 1)
+            value = self._call(task, fn, args, kwargs)
         except TaskInterrupt as e:
             cause = TimeoutError(f"the task ran longer than its timeout_s={task.timeout_s}")
             blob = payload.pack_error(task.func_name, cause, payload.format_traceback(e, 1),
                                       self.pid, self.ip, task.task_id, kind="TaskTimeoutError")
-            return head + ("err", blob, task.retry_timeout, f"TaskTimeoutError: {cause}")
+            return Outcome(task.task_id, task.fence, "err", blob, task.retry_timeout,
+                           f"TaskTimeoutError: {cause}")
         except KeyboardInterrupt as e:
             self.cancelled.discard(task.task_id)
             blob = payload.pack_error(task.func_name, TaskCancelledError(task.task_id),
                                       payload.format_traceback(e, 1), self.pid, self.ip,
                                       task.task_id)
-            return head + ("cancelled", blob, False, "KeyboardInterrupt: task interrupted")
+            return Outcome(task.task_id, task.fence, "cancelled", blob, False,
+                           "KeyboardInterrupt: task interrupted")
         except BaseException as e:  # noqa: BLE001 - every task error is the caller's to see
-            return head + ("err", self._error(task, e, payload.format_traceback(e, 1)),
-                           should_retry(e, retry_exceptions), payload.error_summary(e))
+            return self._failed(task, e, payload.format_traceback(e, 1),
+                                exception_is_retryable(e, retry_exceptions))
         try:
-            return head + ("ok", payload.pack_value(value, task.task_id), False, "")
+            return Outcome(task.task_id, task.fence, "ok", payload.pack_value(value, task.task_id),
+                           False, "")
         except FtqueueError as e:   # unpicklable or oversized: deterministic, not retried
-            return head + ("err", self._error(task, e, f"{type(e).__name__}: {e}\n"), False,
-                           payload.error_summary(e))
+            return self._failed(task, e, f"{type(e).__name__}: {e}\n", False)
 
-    def _error(self, task: Claimed, exc: BaseException, traceback_text: str) -> bytes:
-        return payload.pack_error(task.func_name, exc, traceback_text, self.pid, self.ip,
+    def _call(self, task: Claimed, fn: Callable[..., Any], args: list[Any],
+              kwargs: dict[str, Any]) -> Any:
+        """The task's own code, interruptible by cancel and timeout while it runs."""
+        try:
+            if task.task_id in self.cancelled:
+                raise KeyboardInterrupt
+            self.interruptible = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.interruptible = False
+        except SystemExit as e:
+            # As in Ray, sys.exit() in a task ends the worker: a worker death, charged and
+            # retried per max_retries (what finished before is already committed).
+            os._exit(e.code if isinstance(e.code, int) and e.code else 1)
+
+    def _failed(self, task: Claimed, exc: BaseException, traceback_text: str,
+                retryable: bool) -> Outcome:
+        blob = payload.pack_error(task.func_name, exc, traceback_text, self.pid, self.ip,
                                   task.task_id)
+        return Outcome(task.task_id, task.fence, "err", blob, retryable,
+                       payload.error_summary(exc))
 
     def _count(self, stat: str) -> None:
         try:
             self.store.incr_stat(stat)
-        except Exception:  # noqa: BLE001 - a counter is not worth failing a task for
-            pass
+        except Exception as e:  # noqa: BLE001 - a counter is not worth failing a task for
+            log.debug("counting %s failed: %s", stat, describe(e))
 
     def _resolve(self, args: list[Any], kwargs: dict[str, Any]) -> BaseException | None:
         """Replace top-level ArgRefs by their values; return the first failed one's error."""
-        slots = [(args, i) for i, a in enumerate(args) if isinstance(a, ArgRef)]
+        slots: list[tuple[Any, Any]] = [(args, i) for i, a in enumerate(args)
+                                        if isinstance(a, ArgRef)]
         slots += [(kwargs, k) for k, v in kwargs.items() if isinstance(v, ArgRef)]
         if not slots:
             return None
         ids = list(dict.fromkeys(c[k].object_id for c, k in slots))
         results = {}
-        for object_id, (record, blob) in zip(ids, self.store.outcomes(ids)):
+        for object_id, (record, blob) in zip(ids, self._retry_redis(
+                lambda: self.store.outcomes(ids))):
             if blob is None and record.get("state") == "FINISHED":
                 results[object_id] = self._rebuilt(object_id)
             else:
@@ -360,19 +339,17 @@ class Worker:
         for container, key in slots:
             ok, value = results[container[key].object_id]
             if not ok:
-                return value
+                return value  # type: ignore[no-any-return]
             container[key] = value
         return None
 
-
-    @staticmethod
-    def _rebuilt(object_id: str) -> tuple[bool, Any]:
+    def _rebuilt(self, object_id: str) -> tuple[bool, Any]:
         """An argument whose result was lost: rebuild it (the slot is lent while we wait)."""
-        from .api import get
-        from .spec import ObjectRef
-
+        if self.rebuild is None:
+            return False, FtqueueError(f"the result of {object_id} is lost and this worker "
+                                       "cannot rebuild it")
         try:
-            return True, get(ObjectRef(object_id))
+            return True, self.rebuild(object_id)
         except Exception as e:  # noqa: BLE001 - the dependent fails with this as its cause
             return False, e
 
@@ -384,17 +361,35 @@ def _watch_parent(parent_pid: int) -> None:
         time.sleep(0.5)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of a worker process (started by the supervisor, never by hand)."""
-    import argparse
+def _read_settings(fd: int) -> NodeSettings:
+    """The node's settings come through an inherited pipe, never argv: the Redis address
+    may hold a password, and every user can read every process's command line."""
     import json
 
-    from .api import _attach_worker_client
+    chunks = []
+    with os.fdopen(fd, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    raw = json.loads(b"".join(chunks))
+    raw["queues"] = tuple(raw["queues"])
+    return NodeSettings(**raw)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of a worker process (started by the supervisor, never by hand)."""
+    import argparse
+
+    from .api import _attach_worker_client, get
     from .embedded import set_parent_death_signal
+    from .logs import setup_console
+    from .spec import ObjectRef
     from .store import connect
 
     parser = argparse.ArgumentParser(prog="ftqueue-worker-process")
-    parser.add_argument("--settings", required=True)
+    parser.add_argument("--settings-fd", type=int, required=True)
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--control-fd", type=int, required=True)
@@ -407,15 +402,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     threading.Thread(target=_watch_parent, args=(ns.parent_pid,), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the supervisor
+    setup_console(f"ftqueue worker {os.getpid()}")
 
-    raw = json.loads(ns.settings)
-    raw["queues"] = tuple(raw["queues"])
-    settings = NodeSettings(**raw)
+    settings = _read_settings(ns.settings_fd)
     control = os.fdopen(ns.control_fd, "wb", buffering=0)
     store = Store(connect(settings.address), settings.namespace)
     if ns.inbox_fd is not None:
         os.set_blocking(ns.inbox_fd, False)
-    worker = Worker(settings, ns.node_id, ns.worker_id, control, store, ns.inbox_fd)
+    worker = Worker(settings, ns.node_id, ns.worker_id, control, store, ns.inbox_fd,
+                    rebuild=lambda object_id: get(ObjectRef(object_id)))
     signal.signal(signal.SIGUSR1, worker.on_inbox)
     worker.output = OutputCapture(store, copy=settings.copy_task_output)
 
@@ -424,8 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     _attach_worker_client(settings.address, settings.namespace,
-                          lambda blocked: worker.tell("B" if blocked else "U"))
-    sys.stdout.flush()
+                          lambda blocked: worker.tell(protocol.Blocked(blocked)))
     return worker.run()
 
 

@@ -1,0 +1,146 @@
+"""A node's worker processes as the supervisor sees them: spawn, hear, signal, kill."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import protocol
+from .policy import KillReason
+from .settings import NodeSettings
+from .spec import new_id
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: str
+    process: subprocess.Popen  # type: ignore[type-arg]
+    control: int                 # we read what it tells us here
+    inbox: int = -1              # we write requests here, then send SIGUSR1
+    temporary: bool = False
+    running: str = ""            # the task whose body runs now
+    unsettled: str = ""          # the task whose body ended, outcome not yet in Redis
+    fence: str = ""
+    func_name: str = ""
+    timeout_s: float | None = None
+    retry_timeout: bool = False
+    task_started: float = 0.0
+    interrupted_at: float = 0.0
+    kill_reason: KillReason = KillReason.NONE
+    kill_detail: str = ""
+    blocked: bool = False
+    asked_to_stop: bool = False
+    tasks_run: int = 0
+    held: set[str] = field(default_factory=set)   # claimed and not yet settled in Redis
+    lines: protocol.LineBuffer = field(default_factory=protocol.LineBuffer)
+    started: float = field(default_factory=time.monotonic)
+    registered: bool = False     # its record is in Redis
+
+    @property
+    def in_flight(self) -> str:
+        """The task this worker's death would cost (body running or outcome unsettled)."""
+        return self.running or self.unsettled
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def hear(self, message: protocol.WorkerMessage) -> float | None:
+        """Apply one message; returns a task's run time when its body ended."""
+        if isinstance(message, protocol.Started):
+            self.running, self.fence = message.task_id, message.fence
+            self.timeout_s, self.retry_timeout = message.timeout_s, message.retry_timeout
+            self.func_name = message.func_name
+            self.task_started = time.monotonic()
+            self.interrupted_at = 0.0
+            self.tasks_run += 1
+        elif isinstance(message, protocol.Ended):
+            ran = time.monotonic() - self.task_started if self.running else None
+            self.unsettled, self.running = self.running, ""
+            return ran
+        elif isinstance(message, protocol.Held):
+            self.held.update(message.task_ids)
+        elif isinstance(message, protocol.Settled):
+            self.held.difference_update(message.task_ids)
+            if self.unsettled in message.task_ids:
+                self.unsettled = ""
+        elif isinstance(message, protocol.Blocked):
+            self.blocked = message.blocked
+        return None
+
+    def feed(self, data: bytes) -> list[float]:
+        """Bytes from the control pipe; returns the run times of bodies that ended."""
+        ran = []
+        for line in self.lines.feed(data):
+            try:
+                seconds = self.hear(protocol.decode_worker(line))
+            except (protocol.ProtocolError, ValueError):
+                continue   # a line we do not know cannot be acted on
+            if seconds is not None:
+                ran.append(seconds)
+        return ran
+
+    def tell(self, message: protocol.SupervisorMessage) -> None:
+        try:
+            os.write(self.inbox, protocol.encode(message))
+            self.process.send_signal(signal.SIGUSR1)
+        except (OSError, ProcessLookupError):
+            pass
+
+    def kill(self, reason: KillReason, detail: str = "") -> None:
+        if self.kill_reason is KillReason.NONE:
+            self.kill_reason, self.kill_detail = reason, detail
+        try:
+            self.process.kill()
+        except ProcessLookupError:
+            pass
+
+    def ask_to_stop(self) -> None:
+        self.asked_to_stop = True
+        try:
+            self.process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def close_pipes(self) -> None:
+        for fd in (self.control, self.inbox):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def spawn_worker(settings: NodeSettings, node_id: str, temporary: bool = False) -> WorkerHandle:
+    """Start one worker process. Its settings (which hold the Redis address, perhaps with a
+    password) go through an inherited pipe, never its command line."""
+    read_fd, write_fd = os.pipe()
+    inbox_read, inbox_write = os.pipe()
+    settings_read, settings_write = os.pipe()
+    os.set_blocking(inbox_write, False)
+    worker_id = new_id()[:16]
+    cmd = [sys.executable, "-m", "ftqueue.worker", "--settings-fd", str(settings_read),
+           "--node-id", node_id, "--worker-id", worker_id,
+           "--control-fd", str(write_fd), "--inbox-fd", str(inbox_read),
+           "--parent-pid", str(os.getpid())]
+    try:
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                   pass_fds=(write_fd, inbox_read, settings_read))
+        with os.fdopen(settings_write, "wb") as f:
+            settings_write = -1
+            f.write(json.dumps(dataclasses.asdict(settings)).encode())
+    except BaseException:
+        for fd in (read_fd, inbox_write):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (write_fd, inbox_read, settings_read, settings_write):
+            if fd >= 0:
+                os.close(fd)
+    return WorkerHandle(worker_id, process, read_fd, inbox_write, temporary=temporary)
