@@ -1,10 +1,16 @@
 """Chaos: tasks over two worker nodes while a seeded killer SIGKILLs busy workers, one node
-is SIGKILLed and another is frozen past its lease. Nothing may be lost or committed twice.
+is SIGKILLed, another is frozen past its lease, Redis itself is frozen past the lease and
+then full (maxmemory, noeviction) for a while, some tasks `os._exit(75)` on their first
+attempt, and the nodes' consoles are closed. Nothing may be lost, committed twice, or run
+twice.
 
     python scripts/chaos.py [--tasks N] [--seed S] [--quick] [--json]
 
-Prints submitted, finished, lost, duplicate commits, fenced late results, retries by
-cause and detection latencies; exits 1 if anything was lost or committed twice.
+Every run of a task body appends a line (task, attempt, pid) to a file: executions are
+counted, not only commits. `duplicate_executions` counts runs of an attempt that had
+already run (a finished task handed back, a prefetched task run by two workers);
+`retried_executions` counts the runs after a real death mid-task (the retries themselves).
+Exits 1 if anything was lost, committed twice or run twice.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,9 +36,30 @@ from ftqueue.embedded import RedisServer
 
 
 @ftqueue.remote(max_retries=-1)
-def chaos_task(i: int, sleep_ms: int) -> int:
+def chaos_task(i: int, sleep_ms: int, log_path: str, exit_75: bool) -> int:
+    attempt = ftqueue.get_runtime_context().get_task_attempt_number()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{i} {attempt} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    if exit_75 and attempt == 0:
+        os._exit(75)        # looks like a planned recycle: must be charged as a crash
     time.sleep(sleep_ms / 1000)
     return i * i
+
+
+def count_executions(log_path: str) -> tuple[int, int, int]:
+    """(executions, duplicate executions, retried executions) from the side-effect log."""
+    seen: dict[tuple[str, str], int] = {}
+    with open(log_path) as f:
+        for line in f:
+            i, attempt, _ = line.split()
+            seen[(i, attempt)] = seen.get((i, attempt), 0) + 1
+    total = sum(seen.values())
+    duplicates = sum(n - 1 for n in seen.values())
+    retried = sum(1 for (_, attempt) in seen if attempt != "0")
+    return total, duplicates, retried
 
 
 def now_ms() -> int:
@@ -43,12 +71,17 @@ class Node:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         env.pop("FTQUEUE_ADDRESS", None)
         self.log = tempfile.TemporaryFile()
+        # Its console is a pipe that we close once it is up: a node whose console went
+        # away must go on serving (and its workers' prints must not fail their tasks).
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ftqueue", "worker", "--address", address, "--num-workers",
              str(workers), "--lease-timeout", str(lease_s), "--grace-period", "1",
              "--exit-with-parent", str(os.getpid())],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=env, start_new_session=True)
+        assert self.process.stdout is not None
+        self.process.stdout.readline()
+        self.process.stdout.close()
 
     def pids(self) -> set[int]:
         try:
@@ -69,9 +102,6 @@ class Node:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             pass
-        if os.environ.get("CHAOS_NODE_LOGS"):
-            self.log.seek(0)
-            sys.stderr.write(self.log.read().decode(errors="replace")[-3000:])
         self.log.close()
 
 
@@ -148,12 +178,15 @@ def main() -> int:
 
     server = RedisServer.start(unix_socket=True)
     nodes: list[Node] = []
+    log_dir = tempfile.mkdtemp(prefix="ftqueue-chaos-")
+    log_path = os.path.join(log_dir, "executions")
     try:
         r = redis.Redis.from_url(server.address)
         nodes += [Node(server.address, 2, args.lease_timeout) for _ in range(2)]
         ftqueue.init(address=server.address)
         started = time.monotonic()
-        refs = [chaos_task.remote(i, rng.randint(5, 50)) for i in range(args.tasks)]
+        refs = [chaos_task.remote(i, rng.randint(5, 50), log_path, i % 97 == 5)
+                for i in range(args.tasks)]
         ftqueue.flush_submissions()
         killer = Killer(r, nodes, rng, args.kill_interval)
         killer.start()
@@ -166,6 +199,17 @@ def main() -> int:
         nodes[1].signal(signal.SIGSTOP)                 # a node frozen past its lease
         time.sleep(args.lease_timeout + 2.0)
         nodes[1].signal(signal.SIGCONT)
+        time.sleep(0.5)
+        os.kill(server.process.pid, signal.SIGSTOP)     # Redis itself frozen past the lease
+        try:
+            time.sleep(args.lease_timeout + 2.0)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        time.sleep(0.5)
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", 1)                   # Redis full: every write refused
+        time.sleep(min(2.0, args.lease_timeout))
+        r.config_set("maxmemory", 0)
 
         lost = 0
         for i, ref in enumerate(refs):
@@ -181,6 +225,7 @@ def main() -> int:
         time.sleep(args.lease_timeout)              # let late (frozen) commits arrive
         stats = {k.decode(): int(v) for k, v in r.hgetall("ftq:stats").items()}
         finished_commits = stats.get("tasks:FINISHED", 0)
+        executions, duplicate_executions, retried_executions = count_executions(log_path)
         node_died = [row["end_time"] for ref in refs for row in ftqueue.state.get_task(ref.hex())
                      if row["error_type"] == "NODE_DIED"]
         latencies, restarts = detection_latencies(killer.kills)
@@ -189,6 +234,9 @@ def main() -> int:
             "finished": args.tasks - lost,
             "lost": lost,
             "duplicate_commits": max(0, finished_commits - args.tasks),
+            "executions": executions,
+            "duplicate_executions": duplicate_executions,
+            "retried_executions": retried_executions,
             "fenced": stats.get("fenced", 0),
             "worker_kills": len(killer.kills),
             "retries": {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("retries:")},
@@ -206,9 +254,12 @@ def main() -> int:
         for node in nodes:
             node.stop()
         server.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)
 
     print(f"submitted {result['submitted']}  finished {result['finished']}  lost {result['lost']}  "
           f"duplicate commits {result['duplicate_commits']}  fenced late results {result['fenced']}")
+    print(f"executions {result['executions']}  duplicate executions "
+          f"{result['duplicate_executions']}  retried executions {result['retried_executions']}")
     print(f"worker kills {result['worker_kills']}  retries by cause {result['retries']}")
     print(f"worker-crash detection p50 {result['detect_p50_s']} s  p99 {result['detect_p99_s']} s  "
           f"max {result['detect_max_s']} s")
@@ -218,7 +269,8 @@ def main() -> int:
           f"(lease timeout {args.lease_timeout} s)   elapsed {result['elapsed_s']} s")
     if args.json:
         print(json.dumps(result))
-    return 1 if result["lost"] or result["duplicate_commits"] else 0
+    return 1 if result["lost"] or result["duplicate_commits"] or \
+        result["duplicate_executions"] else 0
 
 
 if __name__ == "__main__":

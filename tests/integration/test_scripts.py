@@ -24,6 +24,8 @@ def test_chaos_quick_loses_nothing_and_commits_once():
     result = run("chaos.py", "--quick", "--json")
     assert result["submitted"] == result["finished"] == 800
     assert result["lost"] == 0 and result["duplicate_commits"] == 0
+    assert result["duplicate_executions"] == 0
+    assert result["executions"] >= 800 and result["retried_executions"] > 0
     assert result["worker_kills"] > 0 and result["retries"].get("WORKER_DIED", 0) > 0
     assert result["retries"].get("NODE_DIED", 0) + result["fenced"] > 0
     assert result["detect_p99_s"] <= 1.0
