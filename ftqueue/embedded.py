@@ -114,7 +114,8 @@ class RedisServer:
         deadline = time.monotonic() + REDIS_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                stderr = self.process.stderr
+                err = stderr.read().decode(errors="replace") if stderr else ""
                 log = self.log_tail()
                 raise FtqueueError(f"redis-server exited at start ({self.process.returncode}): "
                                    f"{err.strip() or log}")

@@ -175,13 +175,15 @@ def _seal_error(record: dict[str, Any], object_id: str) -> bytes:
 
 def _qualified_name(cls: type) -> str:
     module = getattr(cls, "__module__", "")
-    return cls.__qualname__ if module in ("builtins", "__main__", "") else f"{module}.{cls.__qualname__}"
+    if module in ("builtins", "__main__", ""):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
 
 
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a user's __str__ may raise anything
         return f"<{type(exc).__name__}: str() failed>"
 
 
@@ -230,7 +232,8 @@ _SYSTEM_ERRORS = {
 }
 
 
-def outcome_to_result(object_id: str, record: dict[str, str], blob: bytes | None) -> tuple[bool, Any]:
+def outcome_to_result(object_id: str, record: dict[str, str],
+                      blob: bytes | None) -> tuple[bool, Any]:
     """(True, value) or (False, exception) for a final task record and its result blob."""
     if not record:  # a put object, or a task whose record expired
         if blob is None:
@@ -248,7 +251,8 @@ def outcome_to_result(object_id: str, record: dict[str, str], blob: bytes | None
         return _decode(blob, object_id)
     if error_type in _SYSTEM_ERRORS:
         return False, _SYSTEM_ERRORS[error_type](
-            f"Task {object_id} ({record.get('func', '')}) failed: {record.get('error_message', '')}")
+            f"Task {object_id} ({record.get('func', '')}) failed: "
+            f"{record.get('error_message', '')}")
     if error_type == ErrorType.TASK_CANCELLED.value:
         return False, TaskCancelledError(object_id)
     if blob is None:

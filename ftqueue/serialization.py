@@ -29,7 +29,8 @@ def loads(data: bytes, what: str = "value") -> Any:
     except BaseException as e:
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
-        raise SerializationError(f"Could not deserialize the {what}: {type(e).__name__}: {e}") from e
+        raise SerializationError(
+            f"Could not deserialize the {what}: {type(e).__name__}: {e}") from e
 
 
 def digest(data: bytes) -> str:

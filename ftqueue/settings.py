@@ -1,4 +1,4 @@
-"""Settings read from FTQUEUE_* environment variables; each has a default documented in the README."""
+"""Settings read from FTQUEUE_* environment variables; each default is in the README."""
 
 from __future__ import annotations
 

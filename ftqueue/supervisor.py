@@ -11,7 +11,6 @@ corrupt record makes a duty skip a turn and log once, never stops the node.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -19,15 +18,16 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import payload, policy
+from .heartbeat import NodeRecord
 from .logs import LogOnce
+from .losses import Loss, describe_exit, report_losses
 from .policy import KillReason, Restart
 from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings, retention_from_env
 from .spec import Outcome, new_id
-from .store import Store, backoff, connect, describe, is_corrupt, is_transient, redact
+from .store import Store, backoff, connect, describe, is_corrupt, is_transient
 from .watchdog import memory_kills, node_memory
 from .workerpool import WorkerHandle, spawn_worker
 
@@ -37,21 +37,6 @@ TICK_S = 0.1
 CANCEL_POLL_S = 0.1
 MESSAGE_BATCH_S = 0.005      # a running task hears of its cancel within this (plus a signal)
 FINAL_REPORT_S = 2.0         # at exit, how long to try telling a lost Redis what we know
-DEAD_RECORD_TTL_S = 3600
-
-
-@dataclass
-class Loss:
-    """A worker that ended, to be reported to Redis (retried until Redis takes it)."""
-
-    worker_id: str
-    in_flight: str               # the task its death costs, or ''
-    error_type: str
-    charged: bool
-    message: str
-    exit_text: str
-    held: set[str]
-    timeout_outcome: Outcome | None = None
 
 
 class Supervisor:
@@ -69,9 +54,8 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.crash_times: list[float] = []
         self.respawn_at: list[float] = []
-        self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
-        self.epoch = ""
-        self.index_ttl_ms = retention_from_env()[1] * 1000
+        self.record = NodeRecord(self.store, self.node_id, settings,
+                                 retention_from_env()[1] * 1000)
         self.redis_ok = True
         self.health_file = health_file
         self._once = LogOnce(log)
@@ -87,19 +71,6 @@ class Supervisor:
         log.warning(message)
 
     # -- lifecycle ----------------------------------------------------------------------------
-
-    def register(self) -> None:
-        self.store.redis.hset(self.keys.node(self.node_id), mapping={
-            "node_id": self.node_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "num_workers": self.settings.num_workers, "queues": ",".join(self.settings.queues),
-            "started_ms": self.store.clock_ms(), "state": "ALIVE",
-            "lease_timeout_s": self.settings.lease_timeout_s,
-        })
-        self.store.redis.zadd(self.keys.node_index, {self.node_id: self.store.clock_ms()})
-        self.epoch = self.store.ensure_epoch()
-        self.store.renew(self.node_id, self.lease_timeout_ms)
-        for handle in self.workers.values():
-            handle.registered = False      # written again with the next heartbeat
 
     def request_stop(self, signum: int = signal.SIGTERM, frame: Any = None) -> None:
         """First SIGTERM/SIGINT: stop claiming, let running tasks finish within the grace
@@ -121,7 +92,7 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        self._run_duty("register", self.register)
+        self._run_duty("register", self.record.register)
         for _ in range(self.settings.num_workers):
             self.spawn()
         try:
@@ -144,15 +115,7 @@ class Supervisor:
         if self.losses:
             self.log(f"Redis unreachable: {len(self.losses)} lost worker(s) not reported; "
                      "their tasks are retried when their leases expire")
-        self._run_duty("deregister", self._deregister)
-
-    def _deregister(self) -> None:
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.node(self.node_id), mapping={"state": "DEAD",
-                                                         "end_ms": self.store.clock_ms()})
-        pipe.zrem(self.keys.nodes, self.node_id)
-        pipe.expire(self.keys.node(self.node_id), 86400)
-        pipe.execute()
+        self._run_duty("deregister", self.record.deregister)
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -236,6 +199,9 @@ class Supervisor:
         if decision is Restart.RESPAWN_LATER:
             self.respawn_at.append(now + policy.CRASH_LOOP_DELAY_S)
 
+    def _report_losses(self) -> None:
+        report_losses(self.store, self.node_id, self.losses)
+
     def _loss(self, handle: WorkerHandle, ending: policy.Ending, cost: policy.LossCost,
               returncode: int) -> Loss:
         exit_text = describe_exit(returncode, handle.pid)
@@ -255,24 +221,6 @@ class Supervisor:
                     exit_text if cost.is_crash or cost.charged else "stopped",
                     set(handle.held) | ({handle.in_flight} if handle.in_flight else set()),
                     timeout_outcome)
-
-    def _report_losses(self) -> None:
-        """Tell Redis about ended workers, oldest first; stops at the first failure (the
-        rest wait for the next turn, their leases still renewed by us)."""
-        while self.losses:
-            loss = self.losses[0]
-            if loss.timeout_outcome is not None:
-                self.store.commit([loss.timeout_outcome])
-                loss.timeout_outcome = None
-            self.store.worker_lost(self.node_id, loss.worker_id, loss.in_flight,
-                                   loss.error_type, loss.message, loss.charged)
-            pipe = self.store.redis.pipeline(transaction=False)
-            pipe.hset(self.keys.worker(loss.worker_id), mapping={
-                "state": "DEAD", "exit": loss.exit_text, "current_task": "",
-                "end_ms": self.store.clock_ms()})
-            pipe.expire(self.keys.worker(loss.worker_id), DEAD_RECORD_TTL_S)
-            pipe.execute()
-            self.losses.pop(0)
 
     def _keep_workers(self) -> None:
         """Replace lost workers, and lend the slot of each worker blocked in `get` to a
@@ -298,9 +246,9 @@ class Supervisor:
         renew_s = self.settings.renew_interval_s
         duties: tuple[tuple[str, float, Callable[[], Any]], ...] = (
             ("renew", renew_s, self._renew),
-            ("workers", renew_s, self._publish_workers),
+            ("workers", renew_s, lambda: self.record.publish_workers(self.workers.values())),
             ("health", renew_s, self._write_health),
-            ("sweep", max(renew_s, 0.5), self._sweep),
+            ("sweep", max(renew_s, 0.5), self.record.sweep),
             ("cancels", CANCEL_POLL_S, self._poll_cancels),
             ("losses", renew_s, self._report_losses),
             ("memory", MEMORY_CHECK_INTERVAL_S, self._watch_memory),
@@ -335,56 +283,23 @@ class Supervisor:
         return True
 
     def _renew(self) -> None:
-        epoch = self.store.ensure_epoch()
-        if epoch != self.epoch:
+        if self.record.redis_was_reset():
             self.log("Redis lost its data (a new epoch): registering this node again")
-            self.register()
+            self.record.register()
+            for handle in self.workers.values():
+                handle.registered = False      # written again by the next publish
         running = [h.running for h in self.workers.values() if h.running]
         held = [t for h in self.workers.values() for t in h.held]
         held += [t for loss in self.losses for t in loss.held]   # until their loss is told
-        self.store.renew(self.node_id, self.lease_timeout_ms, running, held)
+        self.record.renew(running, held)
 
-    def _sweep(self) -> None:
-        self.store.sweep(self.lease_timeout_ms, index_ttl_ms=self.index_ttl_ms)
+    def _write_health(self) -> None:
+        if self.health_file:
+            self.record.write_health(self.health_file, self.redis_ok)
 
     def _poll_cancels(self) -> None:
         for task_id, forced in self.store.pop_cancel_requests(self.node_id):
             self._relay_cancel(task_id, forced)
-
-    def _write_health(self) -> None:
-        """For a container healthcheck (`ftqueue health`): who we are and when we last
-        heartbeated. Owner-only, no secrets (the address is redacted), written atomically."""
-        if not self.health_file:
-            return
-        tmp = f"{self.health_file}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"node_id": self.node_id, "address": redact(self.settings.address),
-                       "namespace": self.settings.namespace, "pid": os.getpid(),
-                       "heartbeat": time.time(), "redis_ok": self.redis_ok,
-                       "lease_timeout_s": self.settings.lease_timeout_s}, f)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.health_file)
-
-    def _publish_workers(self) -> None:
-        """Each worker's record, for `ftqueue list workers` (refreshed with the heartbeat,
-        so it comes back after Redis lost its data)."""
-        pipe = self.store.redis.pipeline(transaction=False)
-        now_ms = self.store.clock_ms()
-        for handle in self.workers.values():
-            record: dict[str, Any] = {"current_task": handle.running,
-                                      "tasks_run": handle.tasks_run,
-                                      "blocked": int(handle.blocked)}
-            if not handle.registered:
-                record.update({"worker_id": handle.worker_id, "node_id": self.node_id,
-                               "pid": handle.pid, "host": socket.gethostname(),
-                               "state": "ALIVE", "started_ms": now_ms,
-                               "temporary": int(handle.temporary)})
-                pipe.zadd(self.keys.workers, {handle.worker_id: now_ms})
-            pipe.hset(self.keys.worker(handle.worker_id), mapping=record)
-        pipe.execute()
-        for handle in self.workers.values():
-            handle.registered = True
 
     # -- cancellation, timeouts, memory --------------------------------------------------------
 
@@ -443,13 +358,3 @@ class Supervisor:
         handle.kill(KillReason.STOP)
         handle.process.wait()
         self._on_exit(handle)
-
-
-def describe_exit(returncode: int, pid: int) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = str(-returncode)
-        return f"worker process {pid} died: killed by signal {name}"
-    return f"worker process {pid} died: exit code {returncode}"

@@ -11,41 +11,25 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from collections import deque
 from typing import Any, BinaryIO, Callable, Sequence
 
-from . import payload, protocol
+from . import protocol
 from .commits import CommitBatcher
-from .context import TaskContext, set_current_task
-from .exceptions import FtqueueError, PayloadVerificationError, TaskCancelledError
-from .functions import FunctionCache
 from .logs import LogOnce
 from .output import OutputCapture
-from .policy import EXIT_RECYCLE, exception_is_retryable
+from .policy import EXIT_RECYCLE
+from .runner import TaskRunner
 from .settings import NodeSettings, retention_from_env
-from .spec import ArgRef, Outcome
 from .store import Claimed, Store, describe, is_transient, retry_across_outage
 
 log = logging.getLogger("ftqueue.worker")
 
 BELL_WAIT_S = 1.0
 IDLE_ERROR_PAUSE_S = 1.0
-
-
-def host_ip() -> str:
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
-
-
-class TaskInterrupt(BaseException):
-    """Raised inside a task that ran past its timeout_s (a BaseException, so a task's
-    `except Exception:` does not swallow it)."""
 
 
 class Worker:
@@ -57,23 +41,16 @@ class Worker:
         self.worker_id = worker_id
         self.control = control
         self.store = store
-        self.functions = FunctionCache(store)
         self.commits = CommitBatcher(store, worker_id,
                                      lambda ids: self.tell(protocol.Settled(tuple(ids))))
+        self.runner = TaskRunner(store, node_id, worker_id, self.tell,
+                                 retention_from_env()[0], rebuild)
         self.local: deque[Claimed] = deque()
-        self.calls: dict[str, int] = {}
         self.claimed_at = 0.0
         self.inbox_fd = inbox_fd
         self.inbox = protocol.LineBuffer()
-        self.current = ""
-        self.interruptible = False
-        self.cancelled: set[str] = set()
-        self.output: OutputCapture | None = None
-        self.rebuild = rebuild        # get() of a lost argument: the runtime's, injected
-        self.result_ttl_s = retention_from_env()[0]
         self.stopping = False
         self.pid = os.getpid()
-        self.ip = host_ip()
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
         self._once = LogOnce(log)
 
@@ -113,24 +90,20 @@ class Worker:
         task = self.local.popleft()
         # What finished before is in Redis before this task starts (DESIGN invariant 8).
         self.commits.flush(next_task_id=task.task_id)
-        if task.task_id in self.cancelled:
-            self.cancelled.discard(task.task_id)
-            self.commits.add(Outcome(task.task_id, task.fence, "cancelled", b"", False,
-                                     "cancelled before it started"))
-        else:
-            self.commits.add(self.execute(task))
+        self.commits.add(self.runner.run(task))
         if not self.local:
             self.commits.flush()
         return self._exit_code_after(task)
 
     def _exit_code_after(self, task: Claimed) -> int | None:
-        if task.max_calls and self.calls.get(task.fn, 0) >= task.max_calls:
+        if task.max_calls and self.runner.calls.get(task.fn, 0) >= task.max_calls:
             return self.leave(EXIT_RECYCLE)
         if self.stopping:
             return self.leave(0)
         if self.over_memory():
             return self.leave(EXIT_RECYCLE)
-        if self.output is not None and self.output.stdio_closed:
+        output = self.runner.output
+        if output is not None and output.stdio_closed:
             log.warning("worker process %d: a task closed its stdout/stderr; recycling "
                         "this worker", self.pid)
             return self.leave(EXIT_RECYCLE)
@@ -167,13 +140,8 @@ class Worker:
                 message = protocol.decode_supervisor(line)
             except protocol.ProtocolError:
                 continue
-            if isinstance(message, protocol.Cancel):
-                self.cancelled.add(message.task_id)
-            if message.task_id == self.current and self.interruptible:
-                interrupt = (KeyboardInterrupt() if isinstance(message, protocol.Cancel)
-                             else TaskInterrupt())
+            interrupt = self.runner.interrupt_for(message) or interrupt
         if interrupt is not None:
-            self.interruptible = False
             raise interrupt
 
     def leave(self, code: int) -> int:
@@ -219,140 +187,6 @@ class Worker:
 
     def _retry_redis(self, step: Callable[[], Any]) -> Any:
         return retry_across_outage(step)
-
-    # -- one task -----------------------------------------------------------------------------
-
-    def execute(self, task: Claimed) -> Outcome:
-        self.current = task.task_id
-        self.tell(protocol.Started(task.task_id, task.fence, task.timeout_s, task.retry_timeout,
-                                   task.func_name))
-        set_current_task(TaskContext(task.task_id, task.attempt, task.job_id, self.node_id,
-                                     self.worker_id, task.func_name))
-        if self.output is not None:
-            self.output.start(task.task_id, task.attempt, task.job_id, task.func_name,
-                              self.result_ttl_s)
-        try:
-            return self._execute(task)
-        finally:
-            if self.output is not None:
-                self.output.finish()
-            self.current = ""
-            set_current_task(None)
-            self.tell(protocol.Ended())
-
-    def _load(self, task: Claimed) -> tuple[Callable[..., Any], list[Any], dict[str, Any],
-                                            bool | tuple[type, ...]]:
-        """Verify, then import or unpickle: nothing read from Redis is used before its
-        signature and the execution fields it binds check out."""
-        bound, data = payload.open_args(task.args_blob, task.task_id)
-        payload.check_execution_fields(task.task_id, bound, payload.execution_fields(
-            task.fn, task.max_calls, task.timeout_s, task.retry_timeout, task.max_retries))
-        fn = self.functions.get(task.fn)
-        args, kwargs, retry_exceptions = payload.loads_args(data)
-        return fn, args, kwargs, retry_exceptions
-
-    def _execute(self, task: Claimed) -> Outcome:
-        try:
-            fn, args, kwargs, retry_exceptions = self._load(task)
-        except Exception as e:  # noqa: BLE001 - cannot load: fails, never retried
-            if isinstance(e, PayloadVerificationError):
-                self._count("payload_rejected")
-            return self._failed(task, e, f"{type(e).__name__}: {e}\n", False)
-        try:
-            dep_error = self._resolve(args, kwargs)
-        except Exception as e:  # noqa: BLE001 - e.g. a corrupt dependency record
-            return self._failed(task, e, f"{type(e).__name__}: {e}\n", False)
-        if dep_error is not None:
-            blob = payload.dependency_error(task.func_name, dep_error, self.pid, self.ip,
-                                            task.task_id)
-            return Outcome(task.task_id, task.fence, "err", blob, False,
-                           "input argument failed: " + payload.error_summary(dep_error))
-        self.calls[task.fn] = self.calls.get(task.fn, 0) + 1
-        try:
-            value = self._call(task, fn, args, kwargs)
-        except TaskInterrupt as e:
-            cause = TimeoutError(f"the task ran longer than its timeout_s={task.timeout_s}")
-            blob = payload.pack_error(task.func_name, cause, payload.format_traceback(e, 1),
-                                      self.pid, self.ip, task.task_id, kind="TaskTimeoutError")
-            return Outcome(task.task_id, task.fence, "err", blob, task.retry_timeout,
-                           f"TaskTimeoutError: {cause}")
-        except KeyboardInterrupt as e:
-            self.cancelled.discard(task.task_id)
-            blob = payload.pack_error(task.func_name, TaskCancelledError(task.task_id),
-                                      payload.format_traceback(e, 1), self.pid, self.ip,
-                                      task.task_id)
-            return Outcome(task.task_id, task.fence, "cancelled", blob, False,
-                           "KeyboardInterrupt: task interrupted")
-        except BaseException as e:  # noqa: BLE001 - every task error is the caller's to see
-            return self._failed(task, e, payload.format_traceback(e, 1),
-                                exception_is_retryable(e, retry_exceptions))
-        try:
-            return Outcome(task.task_id, task.fence, "ok", payload.pack_value(value, task.task_id),
-                           False, "")
-        except FtqueueError as e:   # unpicklable or oversized: deterministic, not retried
-            return self._failed(task, e, f"{type(e).__name__}: {e}\n", False)
-
-    def _call(self, task: Claimed, fn: Callable[..., Any], args: list[Any],
-              kwargs: dict[str, Any]) -> Any:
-        """The task's own code, interruptible by cancel and timeout while it runs."""
-        try:
-            if task.task_id in self.cancelled:
-                raise KeyboardInterrupt
-            self.interruptible = True
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.interruptible = False
-        except SystemExit as e:
-            # As in Ray, sys.exit() in a task ends the worker: a worker death, charged and
-            # retried per max_retries (what finished before is already committed).
-            os._exit(e.code if isinstance(e.code, int) and e.code else 1)
-
-    def _failed(self, task: Claimed, exc: BaseException, traceback_text: str,
-                retryable: bool) -> Outcome:
-        blob = payload.pack_error(task.func_name, exc, traceback_text, self.pid, self.ip,
-                                  task.task_id)
-        return Outcome(task.task_id, task.fence, "err", blob, retryable,
-                       payload.error_summary(exc))
-
-    def _count(self, stat: str) -> None:
-        try:
-            self.store.incr_stat(stat)
-        except Exception as e:  # noqa: BLE001 - a counter is not worth failing a task for
-            log.debug("counting %s failed: %s", stat, describe(e))
-
-    def _resolve(self, args: list[Any], kwargs: dict[str, Any]) -> BaseException | None:
-        """Replace top-level ArgRefs by their values; return the first failed one's error."""
-        slots: list[tuple[Any, Any]] = [(args, i) for i, a in enumerate(args)
-                                        if isinstance(a, ArgRef)]
-        slots += [(kwargs, k) for k, v in kwargs.items() if isinstance(v, ArgRef)]
-        if not slots:
-            return None
-        ids = list(dict.fromkeys(c[k].object_id for c, k in slots))
-        results = {}
-        for object_id, (record, blob) in zip(ids, self._retry_redis(
-                lambda: self.store.outcomes(ids))):
-            if blob is None and record.get("state") == "FINISHED":
-                results[object_id] = self._rebuilt(object_id)
-            else:
-                results[object_id] = payload.outcome_to_result(object_id, record, blob)
-        for container, key in slots:
-            ok, value = results[container[key].object_id]
-            if not ok:
-                return value  # type: ignore[no-any-return]
-            container[key] = value
-        return None
-
-    def _rebuilt(self, object_id: str) -> tuple[bool, Any]:
-        """An argument whose result was lost: rebuild it (the slot is lent while we wait)."""
-        if self.rebuild is None:
-            return False, FtqueueError(f"the result of {object_id} is lost and this worker "
-                                       "cannot rebuild it")
-        try:
-            return True, self.rebuild(object_id)
-        except Exception as e:  # noqa: BLE001 - the dependent fails with this as its cause
-            return False, e
-
 
 def _watch_parent(parent_pid: int) -> None:
     while True:
@@ -412,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = Worker(settings, ns.node_id, ns.worker_id, control, store, ns.inbox_fd,
                     rebuild=lambda object_id: get(ObjectRef(object_id)))
     signal.signal(signal.SIGUSR1, worker.on_inbox)
-    worker.output = OutputCapture(store, copy=settings.copy_task_output)
+    worker.runner.output = OutputCapture(store, copy=settings.copy_task_output)
 
     def on_term(signum: int, frame: Any) -> None:
         worker.stopping = True

@@ -246,7 +246,8 @@ def main() -> int:
           f"({args.queued} queued, no worker)")
     print(f"  worker peak RSS: {result['worker_peak_rss_mb']} MB")
     print(f"  cancel() returned -> KeyboardInterrupt in the task: p50 "
-          f"{result['cancel_to_interrupt_p50_ms']} ms, max {result['cancel_to_interrupt_max_ms']} ms")
+          f"{result['cancel_to_interrupt_p50_ms']} ms, "
+          f"max {result['cancel_to_interrupt_max_ms']} ms")
     if args.json:
         print(json.dumps(result))
     return 0

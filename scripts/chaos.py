@@ -239,13 +239,15 @@ def main() -> int:
             "retried_executions": retried_executions,
             "fenced": stats.get("fenced", 0),
             "worker_kills": len(killer.kills),
-            "retries": {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("retries:")},
+            "retries": {k.split(":", 1)[1]: v for k, v in stats.items()
+                        if k.startswith("retries:")},
             "detect_p50_s": round(percentile(latencies, 0.5), 3),
             "detect_p99_s": round(percentile(latencies, 0.99), 3),
             "detect_max_s": round(max(latencies, default=0.0), 3),
             "retry_start_p50_s": round(percentile(restarts, 0.5), 3),
             "retry_start_p99_s": round(percentile(restarts, 0.99), 3),
-            "node_loss_detect_s": round(min(node_died) - node_kill_ms / 1000, 3) if node_died else None,
+            "node_loss_detect_s": (round(min(node_died) - node_kill_ms / 1000, 3)
+                                   if node_died else None),
             "lease_timeout_s": args.lease_timeout,
             "elapsed_s": round(elapsed, 1),
         }
@@ -257,7 +259,8 @@ def main() -> int:
         shutil.rmtree(log_dir, ignore_errors=True)
 
     print(f"submitted {result['submitted']}  finished {result['finished']}  lost {result['lost']}  "
-          f"duplicate commits {result['duplicate_commits']}  fenced late results {result['fenced']}")
+          f"duplicate commits {result['duplicate_commits']}  "
+          f"fenced late results {result['fenced']}")
     print(f"executions {result['executions']}  duplicate executions "
           f"{result['duplicate_executions']}  retried executions {result['retried_executions']}")
     print(f"worker kills {result['worker_kills']}  retries by cause {result['retries']}")

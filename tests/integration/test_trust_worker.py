@@ -222,7 +222,7 @@ def test_corrupt_records_are_isolated_and_the_node_keeps_serving(
                30, "the corrupt records to be counted")
 
 
-# -- 9. a broken console harms nothing --------------------------------------------------------------
+# -- 9. a broken console harms nothing ----------------------------------------------------
 
 def test_closed_console_fails_no_task_and_keeps_the_node(driver, redis_url, tmp_path):
     cmd = [sys.executable, "-m", "ftqueue", "worker", "--address", redis_url, "--num-workers",
@@ -260,7 +260,7 @@ def test_task_closing_stdout_does_not_fail_later_tasks_and_its_worker_is_recycle
     assert node.process.poll() is None
 
 
-# -- 10. the signed envelope binds what runs ----------------------------------------------------------
+# -- 10. the signed envelope binds what runs -------------------------------------------
 
 SECRET_ENV = {"FTQUEUE_SECRET": "s3cret-for-tests"}
 

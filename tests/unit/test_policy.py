@@ -2,6 +2,7 @@
 
 import pytest
 
+from ftqueue.exceptions import TaskTimeoutError
 from ftqueue.policy import (
     CRASH_LOOP_LIMIT,
     EXIT_RECYCLE,
@@ -15,7 +16,6 @@ from ftqueue.policy import (
     retry_allowed,
     timeout_is_retryable,
 )
-from ftqueue.exceptions import TaskTimeoutError
 
 K = KillReason
 
@@ -108,7 +108,7 @@ def test_retry_budget():
 
 
 def test_exit_description_names_the_signal():
-    from ftqueue.supervisor import describe_exit
+    from ftqueue.losses import describe_exit
 
     assert "SIGKILL" in describe_exit(-9, 42)
     assert "exit code 3" in describe_exit(3, 42)
