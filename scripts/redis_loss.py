@@ -5,7 +5,8 @@
 For each setting (AOF always, AOF everysec, RDB snapshot, none): a private redis-server, one
 node of 2 workers, a driver submitting N short tasks; when half have run, Redis is
 SIGKILLed and started again from whatever it persisted. Prints per setting: results
-correct / N, tasks the driver had to submit again, extra executions (re-runs), and the time to finish.
+correct / N, tasks the driver had to submit again, extra executions (re-runs), and the
+time to finish.
 """
 
 from __future__ import annotations
