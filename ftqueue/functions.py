@@ -14,7 +14,6 @@ from typing import Any, Callable
 from . import payload
 from .exceptions import FtqueueError, PayloadVerificationError
 from .remote_function import IMPORT_PREFIX, RemoteFunction
-from .settings import env_str
 from .store import Store
 
 
@@ -25,17 +24,12 @@ def import_allowed(module_name: str, allow: tuple[str, ...]) -> bool:
     return any(module_name == p or module_name.startswith(p + ".") for p in allow)
 
 
-def import_allow_from_env() -> tuple[str, ...]:
-    raw = env_str("FTQUEUE_IMPORT_ALLOW") or ""
-    return tuple(p.strip() for p in raw.split(",") if p.strip())
-
-
 class FunctionCache:
     """Functions by digest or by import path."""
 
-    def __init__(self, store: Store, import_allow: tuple[str, ...] | None = None) -> None:
+    def __init__(self, store: Store, import_allow: tuple[str, ...] = ()) -> None:
         self.store = store
-        self.import_allow = import_allow_from_env() if import_allow is None else import_allow
+        self.import_allow = import_allow
         self._cache: dict[str, Callable[..., Any]] = {}
 
     def get(self, fn_ref: str) -> Callable[..., Any]:

@@ -11,9 +11,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from .settings import env_int
+from .settings import DEFAULT_LOG_MAX_BYTES
 
-DEFAULT_LOG_MAX_BYTES = 64 * 1024
 FLUSH_INTERVAL_S = 0.2
 log = logging.getLogger("ftqueue.output")
 TRUNCATED = "\n[ftqueue: output truncated at FTQUEUE_LOG_MAX_BYTES]\n"
@@ -50,11 +49,12 @@ class _Stream:
 class OutputCapture:
     """Collects a task's output and ships it every FLUSH_INTERVAL_S and at the task's end."""
 
-    def __init__(self, store: Any, copy: bool = True) -> None:
+    def __init__(self, store: Any, copy: bool = True,
+                 max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> None:
         self.store = store
         self.copy = copy
         self.keys = store.keys
-        self.max_bytes = env_int("FTQUEUE_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES)
+        self.max_bytes = max_bytes
         self.host = socket.gethostname()
         self._lock = threading.Lock()
         self._chunks: list[tuple[str, str]] = []

@@ -32,7 +32,7 @@ from .exceptions import (
     UnserializableException,
     WorkerCrashedError,
 )
-from .settings import env_int
+from .settings import max_payload_bytes
 from .signing import signer
 from .spec import PUT_ID_LENGTH, ArgRef, ErrorType, ObjectRef
 
@@ -40,11 +40,7 @@ VALUE = b"V"
 ERROR = b"E"
 
 
-DEFAULT_MAX_PAYLOAD_BYTES = 100 * 1024 * 1024
 
-
-def max_payload_bytes() -> int:
-    return env_int("FTQUEUE_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
 
 
 def _limit(data: bytes, what: str) -> bytes:

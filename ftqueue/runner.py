@@ -36,14 +36,15 @@ class TaskInterrupt(BaseException):
 class TaskRunner:
     def __init__(self, store: Store, node_id: str, worker_id: str,
                  tell: Callable[[protocol.WorkerMessage], None], result_ttl_s: int,
-                 rebuild: Callable[[str], Any] | None = None) -> None:
+                 rebuild: Callable[[str], Any] | None = None,
+                 import_allow: tuple[str, ...] = ()) -> None:
         self.store = store
         self.node_id = node_id
         self.worker_id = worker_id
         self.tell = tell
         self.result_ttl_s = result_ttl_s
         self.rebuild = rebuild        # get() of a lost argument: the runtime's, injected
-        self.functions = FunctionCache(store)
+        self.functions = FunctionCache(store, import_allow)
         self.output: OutputCapture | None = None
         self.calls: dict[str, int] = {}
         self.current = ""

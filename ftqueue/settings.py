@@ -1,9 +1,14 @@
-"""Settings read from FTQUEUE_* environment variables; each default is in the README."""
+"""Every setting, in one place: the FTQUEUE_* environment variables, their defaults, and
+the node flags built from them. Read once per process (`Settings.from_env()`) and passed
+down; the README's table lists each (a test checks that it does, and that no other module
+reads FTQUEUE_* variables).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Mapping
 
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_LEASE_TIMEOUT_S = 30.0
@@ -18,6 +23,12 @@ DEFAULT_DRIVER_LINEAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_NOTIFY_TTL_S = 24 * 3600
 ATTEMPT_MESSAGE_MAX_CHARS = 2000
 INLINE_RESULT_MAX_BYTES = 16384
+
+
+DEFAULT_STARTUP_WAIT_S = 30.0
+DEFAULT_MAX_PAYLOAD_BYTES = 100 * 1024 * 1024
+DEFAULT_LOG_MAX_BYTES = 64 * 1024
+DEFAULT_NAMESPACE = "ftq"
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
@@ -45,6 +56,11 @@ def env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def max_payload_bytes() -> int:
+    """Read at each use (a hot path: one variable, not the whole table)."""
+    return env_int("FTQUEUE_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
+
+
 def default_max_retries() -> int:
     """Read at every submission, as Ray reads RAY_TASK_MAX_RETRIES."""
     return env_int("FTQUEUE_TASK_MAX_RETRIES", DEFAULT_MAX_RETRIES)
@@ -65,6 +81,10 @@ class NodeSettings:
     memory_threshold: float = DEFAULT_MEMORY_THRESHOLD
     timeout_grace_s: float = DEFAULT_TIMEOUT_GRACE_S
     copy_task_output: bool = True     # also write task output to the node's own stdout/stderr
+    result_ttl_s: int = DEFAULT_RESULT_TTL_S
+    lineage_ttl_s: int = DEFAULT_LINEAGE_TTL_S
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    import_allow: tuple[str, ...] = ()
 
     @property
     def renew_interval_s(self) -> float:
@@ -99,3 +119,103 @@ def retention_from_env() -> tuple[int, int]:
     result_ttl = env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
     lineage_ttl = env_int("FTQUEUE_LINEAGE_TTL_S", DEFAULT_LINEAGE_TTL_S)
     return result_ttl, max(lineage_ttl, result_ttl)
+
+
+def _split(raw: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (raw or "").split(",") if p.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The process-wide settings (a node's own are `NodeSettings`, built from these and
+    its flags). Field -> variable in `ENV`."""
+
+    address: str | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    task_max_retries: int = DEFAULT_MAX_RETRIES
+    lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S
+    grace_period_s: float = DEFAULT_GRACE_PERIOD_S
+    num_workers: int = 0                     # 0: the CPU count
+    startup_wait_s: float = DEFAULT_STARTUP_WAIT_S
+    queues: tuple[str, ...] = ("default",)
+    prefetch: int = DEFAULT_PREFETCH
+    result_ttl_s: int = DEFAULT_RESULT_TTL_S
+    lineage_ttl_s: int = DEFAULT_LINEAGE_TTL_S
+    driver_lineage_bytes: int = DEFAULT_DRIVER_LINEAGE_BYTES
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    max_memory_per_worker: int = 0
+    memory_threshold: float = DEFAULT_MEMORY_THRESHOLD
+    timeout_grace_s: float = DEFAULT_TIMEOUT_GRACE_S
+    metrics_port: int = 0                    # 0: off
+    health_file: str | None = None
+    import_allow: tuple[str, ...] = ()
+    tls_ca_file: str | None = None
+    redis_server: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(ENV[f.name])
+            if raw in (None, ""):
+                continue
+            values[f.name] = _parse(f.name, ENV[f.name], raw)
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.lineage_ttl_s < settings.result_ttl_s:   # lineage outlives results
+            settings = _replace(settings, lineage_ttl_s=settings.result_ttl_s)
+        return settings
+
+    @property
+    def workers(self) -> int:
+        return self.num_workers or os.cpu_count() or 1
+
+
+ENV: dict[str, str] = {
+    "address": "FTQUEUE_ADDRESS", "namespace": "FTQUEUE_NAMESPACE",
+    "task_max_retries": "FTQUEUE_TASK_MAX_RETRIES", "lease_timeout_s": "FTQUEUE_LEASE_TIMEOUT_S",
+    "grace_period_s": "FTQUEUE_GRACE_PERIOD_S", "num_workers": "FTQUEUE_NUM_WORKERS",
+    "startup_wait_s": "FTQUEUE_STARTUP_WAIT_S", "queues": "FTQUEUE_QUEUES",
+    "prefetch": "FTQUEUE_PREFETCH", "result_ttl_s": "FTQUEUE_RESULT_TTL_S",
+    "lineage_ttl_s": "FTQUEUE_LINEAGE_TTL_S",
+    "driver_lineage_bytes": "FTQUEUE_DRIVER_LINEAGE_BYTES",
+    "max_payload_bytes": "FTQUEUE_MAX_PAYLOAD_BYTES", "log_max_bytes": "FTQUEUE_LOG_MAX_BYTES",
+    "max_memory_per_worker": "FTQUEUE_MAX_MEMORY_PER_WORKER",
+    "memory_threshold": "FTQUEUE_MEMORY_THRESHOLD", "timeout_grace_s": "FTQUEUE_TIMEOUT_GRACE_S",
+    "metrics_port": "FTQUEUE_METRICS_PORT", "health_file": "FTQUEUE_HEALTH_FILE",
+    "import_allow": "FTQUEUE_IMPORT_ALLOW", "tls_ca_file": "FTQUEUE_TLS_CA_FILE",
+    "redis_server": "FTQUEUE_REDIS_SERVER",
+}
+# Read where they are used, at each use, on purpose: keys can be rotated without restarts.
+SECRET_ENV = ("FTQUEUE_SECRET", "FTQUEUE_SECRET_FILE", "FTQUEUE_OLD_SECRETS",
+              "FTQUEUE_OLD_SECRETS_FILE")
+
+
+def _parse(name: str, var: str, raw: str) -> object:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if name in ("queues", "import_allow"):
+        return _split(raw)
+    if name == "max_memory_per_worker":
+        return parse_size(raw)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{var} must be {'an integer' if kind == 'int' else 'a number'}, "
+                         f"got {raw!r}") from None
+    return raw
+
+
+def _replace(settings: Settings, **changes: object) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def secrets_from_env() -> tuple[str | None, str | None, str | None, str | None]:
+    """(secret, secret file, old secrets, old secrets file), read now."""
+    values = [os.environ.get(name) or None for name in SECRET_ENV]
+    return values[0], values[1], values[2], values[3]

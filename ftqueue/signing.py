@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from functools import lru_cache
 
 from .exceptions import FtqueueError, PayloadVerificationError
+from .settings import secrets_from_env
 
 MAGIC = b"FTQS1"
 MAC_SIZE = 32
@@ -84,7 +84,4 @@ def _signer_for(secret: str | None, secret_file: str | None, old: str | None,
 
 def signer() -> Signer:
     """The signer for this process's settings (re-read when they change)."""
-    env = os.environ
-    return _signer_for(env.get("FTQUEUE_SECRET") or None, env.get("FTQUEUE_SECRET_FILE") or None,
-                       env.get("FTQUEUE_OLD_SECRETS") or None,
-                       env.get("FTQUEUE_OLD_SECRETS_FILE") or None)
+    return _signer_for(*secrets_from_env())

@@ -25,7 +25,7 @@ from .heartbeat import NodeRecord
 from .logs import LogOnce
 from .losses import Loss, describe_exit, report_losses
 from .policy import KillReason, Restart
-from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings, retention_from_env
+from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings
 from .spec import Outcome, new_id
 from .store import Store, backoff, connect, describe, is_corrupt, is_transient
 from .watchdog import memory_kills, node_memory
@@ -55,7 +55,7 @@ class Supervisor:
         self.crash_times: list[float] = []
         self.respawn_at: list[float] = []
         self.record = NodeRecord(self.store, self.node_id, settings,
-                                 retention_from_env()[1] * 1000)
+                                 settings.lineage_ttl_s * 1000)
         self.redis_ok = True
         self.health_file = health_file
         self._once = LogOnce(log)

@@ -23,7 +23,7 @@ from .logs import LogOnce
 from .output import OutputCapture
 from .policy import EXIT_RECYCLE
 from .runner import TaskRunner
-from .settings import NodeSettings, retention_from_env
+from .settings import NodeSettings
 from .store import Claimed, Store, describe, is_transient, retry_across_outage
 
 log = logging.getLogger("ftqueue.worker")
@@ -44,7 +44,7 @@ class Worker:
         self.commits = CommitBatcher(store, worker_id,
                                      lambda ids: self.tell(protocol.Settled(tuple(ids))))
         self.runner = TaskRunner(store, node_id, worker_id, self.tell,
-                                 retention_from_env()[0], rebuild)
+                                 settings.result_ttl_s, rebuild, settings.import_allow)
         self.local: deque[Claimed] = deque()
         self.claimed_at = 0.0
         self.inbox_fd = inbox_fd
@@ -209,6 +209,7 @@ def _read_settings(fd: int) -> NodeSettings:
             chunks.append(chunk)
     raw = json.loads(b"".join(chunks))
     raw["queues"] = tuple(raw["queues"])
+    raw["import_allow"] = tuple(raw["import_allow"])
     return NodeSettings(**raw)
 
 
@@ -246,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = Worker(settings, ns.node_id, ns.worker_id, control, store, ns.inbox_fd,
                     rebuild=lambda object_id: get(ObjectRef(object_id)))
     signal.signal(signal.SIGUSR1, worker.on_inbox)
-    worker.runner.output = OutputCapture(store, copy=settings.copy_task_output)
+    worker.runner.output = OutputCapture(store, copy=settings.copy_task_output,
+                                         max_bytes=settings.log_max_bytes)
 
     def on_term(signum: int, frame: Any) -> None:
         worker.stopping = True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable
 
@@ -11,6 +10,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..exceptions import FtqueueConnectionError
+from ..settings import Settings
 from .errors import is_transient
 
 SOCKET_TIMEOUT_S = 10.0   # above the 1 s BLPOP waits; bounds a call to a frozen Redis
@@ -21,8 +21,9 @@ def connect(address: str, *, check: bool = True) -> redis.Redis:
     """A client for `address` (redis://, rediss://, unix://) with redis-py's own command
     retries off: every ftqueue step is retried by ftqueue itself, only where that is safe."""
     tls: dict[str, str] = {}
-    if address.startswith("rediss://") and os.environ.get("FTQUEUE_TLS_CA_FILE"):
-        tls["ssl_ca_certs"] = os.environ["FTQUEUE_TLS_CA_FILE"]
+    ca_file = Settings.from_env().tls_ca_file
+    if address.startswith("rediss://") and ca_file:
+        tls["ssl_ca_certs"] = ca_file
     try:
         client = redis.Redis.from_url(
             address,
