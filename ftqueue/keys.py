@@ -1,8 +1,59 @@
-"""The only place Redis key names are built. See docs/redis-layout.md."""
+"""The only place Redis key names are built. See docs/redis-layout.md.
+
+Every key is `<namespace>:<segment>` (one per namespace: `ftq:leases`) or
+`<namespace>:<segment>:<id>` (one per task, queue, node...: `ftq:task:<task_id>`). The two
+tables below are the layout; the methods of `Keys` read them, and the Lua scripts get
+their keys from here too: the ones a script can name in advance arrive in `KEYS` (built by
+these methods), the ones it finds at run time are built by `k_<name>(id)` functions that
+ftqueue/store/scripts.py generates from `PER_ID`. tests/unit/test_keys_contract.py checks
+that no other key name exists.
+"""
 
 from __future__ import annotations
 
 DEFAULT_NAMESPACE = "ftq"
+
+# Keys of which a namespace has one: method name -> segment after "<namespace>:".
+SINGLE: dict[str, str] = {
+    "queues": "queues",
+    "leases": "leases",
+    "nodes": "nodes",
+    "workers": "workers",
+    "task_index": "index:tasks",
+    "failed_index": "index:failed",
+    "node_index": "index:nodes",
+    "stats": "stats",
+    "epoch": "epoch",
+    "job_counter": "job_counter",
+    "clock": "clock",
+    "corrupt": "corrupt",
+}
+
+# Keys of which there is one per id: method name -> segment; the key is
+# "<namespace>:<segment>:<id>".
+PER_ID: dict[str, str] = {
+    "task": "task",
+    "args": "args",
+    "result": "result",
+    "attempts": "attempts",
+    "children": "children",
+    "dependents": "dependents",
+    "waiters": "waiters",
+    "queue": "queue",
+    "bell": "bell",
+    "function": "fn",
+    "done": "done",
+    "node": "node",
+    "node_tasks": "node_tasks",
+    "worker": "worker",
+    "cancel": "cancel",
+    "log_channel": "logs",
+    "stats_minute": "stats:minute",
+    "quarantine": "quarantine",
+}
+
+# `log` is the one key with two ids: "<namespace>:log:<task_id>:<attempt>".
+LOG_SEGMENT = "log"
 
 
 class Keys:
@@ -13,90 +64,138 @@ class Keys:
             raise ValueError(f"invalid namespace {namespace!r}")
         self.prefix = namespace
 
+    def _single(self, name: str) -> str:
+        return f"{self.prefix}:{SINGLE[name]}"
+
+    def _per_id(self, name: str, ident: str | int) -> str:
+        return f"{self.prefix}:{PER_ID[name]}:{ident}"
+
+    def kind(self, key: str) -> str | None:
+        """The name of the method that builds `key` in this namespace, or None if none does."""
+        head, sep, rest = key.partition(":")
+        if head != self.prefix or not sep:
+            return None
+        for name, segment in SINGLE.items():
+            if rest == segment:
+                return name
+        # Longest segment first: "stats:minute:<m>" is not a "stats" key.
+        for name, segment in sorted(PER_ID.items(), key=lambda item: -len(item[1])):
+            if rest.startswith(segment + ":") and len(rest) > len(segment) + 1:
+                return name
+        if rest.startswith(LOG_SEGMENT + ":") and rest.count(":") >= 2:
+            return "log"
+        return None
+
+    # -- one per id ---------------------------------------------------------------------------
+
     def task(self, task_id: str) -> str:
-        return f"{self.prefix}:task:{task_id}"
+        return self._per_id("task", task_id)
 
     def args(self, task_id: str) -> str:
-        return f"{self.prefix}:args:{task_id}"
+        return self._per_id("args", task_id)
 
     def result(self, object_id: str) -> str:
-        return f"{self.prefix}:result:{object_id}"
+        return self._per_id("result", object_id)
 
     def attempts(self, task_id: str) -> str:
-        return f"{self.prefix}:attempts:{task_id}"
-
-    def queue(self, name: str) -> str:
-        return f"{self.prefix}:queue:{name}"
-
-    def bell(self, name: str) -> str:
-        return f"{self.prefix}:bell:{name}"
-
-    def function(self, digest: str) -> str:
-        return f"{self.prefix}:fn:{digest}"
-
-    def done(self, client_id: str) -> str:
-        return f"{self.prefix}:done:{client_id}"
-
-    def node(self, node_id: str) -> str:
-        return f"{self.prefix}:node:{node_id}"
-
-    def node_tasks(self, node_id: str) -> str:
-        return f"{self.prefix}:node_tasks:{node_id}"
-
-    def worker(self, worker_id: str) -> str:
-        return f"{self.prefix}:worker:{worker_id}"
-
-    def cancel(self, node_id: str) -> str:
-        return f"{self.prefix}:cancel:{node_id}"
+        return self._per_id("attempts", task_id)
 
     def children(self, task_id: str) -> str:
-        return f"{self.prefix}:children:{task_id}"
+        return self._per_id("children", task_id)
 
-    def log(self, task_id: str, attempt: int) -> str:
-        return f"{self.prefix}:log:{task_id}:{attempt}"
+    def dependents(self, task_id: str) -> str:
+        """Tasks waiting for this one's result (released when it ends)."""
+        return self._per_id("dependents", task_id)
+
+    def waiters(self, task_id: str) -> str:
+        """Notification lists of other processes waiting for this task in `get`."""
+        return self._per_id("waiters", task_id)
+
+    def queue(self, name: str) -> str:
+        return self._per_id("queue", name)
+
+    def bell(self, name: str) -> str:
+        return self._per_id("bell", name)
+
+    def function(self, digest: str) -> str:
+        return self._per_id("function", digest)
+
+    def done(self, client_id: str) -> str:
+        return self._per_id("done", client_id)
+
+    def node(self, node_id: str) -> str:
+        return self._per_id("node", node_id)
+
+    def node_tasks(self, node_id: str) -> str:
+        return self._per_id("node_tasks", node_id)
+
+    def worker(self, worker_id: str) -> str:
+        return self._per_id("worker", worker_id)
+
+    def cancel(self, node_id: str) -> str:
+        return self._per_id("cancel", node_id)
 
     def log_channel(self, job_id: str) -> str:
-        return f"{self.prefix}:logs:{job_id}"
+        return self._per_id("log_channel", job_id)
+
+    def stats_minute(self, minute: int) -> str:
+        return self._per_id("stats_minute", minute)
+
+    def quarantine(self, key: str) -> str:
+        """Where a script moves a list or set that held something else (docs/redis-layout.md)."""
+        return self._per_id("quarantine", key)
+
+    def log(self, task_id: str, attempt: int) -> str:
+        return f"{self.prefix}:{LOG_SEGMENT}:{task_id}:{attempt}"
+
+    # -- one per namespace --------------------------------------------------------------------
 
     @property
     def queues(self) -> str:
-        return f"{self.prefix}:queues"
+        return self._single("queues")
 
     @property
     def leases(self) -> str:
-        return f"{self.prefix}:leases"
+        return self._single("leases")
 
     @property
     def nodes(self) -> str:
-        return f"{self.prefix}:nodes"
+        return self._single("nodes")
 
     @property
     def workers(self) -> str:
-        return f"{self.prefix}:workers"
+        return self._single("workers")
 
     @property
     def task_index(self) -> str:
-        return f"{self.prefix}:index:tasks"
+        return self._single("task_index")
 
     @property
     def failed_index(self) -> str:
-        return f"{self.prefix}:index:failed"
+        return self._single("failed_index")
 
     @property
     def node_index(self) -> str:
-        return f"{self.prefix}:index:nodes"
-
-    def stats_minute(self, minute: int) -> str:
-        return f"{self.prefix}:stats:minute:{minute}"
+        return self._single("node_index")
 
     @property
     def stats(self) -> str:
-        return f"{self.prefix}:stats"
+        return self._single("stats")
 
     @property
     def epoch(self) -> str:
-        return f"{self.prefix}:epoch"
+        return self._single("epoch")
 
     @property
     def job_counter(self) -> str:
-        return f"{self.prefix}:job_counter"
+        return self._single("job_counter")
+
+    @property
+    def clock(self) -> str:
+        """The served clock: time during which Redis served its clients (docs/design.md)."""
+        return self._single("clock")
+
+    @property
+    def corrupt(self) -> str:
+        """Keys found holding the wrong type, with what was done about each."""
+        return self._single("corrupt")

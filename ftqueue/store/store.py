@@ -1,16 +1,31 @@
-"""Typed wrappers around the Lua scripts in lua/: one atomic step per task transition."""
+"""Typed wrappers around the Lua scripts in lua/: one atomic step per task transition.
+
+Every script call also reports the keys it isolated as corrupt (a key of the wrong type: see
+lua/lib.lua); each is reported once, cluster-wide, to the process whose call found it. The
+store logs it (logger "ftqueue.store") and keeps it in `last_corrupt` for that thread; the
+list of all of them is `corrupt_records()`.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
+import uuid
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
 from ..keys import Keys
+from .errors import is_corrupt
+from .scripts import load_scripts
+
+log = logging.getLogger("ftqueue.store")
+
+DEFAULT_INDEX_TTL_MS = 7 * 24 * 3600 * 1000
+DEFAULT_SWEEP_LIMIT = 100
 
 
 def wall_clock_ms() -> int:
@@ -19,17 +34,7 @@ def wall_clock_ms() -> int:
 
 REDIS_CLOCK = None   # scripts read Redis's own TIME
 
-def _load_scripts() -> dict[str, str]:
-    lua = resources.files(__package__).joinpath("lua")
-    lib = lua.joinpath("lib.lua").read_text()
-    return {
-        path.name[:-4]: lib + "\n" + path.read_text()
-        for path in lua.iterdir()
-        if path.name.endswith(".lua") and path.name != "lib.lua"
-    }
-
-
-_SCRIPTS = _load_scripts()
+_SCRIPTS = load_scripts()
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,32 @@ class Claimed:
     args_blob: bytes
     timeout_s: float | None = None
     retry_timeout: bool = False
+    max_retries: int = 0
 
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
+    return [(_s(flat[i]), _s(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+def _claimed(row: Sequence[Any]) -> Claimed:
+    return Claimed(_s(row[0]), _s(row[1]), _s(row[2]), _s(row[3]), int(row[4]), _s(row[5]),
+                   int(row[6] or 0), bytes(row[7]), float(row[8]) if row[8] else None,
+                   row[9] == b"1", int(row[10] or 0))
+
+
+# The error_type a task shows when its own record cannot be read (a key of the wrong type).
+CORRUPT_RECORD = "CORRUPT_RECORD"
+_OUTCOME_FIELDS = ("state", "error_type", "error_message", "func", "node_id", "worker_id")
+
+
+def _reply_or_raise(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 class Store:
@@ -62,77 +89,106 @@ class Store:
         self._script_clock = clock_ms
         self.clock_ms = clock_ms or wall_clock_ms   # for reads that show ages
         self._sha: dict[str, str] = {}
+        self._local = threading.local()
 
     # -- scripts ---------------------------------------------------------------------------
 
-    def _run(self, name: str, *args: Any) -> Any:
-        argv = (self.keys.prefix, self._script_clock() if self._script_clock else "") + args
+    @property
+    def last_corrupt(self) -> list[str]:
+        """Keys the latest script call of this thread isolated as corrupt (usually [])."""
+        return list(getattr(self._local, "last_corrupt", []))
+
+    def _run(self, name: str, argv: Sequence[Any], extra_keys: Sequence[str] = (),
+             **key_params: str) -> Any:
+        script = _SCRIPTS[name]
+        keys = script.keys(self.keys, key_params, extra_keys)
+        args = [self.keys.prefix, self._script_clock() if self._script_clock else "", *argv]
+        result, corrupt = self._eval(name, script.source, keys, args)
+        self._note_corrupt([_s(k) for k in corrupt])
+        return result
+
+    def _eval(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
         sha = self._sha.get(name)
         if sha is not None:
             try:
-                return self.redis.evalsha(sha, 0, *argv)
+                return self.redis.evalsha(sha, len(keys), *keys, *args)
             except redis.exceptions.NoScriptError:
                 pass  # Redis restarted or flushed its script cache
-        self._sha[name] = self.redis.script_load(_SCRIPTS[name])
-        return self.redis.evalsha(self._sha[name], 0, *argv)
+        self._sha[name] = _s(self.redis.script_load(source))
+        return self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
+
+    def _note_corrupt(self, keys: list[str]) -> None:
+        self._local.last_corrupt = keys
+        for key in keys:
+            log.warning("corrupt record isolated: %s holds a type ftqueue did not write there "
+                        "(the reason is in %s; counted as stats 'corrupt')", key,
+                        self.keys.corrupt)
 
     def submit(self, tasks: Sequence[tuple[str, str, bytes, Sequence[str], dict[str, str]]]) -> int:
         """tasks: (task_id, queue, args_blob, dep_ids, fields). Idempotent per task id."""
         argv: list[Any] = [len(tasks)]
+        keys: list[str] = []
         for task_id, queue, blob, deps, fields in tasks:
             argv += [task_id, queue, blob, ",".join(deps), json.dumps(fields)]
-        return int(self._run("submit", *argv))
+            keys += [self.keys.task(task_id), self.keys.args(task_id)]
+        return int(self._run("submit", argv, keys))
 
     def claim(self, node_id: str, worker_id: str, queues: Sequence[str], max_n: int,
               batch_divisor: int, lease_timeout_ms: int) -> list[Claimed]:
-        rows = self._run("claim", lease_timeout_ms, node_id, worker_id,
-                         max_n, batch_divisor, len(queues), *queues)
-        return [Claimed(_s(r[0]), _s(r[1]), _s(r[2]), _s(r[3]), int(r[4]), _s(r[5]),
-                        int(r[6] or 0), r[7], float(r[8]) if r[8] else None, r[9] == b"1")
-                for r in rows]
+        keys = [key for q in queues for key in (self.keys.queue(q), self.keys.bell(q))]
+        rows = self._run("claim", [lease_timeout_ms, node_id, worker_id, max_n, batch_divisor,
+                                   *queues], keys, node_id=node_id)
+        return [_claimed(r) for r in rows]
 
     def commit(self, outcomes: Sequence[tuple[str, str, str, bytes, bool, str]],
-               next_task_id: str = "") -> list[str]:
-        """outcomes: (task_id, fence, 'ok'|'err'|'cancelled', blob, retryable, message)."""
-        argv: list[Any] = [next_task_id, len(outcomes)]
+               next_task_id: str = "", *, worker_id: str = "",
+               next_fence: str = "") -> list[str]:
+        """outcomes: (task_id, fence, 'ok'|'err'|'cancelled', blob, retryable, message).
+        `next_task_id` is marked RUNNING only while `worker_id` holds it (with `next_fence`,
+        when given): a task swept and claimed elsewhere is left alone. Answers per outcome
+        'finished' | 'failed' | 'retried' | 'fenced' | 'corrupt'."""
+        argv: list[Any] = [next_task_id, worker_id, next_fence, len(outcomes)]
+        keys = [self.keys.task(outcome[0]) for outcome in outcomes]
         for task_id, fence, outcome, blob, retryable, message in outcomes:
             argv += [task_id, fence, outcome, blob, "1" if retryable else "0", message]
-        return [_s(r) for r in self._run("commit", *argv)]
+        if next_task_id:
+            keys.append(self.keys.task(next_task_id))
+        return [_s(r) for r in self._run("commit", argv, keys)]
 
     def renew(self, node_id: str, lease_timeout_ms: int, running: Sequence[str] = (),
               held: Sequence[str] = ()) -> int:
         """Heartbeat; extend the leases of the tasks the node's workers hold; mark the tasks
         they run as RUNNING."""
-        return int(self._run("renew", node_id, lease_timeout_ms, ",".join(running), *held))
+        keys = [self.keys.task(t) for t in (*held, *running)]
+        return int(self._run("renew", [node_id, lease_timeout_ms, len(held), *held, *running],
+                             keys, node_id=node_id))
 
-    def sweep(self, lease_timeout_ms: int, limit: int = 100,
-              index_ttl_ms: int = 7 * 24 * 3600 * 1000) -> tuple[list[tuple[str, str]], list[str]]:
-        swept, dead = self._run("sweep", lease_timeout_ms, limit, index_ttl_ms)
-        pairs = [(_s(swept[i]), _s(swept[i + 1])) for i in range(0, len(swept), 2)]
-        return pairs, [_s(d) for d in dead]
+    def sweep(self, lease_timeout_ms: int, limit: int = DEFAULT_SWEEP_LIMIT,
+              index_ttl_ms: int = DEFAULT_INDEX_TTL_MS,
+              ) -> tuple[list[tuple[str, str]], list[str]]:
+        swept, dead = self._run("sweep", [lease_timeout_ms, limit, index_ttl_ms])
+        return _pairs(swept), [_s(d) for d in dead]
 
     def worker_lost(self, node_id: str, worker_id: str, running_task_id: str, error_type: str,
                     message: str, charge: bool) -> list[tuple[str, str]]:
         """The worker is gone: the task it was running (if any) fails, the rest requeue."""
-        out = self._run("worker_lost", node_id, worker_id, running_task_id, error_type, message,
-                        "1" if charge else "0")
-        return [(_s(out[i]), _s(out[i + 1])) for i in range(0, len(out), 2)]
+        return _pairs(self._run("worker_lost", [node_id, worker_id, running_task_id, error_type,
+                                                message, "1" if charge else "0"],
+                                node_id=node_id))
 
     def reconstruct(self, task_id: str) -> str:
         """Re-run the task behind a lost result (see reconstruct.lua for the answers)."""
-        return _s(self._run("reconstruct", task_id))
+        return _s(self._run("reconstruct", [task_id], task_id=task_id))
 
     def ensure_epoch(self) -> str:
         """This Redis's data generation: set once, so a Redis that lost everything (restarted
         without persistence, failed over to an empty replica) shows a new one."""
-        import uuid
-
         self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
         return _s(self.redis.get(self.keys.epoch))
 
     def cancel(self, task_id: str, force: bool, recursive: bool) -> list[tuple[str, str]]:
-        out = self._run("cancel", task_id, "1" if force else "0", "1" if recursive else "0")
-        return [(_s(out[i]), _s(out[i + 1])) for i in range(0, len(out), 2)]
+        return _pairs(self._run("cancel", [task_id, "1" if force else "0",
+                                           "1" if recursive else "0"], task_id=task_id))
 
     def pop_cancel_requests(self, node_id: str, max_n: int = 100) -> list[tuple[str, bool]]:
         """(task id, forced) for each cancel relayed to this node."""
@@ -146,7 +202,23 @@ class Store:
     def watch(self, notify_key: str, object_ids: Sequence[str]) -> list[str]:
         if not object_ids:
             return []
-        return [_s(r) for r in self._run("watch", notify_key, *object_ids)]
+        keys = [key for i in object_ids
+                for key in (self.keys.task(i), self.keys.result(i), self.keys.waiters(i))]
+        return [_s(r) for r in self._run("watch", [notify_key, *object_ids], keys)]
+
+    def served_now_ms(self) -> int:
+        """The served clock (docs/design.md): lease deadlines and heartbeats are on it."""
+        return int(self._run("clock", [""])[0])
+
+    def node_heartbeat_age_ms(self, node_id: str) -> int | None:
+        """Served time since the node's last heartbeat; None if it is not alive in Redis."""
+        served, heartbeat = self._run("clock", [node_id])
+        return None if heartbeat in (b"", "") else int(served) - int(float(heartbeat))
+
+    def corrupt_records(self) -> dict[str, str]:
+        """Every key isolated as corrupt, with what was found and done."""
+        raw = self.redis.hgetall(self.keys.corrupt)
+        return {_s(k): _s(v) for k, v in raw.items()}
 
     # -- plain reads and writes --------------------------------------------------------------
 
@@ -166,23 +238,31 @@ class Store:
         return [[None if v is None else _s(v) for v in row] for row in pipe.execute()]
 
     def outcomes(self, object_ids: Sequence[str]) -> list[tuple[dict[str, str], bytes | None]]:
-        """(task record, result blob) per id; the record is empty for a put object."""
+        """(task record, result blob) per id; the record is empty for a put object. A task
+        key of the wrong type reads as a FAILED record whose message names it."""
         pipe = self.redis.pipeline(transaction=False)
         for object_id in object_ids:
-            pipe.hmget(self.keys.task(object_id), "state", "error_type", "error_message", "func",
-                       "node_id", "worker_id")
+            pipe.hmget(self.keys.task(object_id), *_OUTCOME_FIELDS)
             pipe.get(self.keys.result(object_id))
-        raw = pipe.execute()
+        raw = pipe.execute(raise_on_error=False)
         out = []
-        for i in range(0, len(raw), 2):
-            state, error_type, message, func, node_id, worker_id = raw[i]
-            record = {}
-            if state is not None:
-                record = {"state": _s(state), "error_type": _s(error_type or b""),
-                          "error_message": _s(message or b""), "func": _s(func or b""),
-                          "node_id": _s(node_id or b""), "worker_id": _s(worker_id or b"")}
-            out.append((record, raw[i + 1]))
+        for i, object_id in enumerate(object_ids):
+            fields, blob = raw[2 * i], raw[2 * i + 1]
+            out.append((self._outcome_record(object_id, fields),
+                        None if isinstance(blob, Exception) and is_corrupt(blob)
+                        else _reply_or_raise(blob)))
         return out
+
+    def _outcome_record(self, object_id: str, fields: Any) -> dict[str, str]:
+        if isinstance(fields, Exception) and is_corrupt(fields):
+            return {"state": "FAILED", "error_type": CORRUPT_RECORD,
+                    "error_message": f"its record {self.keys.task(object_id)} is corrupt "
+                                     f"(see {self.keys.corrupt})",
+                    "func": "", "node_id": "", "worker_id": ""}
+        values = _reply_or_raise(fields)
+        if values[0] is None:
+            return {}
+        return {name: _s(v or b"") for name, v in zip(_OUTCOME_FIELDS, values)}
 
     def pop_notifications(self, notify_key: str, timeout_s: float,
                           max_n: int = 1000) -> list[tuple[str, bytes | None]]:

@@ -3,63 +3,10 @@ real server, which is the reference for Lua."""
 
 from __future__ import annotations
 
-import json
+import storekit
+from storekit import LEASE_MS, attempts, claim, field, serve, state, submit
 
-import fakeredis
-import pytest
-import redis
-
-from ftqueue.store import Store
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_ms = 1_000_000
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-    def advance(self, seconds: float) -> None:
-        self.now_ms += int(seconds * 1000)
-
-
-LEASE_MS = 30_000
-
-
-@pytest.fixture(params=["fakeredis", "redis-server"])
-def env(request):
-    if request.param == "fakeredis":
-        client = fakeredis.FakeRedis()
-    else:
-        server = request.getfixturevalue("redis_server")
-        client = redis.Redis.from_url(server.address)
-        client.flushall()
-    clock = FakeClock()
-    yield Store(client, "ftq", clock_ms=clock), clock, client
-    client.close()
-
-
-def submit(store, task_id, deps=(), max_retries=3, queue="default"):
-    fields = {"name": "f", "func": "f", "fn": "digest", "job_id": "00000001",
-              "parent_task_id": "", "max_retries": str(max_retries), "notify": "ftq:done:me"}
-    return store.submit([(task_id, queue, b"args", list(deps), fields)])
-
-
-def state(client, task_id):
-    return client.hget(f"ftq:task:{task_id}", "state").decode()
-
-
-def field(client, task_id, name):
-    value = client.hget(f"ftq:task:{task_id}", name)
-    return value.decode() if value is not None else None
-
-
-def attempts(client, task_id):
-    return [json.loads(a) for a in client.lrange(f"ftq:attempts:{task_id}", 0, -1)]
-
-
-def claim(store, n=1, worker="w1", node="n1"):
-    return store.claim(node, worker, ["default"], n, 8, LEASE_MS)
+env = storekit.env
 
 
 def test_submit_claim_commit(env):
@@ -93,9 +40,9 @@ def test_expired_lease_is_retried_then_late_commit_fenced(env):
     store, clock, client = env
     submit(store, "a1", max_retries=1)
     (task,) = claim(store)
-    clock.advance(LEASE_MS / 1000 - 1)
+    serve(store, clock, LEASE_MS / 1000 - 1)
     assert store.sweep(LEASE_MS) == ([], [])
-    clock.advance(2)
+    serve(store, clock, 2)
     swept, _ = store.sweep(LEASE_MS)
     assert swept == [("a1", "retried")]
     assert (state(client, "a1"), field(client, "a1", "attempt"), field(client, "a1", "retries")) \
@@ -104,7 +51,7 @@ def test_expired_lease_is_retried_then_late_commit_fenced(env):
     assert store.commit([("a1", task.fence, "ok", b"Vlate", False, "")]) == ["fenced"]
     (again,) = claim(store, worker="w2")
     assert again.fence != task.fence and again.attempt == 1
-    clock.advance(LEASE_MS / 1000 + 1)
+    serve(store, clock, LEASE_MS / 1000 + 1)
     assert store.sweep(LEASE_MS)[0] == [("a1", "failed")]
     assert (state(client, "a1"), field(client, "a1", "error_type")) == ("FAILED", "NODE_DIED")
     assert client.lrange("ftq:done:me", 0, -1) == [b"a1"]
@@ -117,7 +64,7 @@ def test_renewal_keeps_held_leases_alive(env):
     claim(store)
     claim(store)
     for _ in range(4):
-        clock.advance(20)
+        serve(store, clock, 20)
         store.renew("n1", LEASE_MS, running=["a1"], held=["a1"])
         swept = store.sweep(LEASE_MS)[0]
         if swept:
@@ -140,7 +87,7 @@ def test_renewal_marks_reported_tasks_running(env):
 def test_node_without_heartbeat_is_marked_dead(env):
     store, clock, client = env
     store.renew("n1", LEASE_MS)
-    clock.advance(LEASE_MS / 1000 + 1)
+    serve(store, clock, LEASE_MS / 1000 + 1)
     assert store.sweep(LEASE_MS)[1] == ["n1"]
     assert client.hget("ftq:node:n1", "state") == b"DEAD"
 

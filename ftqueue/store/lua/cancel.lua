@@ -2,46 +2,65 @@
 -- TASK_CANCELLED and never runs. Running: the request is recorded on the task (so a commit,
 -- a crash or a lost lease all end as TASK_CANCELLED, never retried) and relayed to its
 -- node, whose supervisor interrupts the worker (or kills it when forced; a forced cancel
--- fails the task at once).
--- ARGV: prefix, now_ms, task_id, force ('1' | '0'), recursive ('1' | '0')
+-- fails the task at once). A corrupt record is skipped, with the tasks below it.
+--
+-- KEYS[1] leases
+-- KEYS[2] stats
+-- KEYS[3] failed_index
+-- KEYS[4] corrupt
+-- KEYS[5] task(task_id)   the task named; the ones found below it are built at run time
+-- ARGV[1] namespace       ARGV[2] now_ms or ''
+-- ARGV[3] task_id         ARGV[4] force ('1' | '0')    ARGV[5] recursive ('1' | '0')
 -- Returns: {task_id, outcome, ...}; outcome 'cancelled' | 'requested' | 'final' | 'missing'
-local force, recursive = ARGV[4] == '1', ARGV[5] == '1'
+--          | 'corrupt'
+local root, force, recursive = ARGV[3], ARGV[4] == '1', ARGV[5] == '1'
+
+local function task_key(id)
+  if id == root then return K.task end
+  return k_task(id)
+end
+
+local function request(id, tkey, state, node_id)
+  local mode = 'interrupt'
+  if force then mode = 'force' end
+  redis.call('HSET', tkey, 'cancel', mode)
+  local relay = k_cancel(node_id or '')
+  safe('RPUSH', relay, id .. ' ' .. mode)
+  redis.call('EXPIRE', relay, NOTIFY_TTL_S)
+  if force or state == 'SUBMITTED_TO_WORKER' then
+    finish(id, 'FAILED', 'TASK_CANCELLED', 'cancelled')
+  end
+end
+
+-- Returns the outcome and whether the task exists (so its children are visited).
+local function cancel_one(id)
+  local tkey = task_key(id)
+  local t = guarded('HMGET', tkey, 'by a cancel', 'state', 'node_id')
+  if not t then return 'corrupt', false end
+  local state = t[1]
+  if not state then return 'missing', false end
+  if TERMINAL[state] then return 'final', true end
+  if ACTIVE[state] then
+    request(id, tkey, state, t[2])
+    return 'requested', true
+  end
+  finish(id, 'FAILED', 'TASK_CANCELLED', 'cancelled before it ran')
+  return 'cancelled', true
+end
+
 local out = {}
-local todo, seen, i = {ARGV[3]}, {}, 1
+local todo, seen, i = {root}, {}, 1
 while i <= #todo do
   local id = todo[i]
   i = i + 1
   if not seen[id] then
     seen[id] = true
-    local tkey = k_task(id)
-    local t = redis.call('HMGET', tkey, 'state', 'node_id')
-    local state, outcome = t[1], nil
-    if not state then
-      outcome = 'missing'
-    elseif TERMINAL[state] then
-      outcome = 'final'
-    elseif ACTIVE[state] then
-      local mode = 'interrupt'
-      if force then mode = 'force' end
-      redis.call('HSET', tkey, 'cancel', mode)
-      local relay = P .. ':cancel:' .. (t[2] or '')
-      redis.call('RPUSH', relay, id .. ' ' .. mode)
-      redis.call('EXPIRE', relay, NOTIFY_TTL_S)
-      if force or state == 'SUBMITTED_TO_WORKER' then
-        finish(id, 'FAILED', 'TASK_CANCELLED', 'cancelled')
-      end
-      outcome = 'requested'
-    else
-      finish(id, 'FAILED', 'TASK_CANCELLED', 'cancelled before it ran')
-      outcome = 'cancelled'
-    end
+    local outcome, exists = cancel_one(id)
     out[#out + 1] = id
     out[#out + 1] = outcome
-    if recursive and state then
-      for _, child in ipairs(redis.call('SMEMBERS', P .. ':children:' .. id)) do
-        todo[#todo + 1] = child
-      end
+    if recursive and exists then
+      for _, child in ipairs(safe('SMEMBERS', k_children(id))) do todo[#todo + 1] = child end
     end
   end
 end
-return out
+return reply(out)

@@ -1,40 +1,64 @@
 -- Claim up to max_n queued tasks for one worker: each gets a lease and a fencing token.
 -- Takes more than one only when the queue is deep (len / batch_divisor), so that work is
 -- not hoarded by one worker while others are idle. When nothing is queued, clears the
--- queues' wake-up bells (they are hints; a submit after this rings again).
--- ARGV: prefix, now_ms, lease_ms, node_id, worker_id, max_n, batch_divisor, nq, queues...
+-- queues' wake-up bells (they are hints; a submit after this rings again). A queued id whose
+-- record is corrupt is dropped from its queue; a queue key of the wrong type is moved aside.
+--
+-- KEYS[1] leases          task id -> lease deadline (served ms)
+-- KEYS[2] clock           the served clock, read (renew and sweep advance it)
+-- KEYS[3] nodes           read by the served clock
+-- KEYS[4] stats
+-- KEYS[5] corrupt
+-- KEYS[6] node_tasks(node_id)
+-- KEYS[NK+2i-1], KEYS[NK+2i]: queue(name), bell(name) of the i-th queue, in preference order
+-- ARGV[1] namespace       ARGV[2] now_ms or ''
+-- ARGV[3] lease_ms        ARGV[4] node_id     ARGV[5] worker_id
+-- ARGV[6] max_n           ARGV[7] batch_divisor
+-- ARGV[8..] queue names, in the order of their KEYS
 -- Returns: {{task_id, fence, fn, func, attempt, job_id, max_calls, args_blob, timeout_s,
---            retry_timeout}, ...}
-local deadline, node, worker = NOW + tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local max_n, divisor, nq = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+--            retry_timeout, max_retries}, ...}
+local deadline = served_now() + tonumber(ARGV[3])
+local node, worker = ARGV[4], ARGV[5]
+local max_n, divisor = tonumber(ARGV[6]), tonumber(ARGV[7])
+local nq = #ARGV - 7
 local out = {}
+
+-- The claimed row for a queued id, or nil if it is not queued any more (cancelled, already
+-- final, unknown: its record says why) or its record is corrupt.
+local function take(id, first)
+  local tkey = k_task(id)
+  local t = guarded('HMGET', tkey, 'in a queue; dropped from it', 'state', 'fn', 'func',
+                    'attempt', 'job_id', 'max_calls', 'timeout_s', 'retry_timeout', 'max_retries')
+  if not t or t[1] ~= 'PENDING_NODE_ASSIGNMENT' then return nil end
+  -- Unreadable arguments reach the worker as none, so the task fails where its caller sees it.
+  local args = guarded('GET', k_args(id), 'as the arguments of a queued task') or ''
+  local fence = redis.call('HINCRBY', tkey, 'fence', 1)
+  local state = 'SUBMITTED_TO_WORKER'
+  if first then state = 'RUNNING' end
+  redis.call('HSET', tkey, 'state', state, 'node_id', node, 'worker_id', worker, 'start_ms', NOW)
+  redis.call('ZADD', K.leases, deadline, id)
+  safe('SADD', K.node_tasks, id)
+  return {id, fence, t[2], t[3], t[4], t[5] or '', t[6] or '0', args, t[7] or '', t[8] or '0',
+          t[9] or '0'}
+end
+
 for qi = 1, nq do
-  local qkey = P .. ':queue:' .. ARGV[8 + qi]
-  local len = redis.call('LLEN', qkey)
+  local qkey = KEYS[NK + 2 * qi - 1]
+  local len = safe('LLEN', qkey)
   local want = math.max(1, math.min(max_n - #out, math.floor(len / divisor)))
   while len > 0 and want > 0 do
     local id = redis.call('RPOP', qkey)
     if not id then break end
-    local tkey = k_task(id)
-    local t = redis.call('HMGET', tkey, 'state', 'fn', 'func', 'attempt', 'job_id', 'max_calls',
-                         'timeout_s', 'retry_timeout')
-    -- Anything not queued (cancelled, already final, unknown) is dropped: its record says why.
-    if t[1] == 'PENDING_NODE_ASSIGNMENT' then
-      local fence = redis.call('HINCRBY', tkey, 'fence', 1)
-      local state = 'SUBMITTED_TO_WORKER'
-      if #out == 0 then state = 'RUNNING' end
-      redis.call('HSET', tkey, 'state', state, 'node_id', node, 'worker_id', worker, 'start_ms', NOW)
-      redis.call('ZADD', P .. ':leases', deadline, id)
-      redis.call('SADD', P .. ':node_tasks:' .. node, id)
-      out[#out + 1] = {id, fence, t[2], t[3], t[4], t[5] or '', t[6] or '0',
-                       redis.call('GET', k_args(id)) or '', t[7] or '', t[8] or '0'}
+    local row = take(id, #out == 0)
+    if row then
+      out[#out + 1] = row
       want = want - 1
     end
   end
-  if redis.call('LLEN', qkey) > 0 then ring(ARGV[8 + qi]) end
+  if redis.call('LLEN', qkey) > 0 then ring(ARGV[7 + qi]) end
   if #out >= max_n then break end
 end
 if #out == 0 then
-  for qi = 1, nq do redis.call('DEL', P .. ':bell:' .. ARGV[8 + qi]) end
+  for qi = 1, nq do redis.call('DEL', KEYS[NK + 2 * qi]) end
 end
-return out
+return reply(out)

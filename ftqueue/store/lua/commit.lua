@@ -1,41 +1,65 @@
 -- Commit the outcomes of a worker's attempts, each fenced by its token, and mark the
--- prefetched task the worker starts next as RUNNING (so a node loss charges it).
--- ARGV: prefix, now_ms, next_task_id (or ''), n, then n records of 6:
---       task_id, fence, outcome ('ok' | 'err' | 'cancelled'), blob, retryable ('1'|'0'), message
--- Returns: per record 'finished' | 'failed' | 'retried' | 'fenced'.
-local next_id, n = ARGV[3], tonumber(ARGV[4])
-local out = {}
-for i = 0, n - 1 do
-  local b = 5 + i * 6
-  local id, fence, outcome, blob, retryable, message =
-    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
-  local t = redis.call('HMGET', k_task(id), 'state', 'fence', 'cancel')
+-- prefetched task the worker starts next as RUNNING (so a node loss charges it) if that
+-- worker still holds it with that token: it may have been swept and claimed elsewhere.
+--
+-- KEYS[1] leases
+-- KEYS[2] stats
+-- KEYS[3] failed_index
+-- KEYS[4] corrupt
+-- KEYS[NK+i] task(task_id) of record i, i = 1..n; then task(next_task_id) when one is given
+-- ARGV[1] namespace       ARGV[2] now_ms or ''
+-- ARGV[3] next_task_id or ''
+-- ARGV[4] worker_id that holds next_task_id ('': not checked, for older callers)
+-- ARGV[5] fence of next_task_id ('': not checked)
+-- ARGV[6] n, then from ARGV[7] n records of 6:
+--         task_id, fence, outcome ('ok' | 'err' | 'cancelled'), blob, retryable ('1'|'0'), message
+-- Returns: per record 'finished' | 'failed' | 'retried' | 'fenced' | 'corrupt'
+local next_id, next_worker, next_fence = ARGV[3], ARGV[4], ARGV[5]
+local n = tonumber(ARGV[6])
+
+local function commit_one(tkey, id, fence, outcome, blob, retryable, message)
+  local t = guarded('HMGET', tkey, 'by a commit', 'state', 'fence', 'cancel')
+  if not t then
+    redis.call('ZREM', K.leases, id)
+    return 'corrupt'
+  end
   if t[3] then outcome = 'cancelled' end   -- a cancel request wins over what the task did
   if not ACTIVE[t[1]] or t[2] ~= fence then
-    redis.call('HINCRBY', P .. ':stats', 'fenced', 1)
-    out[#out + 1] = 'fenced'
-  elseif outcome == 'ok' then
+    redis.call('HINCRBY', K.stats, 'fenced', 1)
+    return 'fenced'
+  end
+  if outcome == 'ok' then
     redis.call('SET', k_result(id), blob)
     finish(id, 'FINISHED', '', '', blob)
-    out[#out + 1] = 'finished'
-  elseif outcome == 'err' and retryable == '1' and budget_left(id) then
-    retry(id, 'TASK_EXECUTION_EXCEPTION', message, true)
-    out[#out + 1] = 'retried'
-  else
-    redis.call('SET', k_result(id), blob)
-    local error_type = 'TASK_EXECUTION_EXCEPTION'
-    if outcome == 'cancelled' then
-      error_type = 'TASK_CANCELLED'
-      if message == '' then message = 'cancelled' end
-    end
-    finish(id, 'FAILED', error_type, message)
-    out[#out + 1] = 'failed'
+    return 'finished'
   end
+  if outcome == 'err' and retryable == '1' and budget_left(id) then
+    retry(id, 'TASK_EXECUTION_EXCEPTION', message, true)
+    return 'retried'
+  end
+  redis.call('SET', k_result(id), blob)
+  local error_type = 'TASK_EXECUTION_EXCEPTION'
+  if outcome == 'cancelled' then
+    error_type = 'TASK_CANCELLED'
+    if message == '' then message = 'cancelled' end
+  end
+  finish(id, 'FAILED', error_type, message)
+  return 'failed'
+end
+
+local out = {}
+for i = 1, n do
+  local b = 7 + (i - 1) * 6
+  out[i] = commit_one(KEYS[NK + i], ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
+                      ARGV[b + 4], ARGV[b + 5])
 end
 if next_id ~= '' then
-  local tkey = k_task(next_id)
-  if redis.call('HGET', tkey, 'state') == 'SUBMITTED_TO_WORKER' then
+  local tkey = KEYS[NK + n + 1]
+  local t = guarded('HMGET', tkey, 'as the task a worker starts next', 'state', 'worker_id',
+                    'fence')
+  if t and t[1] == 'SUBMITTED_TO_WORKER' and (next_worker == '' or t[2] == next_worker)
+      and (next_fence == '' or t[3] == next_fence) then
     redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW)
   end
 end
-return out
+return reply(out)

@@ -1,8 +1,10 @@
--- Shared helpers, prepended to every script at load time (never run on its own).
--- Every script takes ARGV[1] = key prefix (the namespace) and ARGV[2] = now in ms;
--- its own arguments start at ARGV[3]. Keys are built here from the prefix, exactly as
--- ftqueue/keys.py builds them (see docs/redis-layout.md).
-local P = ARGV[1]
+-- Shared helpers, placed after the generated prelude (see ftqueue/store/scripts.py: `K`, the
+-- script's fixed KEYS by name; `NK`, how many; `k_<name>(id)`, the keys found at run time;
+-- the constants) and before each script. Never run on its own.
+-- Every script takes ARGV[1] = the namespace (for `k_<name>`) and ARGV[2] = now in ms ('' for
+-- Redis's own clock); its own arguments follow. Every script answers `reply(result)`:
+-- {result, keys isolated as corrupt by this call (each reported once, ever)}.
+
 -- Time comes from Redis itself unless a caller (a test's fake clock) passes it: leases must
 -- not depend on the clocks of the hosts that run nodes and drivers.
 local NOW = tonumber(ARGV[2])
@@ -10,51 +12,125 @@ if not NOW then
   local t = redis.call('TIME')
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local NOTIFY_TTL_S = 86400          -- settings.DEFAULT_NOTIFY_TTL_S
-local DEAD_NODE_TTL_S = 86400
-local MESSAGE_MAX = 2000            -- settings.ATTEMPT_MESSAGE_MAX_CHARS
-local INLINE_RESULT_MAX = 16384     -- settings.INLINE_RESULT_MAX_BYTES
 local TERMINAL = {FINISHED = true, FAILED = true}
 local ACTIVE = {SUBMITTED_TO_WORKER = true, RUNNING = true}
 
-local function k_task(id) return P .. ':task:' .. id end
-local function k_args(id) return P .. ':args:' .. id end
-local function k_result(id) return P .. ':result:' .. id end
+-- Corrupt records ------------------------------------------------------------------------
+-- A key holding a type ftqueue never writes there must not fail the script (that killed
+-- every node that swept it, at every restart): it is isolated, counted, reported once.
+
+local CORRUPT = {}
+
+local function reply(result)
+  return {result, CORRUPT}
+end
+
+local function is_wrong_type(r)
+  return type(r) == 'table' and type(r.err) == 'string'
+    and string.find(r.err, 'WRONGTYPE', 1, true) ~= nil
+end
+
+local function key_type(key)
+  local t = redis.call('TYPE', key)
+  if type(t) == 'table' then return t.ok or '?' end
+  return t
+end
+
+local function isolate(key, reason)
+  redis.call('HINCRBY', K.stats, 'corrupt', 1)
+  if redis.call('HSETNX', K.corrupt, key, reason) == 1 then CORRUPT[#CORRUPT + 1] = key end
+end
+
+-- A read of a record this script did not write (a task hash, its arguments): nil if the key
+-- holds another type, which is then isolated; the caller drops the id from where it found it.
+local function guarded(cmd, key, found_in, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if is_wrong_type(r) then
+    isolate(key, 'a ' .. key_type(key) .. ' where a record belongs; found ' .. found_in)
+    return nil
+  end
+  if type(r) == 'table' and r.err then error(r) end
+  return r
+end
+
+-- A list, set or hash ftqueue keeps (a queue, a notification list, a task's dependents, a
+-- node record...) that holds another type is moved aside to its quarantine key, so the
+-- structure works again; the command then runs on the fresh key.
+local function safe(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if is_wrong_type(r) then
+    local aside = k_quarantine(key)
+    local was = key_type(key)
+    redis.call('RENAME', key, aside)
+    isolate(key, 'a ' .. was .. ' where ftqueue keeps another type; moved to ' .. aside)
+    return redis.call(cmd, key, ...)
+  end
+  if type(r) == 'table' and r.err then error(r) end
+  return r
+end
+
+-- The served clock (docs/design.md, "Redis stalls are not node deaths") -------------------
+-- Lease deadlines and node heartbeats are kept in time during which Redis served someone:
+-- a gap between two scripts that advance the clock (renew, sweep) counts at most
+-- SERVED_GAP_MAX_MS, so a frozen or restarting Redis ages no lease. When nothing is at stake
+-- (no lease, no live node) the clock catches up with Redis's own.
+
+local function served_now()
+  local c = redis.call('HMGET', K.clock, 'served_ms', 'last_ms')
+  local served, last = tonumber(c[1]), tonumber(c[2])
+  if not served or not last then return NOW end
+  local gap = math.max(0, NOW - last)
+  if gap > SERVED_GAP_MAX_MS
+      and (redis.call('ZCARD', K.leases) > 0 or redis.call('ZCARD', K.nodes) > 0) then
+    gap = SERVED_GAP_MAX_MS
+  end
+  return served + gap
+end
+
+local function advance_served_clock()
+  local served = served_now()
+  redis.call('HSET', K.clock, 'served_ms', served, 'last_ms', NOW)
+  return served
+end
+
+-- Queues ---------------------------------------------------------------------------------
 
 local function ring(queue)
-  local bell = P .. ':bell:' .. queue
-  redis.call('LPUSH', bell, '1')
-  redis.call('LTRIM', bell, 0, 999)
+  local bell = k_bell(queue)
+  safe('LPUSH', bell, '1')
+  redis.call('LTRIM', bell, 0, BELL_MAX - 1)
 end
 
 -- A queue that already held work has no idle worker to wake: a worker only sleeps after a
 -- claim found its queues empty, and a claim that leaves work behind rings for the next one.
 local function enqueue(id, queue, front)
-  local q = P .. ':queue:' .. queue
-  local len
-  if front then len = redis.call('RPUSH', q, id) else len = redis.call('LPUSH', q, id) end
-  if len == 1 then ring(queue) end
+  local cmd = 'LPUSH'
+  if front then cmd = 'RPUSH' end
+  if safe(cmd, k_queue(queue), id) == 1 then ring(queue) end
 end
+
+-- Transitions ------------------------------------------------------------------------------
+-- The helpers below take ids whose task hash the caller has read (so it is a hash).
 
 local function record_attempt(id, state, error_type, message)
   local t = redis.call('HMGET', k_task(id), 'attempt', 'node_id', 'worker_id', 'start_ms')
-  redis.call('RPUSH', P .. ':attempts:' .. id, cjson.encode({
+  safe('RPUSH', k_attempts(id), cjson.encode({
     attempt_number = tonumber(t[1]) or 0, state = state,
     node_id = t[2] or '', worker_id = t[3] or '',
     error_type = error_type, error_message = string.sub(message, 1, MESSAGE_MAX),
     start_ms = tonumber(t[4]) or NOW, end_ms = NOW}))
 end
 
--- Per-minute counters of retries and failures, for `ftqueue status` (kept an hour).
+-- Per-minute counters of retries and failures, for `ftqueue status`.
 local function count_recent(field)
-  local key = P .. ':stats:minute:' .. math.floor(NOW / 60000)
-  redis.call('HINCRBY', key, field, 1)
-  redis.call('EXPIRE', key, 3600)
+  local key = k_stats_minute(math.floor(NOW / MINUTE_MS))
+  safe('HINCRBY', key, field, 1)
+  redis.call('EXPIRE', key, STATS_MINUTE_TTL_S)
 end
 
 local function release_lease(id, node_id)
-  redis.call('ZREM', P .. ':leases', id)
-  if node_id and node_id ~= '' then redis.call('SREM', P .. ':node_tasks:' .. node_id, id) end
+  redis.call('ZREM', K.leases, id)
+  if node_id and node_id ~= '' then safe('SREM', k_node_tasks(node_id), id) end
 end
 
 -- The submitter's notice of a small successful result carries the result itself
@@ -63,32 +139,30 @@ local function notify(id, inline_blob)
   local n = redis.call('HGET', k_task(id), 'notify')
   if n and n ~= '' then
     if inline_blob and #inline_blob <= INLINE_RESULT_MAX then
-      redis.call('RPUSH', n, id .. '\n' .. inline_blob)
+      safe('RPUSH', n, id .. '\n' .. inline_blob)
     else
-      redis.call('RPUSH', n, id)
+      safe('RPUSH', n, id)
     end
     redis.call('EXPIRE', n, NOTIFY_TTL_S)
   end
-  local wkey = P .. ':waiters:' .. id
-  local waiters = redis.call('SMEMBERS', wkey)
+  local wkey = k_waiters(id)
+  local waiters = safe('SMEMBERS', wkey)
   for _, w in ipairs(waiters) do
-    redis.call('RPUSH', w, id)
+    safe('RPUSH', w, id)
     redis.call('EXPIRE', w, NOTIFY_TTL_S)
   end
   if #waiters > 0 then redis.call('DEL', wkey) end
 end
 
 local function release_dependents(id)
-  local dkey = P .. ':dependents:' .. id
-  local deps = redis.call('SMEMBERS', dkey)
+  local dkey = k_dependents(id)
+  local deps = safe('SMEMBERS', dkey)
   for _, d in ipairs(deps) do
     local dk = k_task(d)
-    if redis.call('HINCRBY', dk, 'deps', -1) <= 0 then
-      local t = redis.call('HMGET', dk, 'state', 'queue')
-      if t[1] == 'PENDING_ARGS_AVAIL' then
-        redis.call('HSET', dk, 'state', 'PENDING_NODE_ASSIGNMENT')
-        enqueue(d, t[2], false)
-      end
+    local t = guarded('HMGET', dk, 'among the dependents of ' .. id, 'state', 'queue')
+    if t and redis.call('HINCRBY', dk, 'deps', -1) <= 0 and t[1] == 'PENDING_ARGS_AVAIL' then
+      redis.call('HSET', dk, 'state', 'PENDING_NODE_ASSIGNMENT')
+      enqueue(d, t[2], false)
     end
   end
   if #deps > 0 then redis.call('DEL', dkey) end
@@ -101,8 +175,7 @@ local function set_retention(id)
   local result_ttl, lineage_ttl = tonumber(t[1]) or 0, tonumber(t[2]) or 0
   if result_ttl > 0 then redis.call('EXPIRE', k_result(id), result_ttl) end
   if lineage_ttl > 0 then
-    for _, key in ipairs({k_task(id), k_args(id), P .. ':attempts:' .. id,
-                          P .. ':children:' .. id}) do
+    for _, key in ipairs({k_task(id), k_args(id), k_attempts(id), k_children(id)}) do
       redis.call('EXPIRE', key, lineage_ttl)
     end
   end
@@ -118,9 +191,9 @@ local function finish(id, state, error_type, message, result_blob)
   release_lease(id, node_id)
   local stat = 'tasks:' .. state
   if error_type ~= '' then stat = stat .. ':' .. error_type end
-  redis.call('HINCRBY', P .. ':stats', stat, 1)
+  redis.call('HINCRBY', K.stats, stat, 1)
   if state == 'FAILED' then
-    redis.call('ZADD', P .. ':index:failed', NOW, id)
+    redis.call('ZADD', K.failed_index, NOW, id)
     count_recent('failed:' .. error_type)
   end
   notify(id, result_blob)
@@ -145,8 +218,8 @@ local function retry(id, error_type, message, charge)
   redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')
   redis.call('HDEL', tkey, 'node_id', 'worker_id', 'start_ms', 'error_type', 'error_message')
   enqueue(id, t[2], true)
-  redis.call('HINCRBY', P .. ':stats', 'retries:' .. error_type, 1)
-  redis.call('ZADD', P .. ':index:failed', NOW, id)    -- it has a FAILED attempt row now
+  redis.call('HINCRBY', K.stats, 'retries:' .. error_type, 1)
+  redis.call('ZADD', K.failed_index, NOW, id)    -- it has a FAILED attempt row now
   count_recent('retries:' .. error_type)
 end
 

@@ -1,30 +1,56 @@
--- A node's heartbeat: mark it alive; extend the leases of the tasks its workers say they
--- hold (only those: a task the node no longer holds, e.g. after Redis lost a commit, is
--- left to expire and be retried); mark RUNNING the ones its workers say they run.
--- ARGV: prefix, now_ms, node_id, lease_ms, running_ids_csv, held_task_id...
+-- A node's heartbeat: advance the served clock; mark the node alive; extend the leases of
+-- the tasks its workers say they hold (only those: a task the node no longer holds, e.g.
+-- after Redis lost a commit, is left to expire and be retried); mark RUNNING the ones its
+-- workers say they run; drop from the node's task set what it no longer holds.
+--
+-- KEYS[1] clock
+-- KEYS[2] leases          task id -> lease deadline (served ms)
+-- KEYS[3] nodes           node id -> last heartbeat (served ms)
+-- KEYS[4] stats
+-- KEYS[5] corrupt
+-- KEYS[6] node(node_id)
+-- KEYS[7] node_tasks(node_id)
+-- KEYS[NK+i] task(id) of the i-th held id, then of each running id, in ARGV order
+-- ARGV[1] namespace       ARGV[2] now_ms or ''
+-- ARGV[3] node_id         ARGV[4] lease_ms       ARGV[5] n_held
+-- ARGV[6..5+n_held] held task ids, then the running task ids
 -- Returns: the number of leases renewed.
-local node, deadline = ARGV[3], NOW + tonumber(ARGV[4])
-redis.call('ZADD', P .. ':nodes', NOW, node)
-redis.call('HSET', P .. ':node:' .. node, 'state', 'ALIVE', 'heartbeat_ms', NOW)
-redis.call('PERSIST', P .. ':node:' .. node)
+local node, lease_ms, n_held = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local served = advance_served_clock()
+redis.call('ZADD', K.nodes, served, node)
+safe('HSET', K.node, 'state', 'ALIVE', 'heartbeat_ms', NOW)
+redis.call('PERSIST', K.node)
+
+local function forget(id)
+  redis.call('ZREM', K.leases, id)
+  safe('SREM', K.node_tasks, id)
+end
+
 local renewed = 0
-for i = 6, #ARGV do
-  local t = redis.call('HMGET', k_task(ARGV[i]), 'node_id', 'state')
-  if t[1] == node and ACTIVE[t[2]] then
-    redis.call('ZADD', P .. ':leases', 'XX', deadline, ARGV[i])
+for i = 1, n_held do
+  local id = ARGV[5 + i]
+  local t = guarded('HMGET', KEYS[NK + i], 'held by node ' .. node, 'node_id', 'state')
+  if not t then
+    forget(id)
+  elseif t[1] == node and ACTIVE[t[2]] then
+    redis.call('ZADD', K.leases, 'XX', served + lease_ms, id)
     renewed = renewed + 1
   end
 end
-for id in string.gmatch(ARGV[5], '[^,]+') do
-  local tkey = k_task(id)
-  local t = redis.call('HMGET', tkey, 'node_id', 'state')
-  if t[1] == node and t[2] == 'SUBMITTED_TO_WORKER' then
+for i = n_held + 1, #ARGV - 5 do
+  local tkey = KEYS[NK + i]
+  local t = guarded('HMGET', tkey, 'run by node ' .. node, 'node_id', 'state')
+  if t and t[1] == node and t[2] == 'SUBMITTED_TO_WORKER' then
     redis.call('HSET', tkey, 'state', 'RUNNING')
   end
 end
-local key = P .. ':node_tasks:' .. node
-for _, id in ipairs(redis.call('SMEMBERS', key)) do
-  local t = redis.call('HMGET', k_task(id), 'node_id', 'state')
-  if t[1] ~= node or not ACTIVE[t[2]] then redis.call('SREM', key, id) end
+for _, id in ipairs(safe('SMEMBERS', K.node_tasks)) do
+  local t = guarded('HMGET', k_task(id), 'in ' .. K.node_tasks .. '; dropped from it',
+                    'node_id', 'state')
+  if not t then
+    forget(id)
+  elseif t[1] ~= node or not ACTIVE[t[2]] then
+    redis.call('SREM', K.node_tasks, id)
+  end
 end
-return renewed
+return reply(renewed)

@@ -1,41 +1,57 @@
 -- Submit a batch of tasks (idempotent: a task id that exists is left alone).
--- ARGV: prefix, now_ms, n, then n records of 5: task_id, queue, args_blob, deps_csv, fields_json
+--
+-- KEYS[1] queues
+-- KEYS[2] task_index
+-- KEYS[3] stats
+-- KEYS[4] corrupt
+-- KEYS[NK+2i-1], KEYS[NK+2i]: task(task_id), args(task_id) of record i
+-- ARGV[1] namespace       ARGV[2] now_ms or ''
+-- ARGV[3] n, then from ARGV[4] n records of 5: task_id, queue, args_blob, deps_csv, fields_json
 -- Returns: the number of tasks created.
-local n = tonumber(ARGV[3])
+
+-- How many of deps are not final yet; the task is registered as a dependent of each. A
+-- corrupt dependency counts as final: the task then fails on reading it, where it is seen.
+local function wait_for(id, deps)
+  local pending = 0
+  for dep in string.gmatch(deps, '[^,]+') do
+    local state = guarded('HGET', k_task(dep), 'as a dependency of ' .. id, 'state')
+    if state and not TERMINAL[state] then
+      safe('SADD', k_dependents(dep), id)
+      pending = pending + 1
+    end
+  end
+  return pending
+end
+
+local function create(tkey, akey, id, queue, blob, deps, fields)
+  local flat = {}
+  for key, value in pairs(cjson.decode(fields)) do
+    flat[#flat + 1] = key
+    flat[#flat + 1] = value
+  end
+  redis.call('HSET', tkey, 'attempt', 0, 'retries', 0, 'fence', 0, 'queue', queue,
+             'created_ms', NOW, unpack(flat))
+  redis.call('SET', akey, blob)
+  redis.call('ZADD', K.task_index, NOW, id)
+  local parent = redis.call('HGET', tkey, 'parent_task_id')
+  if parent and parent ~= '' then safe('SADD', k_children(parent), id) end
+  redis.call('SADD', K.queues, queue)
+  if deps ~= '' then redis.call('HSET', tkey, 'dep_ids', deps) end
+  local pending = wait_for(id, deps)
+  if pending > 0 then
+    redis.call('HSET', tkey, 'state', 'PENDING_ARGS_AVAIL', 'deps', pending)
+  else
+    redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')
+    enqueue(id, queue, false)
+  end
+end
+
 local created = 0
-for i = 0, n - 1 do
-  local b = 4 + i * 5
-  local id, queue, blob, deps, fields = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  local tkey = k_task(id)
-  if redis.call('EXISTS', tkey) == 0 then
-    local flat = {}
-    for key, value in pairs(cjson.decode(fields)) do
-      flat[#flat + 1] = key
-      flat[#flat + 1] = value
-    end
-    redis.call('HSET', tkey, 'attempt', 0, 'retries', 0, 'fence', 0, 'queue', queue,
-               'created_ms', NOW, unpack(flat))
-    redis.call('SET', k_args(id), blob)
-    redis.call('ZADD', P .. ':index:tasks', NOW, id)
-    local parent = redis.call('HGET', tkey, 'parent_task_id')
-    if parent and parent ~= '' then redis.call('SADD', P .. ':children:' .. parent, id) end
-    redis.call('SADD', P .. ':queues', queue)
-    local pending = 0
-    if deps ~= '' then redis.call('HSET', tkey, 'dep_ids', deps) end
-    for dep in string.gmatch(deps, '[^,]+') do
-      local state = redis.call('HGET', k_task(dep), 'state')
-      if state and not TERMINAL[state] then
-        redis.call('SADD', P .. ':dependents:' .. dep, id)
-        pending = pending + 1
-      end
-    end
-    if pending > 0 then
-      redis.call('HSET', tkey, 'state', 'PENDING_ARGS_AVAIL', 'deps', pending)
-    else
-      redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')
-      enqueue(id, queue, false)
-    end
+for i = 1, tonumber(ARGV[3]) do
+  local b, k = 4 + (i - 1) * 5, NK + 2 * i - 1
+  if redis.call('EXISTS', KEYS[k]) == 0 then
+    create(KEYS[k], KEYS[k + 1], ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4])
     created = created + 1
   end
 end
-return created
+return reply(created)

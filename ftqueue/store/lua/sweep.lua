@@ -1,34 +1,54 @@
--- The reaper: fail the attempts whose lease expired (their node stopped renewing), and mark
--- nodes without a heartbeat for lease_ms as DEAD. Idempotent; any process may run it.
--- Also trims the listing indexes of entries older than index_ttl_ms (their records have
--- expired by then) and forgets dead workers and nodes whose records expired.
--- ARGV: prefix, now_ms, lease_ms, limit, index_ttl_ms
+-- The reaper: advance the served clock; fail the attempts whose lease expired (their node
+-- stopped renewing while Redis served others), and mark nodes silent for lease_ms of served
+-- time as DEAD. Idempotent; any process may run it. Also trims the listing indexes of
+-- entries older than index_ttl_ms (their records have expired by then) and forgets dead
+-- workers and nodes whose records expired. A leased id whose record is corrupt is dropped.
+--
+-- KEYS[1] clock
+-- KEYS[2] leases          task id -> lease deadline (served ms)
+-- KEYS[3] nodes           node id -> last heartbeat (served ms)
+-- KEYS[4] stats
+-- KEYS[5] failed_index
+-- KEYS[6] task_index
+-- KEYS[7] workers
+-- KEYS[8] node_index
+-- KEYS[9] corrupt
+-- ARGV[1] namespace       ARGV[2] now_ms or ''
+-- ARGV[3] lease_ms        ARGV[4] limit (expired leases handled per call)
+-- ARGV[5] index_ttl_ms
 -- Returns: {{task_id, outcome, ...}, {dead_node_id, ...}}
-local lease_ms, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease_ms, limit, index_ttl_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local served = advance_served_clock()
+
 local swept = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':leases', '-inf', NOW, 'LIMIT', 0, limit)) do
-  local t = redis.call('HMGET', k_task(id), 'state', 'node_id')
-  if ACTIVE[t[1]] then
-    redis.call('HINCRBY', P .. ':stats', 'leases_expired', 1)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.leases, '-inf', served, 'LIMIT', 0, limit)) do
+  local t = guarded('HMGET', k_task(id), 'in ' .. K.leases .. '; dropped from it',
+                    'state', 'node_id')
+  if t and ACTIVE[t[1]] then
+    redis.call('HINCRBY', K.stats, 'leases_expired', 1)
     swept[#swept + 1] = id
     swept[#swept + 1] = fail_attempt(id, t[1] == 'RUNNING', 'NODE_DIED',
       'the node ' .. (t[2] or '?') .. ' stopped renewing its lease (node lost or frozen)', true)
   else
-    redis.call('ZREM', P .. ':leases', id)
+    redis.call('ZREM', K.leases, id)
   end
 end
-local dead = redis.call('ZRANGEBYSCORE', P .. ':nodes', '-inf', NOW - lease_ms)
+
+local dead = redis.call('ZRANGEBYSCORE', K.nodes, '-inf', served - lease_ms)
 for _, node in ipairs(dead) do
-  redis.call('ZREM', P .. ':nodes', node)
-  redis.call('HSET', P .. ':node:' .. node, 'state', 'DEAD', 'end_ms', NOW)
-  redis.call('EXPIRE', P .. ':node:' .. node, DEAD_NODE_TTL_S)
+  redis.call('ZREM', K.nodes, node)
+  safe('HSET', k_node(node), 'state', 'DEAD', 'end_ms', NOW)
+  redis.call('EXPIRE', k_node(node), DEAD_NODE_TTL_S)
 end
-local horizon = NOW - tonumber(ARGV[5])
-redis.call('ZREMRANGEBYSCORE', P .. ':index:tasks', '-inf', horizon)
-redis.call('ZREMRANGEBYSCORE', P .. ':index:failed', '-inf', horizon)
-for _, spec in ipairs({{P .. ':workers', P .. ':worker:'}, {P .. ':index:nodes', P .. ':node:'}}) do
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', spec[1], '-inf', NOW - 3600000, 'LIMIT', 0, 100)) do
-    if redis.call('EXISTS', spec[2] .. member) == 0 then redis.call('ZREM', spec[1], member) end
+
+local horizon = NOW - index_ttl_ms
+redis.call('ZREMRANGEBYSCORE', K.task_index, '-inf', horizon)
+redis.call('ZREMRANGEBYSCORE', K.failed_index, '-inf', horizon)
+for _, index in ipairs({{K.workers, k_worker}, {K.node_index, k_node}}) do
+  local stale = redis.call('ZRANGEBYSCORE', index[1], '-inf', NOW - FORGET_AFTER_MS,
+                           'LIMIT', 0, FORGET_BATCH)
+  for _, member in ipairs(stale) do
+    if redis.call('EXISTS', index[2](member)) == 0 then redis.call('ZREM', index[1], member) end
   end
 end
-return {swept, dead}
+return reply({swept, dead})

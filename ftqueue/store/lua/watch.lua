@@ -1,21 +1,32 @@
 -- Register a waiter's notification list on tasks that are not final yet, atomically with the
--- state check (so no completion slips between the check and the registration).
--- ARGV: prefix, now_ms, notify_key, object_id...
+-- state check (so no completion slips between the check and the registration). A corrupt
+-- record is 'ready': nothing will change it, and reading it tells the waiter what is wrong.
+--
+-- KEYS[1] stats
+-- KEYS[2] corrupt
+-- KEYS[NK+3i-2], KEYS[NK+3i-1], KEYS[NK+3i]: task(id), result(id), waiters(id) of the i-th id
+-- ARGV[1] namespace       ARGV[2] now_ms or ''
+-- ARGV[3] notify_key (a done(client_id) list; its name is stored, the list is not touched)
+-- ARGV[4..] object ids
 -- Returns: per id 'ready' | 'pending' | 'missing'
 local notify_key = ARGV[3]
-local out = {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  local t = redis.call('HMGET', k_task(id), 'state', 'notify')
+
+local function watch_one(tkey, rkey, wkey)
+  local t = guarded('HMGET', tkey, 'by a waiter', 'state', 'notify')
+  if not t then return 'ready' end
   local state = t[1]
   if not state then
-    if redis.call('EXISTS', k_result(id)) == 1 then out[#out + 1] = 'ready'
-    else out[#out + 1] = 'missing' end
-  elseif TERMINAL[state] then
-    out[#out + 1] = 'ready'
-  else
-    if t[2] ~= notify_key then redis.call('SADD', P .. ':waiters:' .. id, notify_key) end
-    out[#out + 1] = 'pending'
+    if redis.call('EXISTS', rkey) == 1 then return 'ready' end
+    return 'missing'
   end
+  if TERMINAL[state] then return 'ready' end
+  if t[2] ~= notify_key then safe('SADD', wkey, notify_key) end
+  return 'pending'
 end
-return out
+
+local out = {}
+for i = 1, #ARGV - 3 do
+  local b = NK + 3 * (i - 1)
+  out[i] = watch_one(KEYS[b + 1], KEYS[b + 2], KEYS[b + 3])
+end
+return reply(out)
