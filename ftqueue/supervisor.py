@@ -27,7 +27,7 @@ from .losses import Loss, describe_exit, report_losses
 from .policy import KillReason, Restart
 from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings
 from .spec import Outcome, new_id
-from .store import Store, backoff, connect, describe, is_corrupt, is_transient
+from .store import Store, backoff, connect, describe, is_corrupt, is_full, is_transient
 from .watchdog import memory_kills, node_memory
 from .workerpool import WorkerHandle, spawn_worker
 
@@ -265,10 +265,11 @@ class Supervisor:
         try:
             duty()
         except Exception as e:  # noqa: BLE001 - isolated: one duty cannot stop the node
-            if is_transient(e):
+            if is_transient(e) or is_full(e):
                 if self.redis_ok:
                     self.redis_ok = False
-                    self.log(f"Redis unreachable or not serving ({describe(e)}); retrying")
+                    what = "refuses writes" if is_full(e) else "unreachable or not serving"
+                    self.log(f"Redis {what} ({describe(e)}); retrying")
             elif is_corrupt(e):
                 self._once.start(f"corrupt:{name}", f"{name}: a record in Redis has the wrong "
                                  f"type ({describe(e)}); skipped")
@@ -277,7 +278,7 @@ class Supervisor:
             return False
         if not self.redis_ok and name in ("renew", "sweep"):
             self.redis_ok = True
-            self.log("Redis is reachable again")
+            self.log("Redis is serving again")
         self._once.clear(f"error:{name}")
         self._once.clear(f"corrupt:{name}")
         return True

@@ -12,6 +12,8 @@ Anything else is a bug or a misconfiguration (no permission, bad credentials): r
 
 from __future__ import annotations
 
+import re
+
 import redis
 
 from ..exceptions import FtqueueConnectionError
@@ -20,17 +22,18 @@ _TRANSIENT_CODES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CL
                     "NOREPLICAS")
 
 
+_CODE = re.compile(r"(?:^|[\s:-])(" + "|".join(_TRANSIENT_CODES + ("OOM", "WRONGTYPE"))
+                   + r")\b")
+
+
 def _code(e: BaseException) -> str:
     """The error code Redis put first in its reply (`BUSY`, `OOM`, ...), or ''."""
     if not isinstance(e, redis.ResponseError):
         return ""
-    text = str(e)
-    # Errors raised inside a script arrive wrapped: "Error running script ...: @user_script:
-    # ...: WRONGTYPE Operation ..." in older servers, or with the code first in newer ones.
-    for code in _TRANSIENT_CODES + ("OOM", "WRONGTYPE"):
-        if text.startswith(code) or f": {code} " in text or f" {code} " in text[:200]:
-            return code
-    return ""
+    # Errors raised inside a script arrive wrapped ("Error running script (call to f_…):
+    # @user_script:12: -OOM command not allowed…"), or with the code first in newer servers.
+    match = _CODE.search(str(e)[:300])
+    return match.group(1) if match else ""
 
 
 def is_unreachable(e: BaseException) -> bool:
