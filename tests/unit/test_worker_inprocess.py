@@ -1,0 +1,52 @@
+"""A worker in process on fakeredis, no sleeps: what finished is committed before the next
+task body starts (DESIGN invariant 8), and the supervisor hears it in that order."""
+
+from __future__ import annotations
+
+import io
+
+import fakeredis
+
+from ftqueue import payload, protocol
+from ftqueue.settings import NodeSettings
+from ftqueue.store import Store
+from ftqueue.worker import Worker
+
+FN = "digest-of-f"
+
+
+def submit(store: Store, task_id: str) -> None:
+    bound = payload.execution_fields(FN, 0, None, False, 3)
+    blob, _ = payload.pack_args([task_id], {}, False, "f", task_id, bound)
+    fields = {"name": "f", "func": "f", "fn": FN, "job_id": "00000001", "parent_task_id": "",
+              "max_retries": "3", "notify": "ftq:done:me"}
+    store.submit([(task_id, "default", blob, [], fields)])
+
+
+def test_outcome_is_committed_before_the_next_task_starts():
+    client = fakeredis.FakeRedis()
+    store = Store(client, "ftq")
+    ids = [f"{i:032x}" for i in range(16)]
+    for task_id in ids:
+        submit(store, task_id)
+    seen: dict[str, str] = {}
+
+    def f(task_id: str) -> str:
+        seen[task_id] = client.hget(f"ftq:task:{ids[0]}", "state").decode()
+        return task_id
+
+    control = io.BytesIO()
+    worker = Worker(NodeSettings(address="unused"), "n1", "w1", control, store)
+    worker.runner.functions._cache[FN] = f
+    assert worker.step() is None           # claims [A, B] (16 queued: depth / 8), runs A
+    assert len(worker.local) == 1
+    assert worker.step() is None           # commits A, then runs B
+    assert seen[ids[0]] == "RUNNING"       # A saw itself running
+    assert seen[ids[1]] == "FINISHED"      # B started only after A was committed
+    lines = control.getvalue().split(b"\n")
+    messages = [protocol.decode_worker(line) for line in lines if line]
+    order = [type(m).__name__ for m in messages]
+    assert order[:6] == ["Held", "Started", "Ended", "Settled", "Started", "Ended"]
+    assert messages[3] == protocol.Settled((ids[0],))
+    assert not worker.local
+    assert client.hget(f"ftq:task:{ids[1]}", "state") == b"FINISHED"   # idle next: flushed
