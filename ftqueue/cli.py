@@ -10,6 +10,7 @@ import sys
 from typing import Any, Callable
 
 from .exceptions import FtqueueError
+from . import views
 from .settings import NodeSettings, Settings, parse_size
 
 
@@ -102,6 +103,9 @@ def build_parser(env: Settings | None = None) -> argparse.ArgumentParser:
     _add_common(p, env)
     _add_node(p, env)
     p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address Redis binds to (default 127.0.0.1: this machine only; "
+                        "0.0.0.0 lets workers on other hosts join)")
     p.add_argument("--unix-socket", action="store_true", help="listen on a unix socket only")
     p.add_argument("--data-dir", default=None,
                    help="keep Redis data here with AOF everysec (default: a temporary "
@@ -123,9 +127,10 @@ def build_parser(env: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=100)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("get", help="every attempt of one task")
+    p = sub.add_parser("get", help="every attempt of one task (with its traceback), or its "
+                                   "result")
     _add_common(p, env)
-    p.add_argument("resource", choices=["task"])
+    p.add_argument("resource", choices=["task", "result"])
     p.add_argument("id")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=cmd_get)
@@ -247,8 +252,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     _watch_parent(args)
     if args.secret_file:
         os.environ["FTQUEUE_SECRET_FILE"] = args.secret_file
+    public = args.host not in ("127.0.0.1", "localhost", "::1")
+    if public and args.unix_socket:
+        raise FtqueueError("--host and --unix-socket exclude each other")
     server = RedisServer.start(port=args.port, unix_socket=args.unix_socket,
-                               directory=args.data_dir, appendonly=bool(args.data_dir))
+                               directory=args.data_dir, appendonly=bool(args.data_dir),
+                               host=args.host)
     try:
         supervisor = Supervisor(_node_settings(args, server.address),
                                 parent_pid=args.exit_with_parent, metrics_port=args.metrics_port)
@@ -259,11 +268,41 @@ def cmd_start(args: argparse.Namespace) -> int:
         if args.exit_with_parent is None:
             print(f"ftqueue cluster running; connect with:\n"
                   f"  export FTQUEUE_ADDRESS={server.address}", flush=True)
+            if public:
+                print(f"from other hosts:\n  export FTQUEUE_ADDRESS="
+                      f"redis://{_reachable_ip(args.host)}:{server.address.rsplit(':', 1)[1]}",
+                      flush=True)
+                print("WARNING: Redis listens on "
+                      f"{args.host} without a password: anyone who reaches its port can read "
+                      "and change every task, and without FTQUEUE_SECRET run code on the "
+                      "workers (see docs/security.md)", file=sys.stderr, flush=True)
         else:
             os.dup2(2, 1)  # nobody reads our stdout past the ready line
         return supervisor.run()
     finally:
         server.stop()
+
+
+def _reachable_ip(host: str) -> str:
+    """An address of this machine that other hosts can use (the bind address if it is
+    one; for 0.0.0.0, the address of this host's name)."""
+    import socket
+
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    try:   # the address of the interface that routes outwards (a UDP "connect" sends nothing)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.254.254.254", 1))
+            address = str(probe.getsockname()[0])
+        if not address.startswith("127."):
+            return address
+    except OSError:
+        pass
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        address = "127.0.0.1"
+    return address if not address.startswith("127.") else socket.gethostname()
 
 
 def _reader(args: argparse.Namespace) -> Any:
@@ -288,40 +327,77 @@ def cmd_list(args: argparse.Namespace) -> int:
     if filters and args.resource != "tasks":
         raise FtqueueError("filters apply to `list tasks` only")
     reader = _reader(args)
-    if args.resource == "tasks":
-        rows = reader.list_tasks(filters, detail=args.detail, limit=args.limit)
-    elif args.resource == "nodes":
-        rows = reader.list_nodes()[:args.limit]
-    else:
-        rows = reader.list_workers()[:args.limit]
-    print(render(rows, args.format, f"List: {_now()}"))
+    title = f"List: {views.now()}"
+    if args.resource != "tasks":
+        everything = reader.list_nodes() if args.resource == "nodes" else reader.list_workers()
+        rows = everything[:args.limit]
+        cut = views.cut_note(len(rows), len(everything), args.resource)
+        print(views.render(rows, args.format, title, cut=cut))
+        return 0
+    rows = reader.list_tasks(filters, detail=args.detail, limit=args.limit)
+    if args.format != "table":
+        print(views.render(rows, args.format, title))
+        return 0
+    # Rows are attempts; without filters the number of tasks is known at no cost.
+    cut = ""
+    if len(rows) >= args.limit:
+        cut = (f"showing {len(rows)} rows of {reader.count_tasks():,} tasks (use --limit)"
+               if not filters else
+               f"showing the first {len(rows)} matching rows; there may be more (use --limit)")
+    columns = views.DETAIL_TASK_COLUMNS if args.detail else views.COMPACT_TASK_COLUMNS
+    print(views.render(rows, "table", title, columns=columns, cut=cut))
     return 0
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    rows = _reader(args).get_task(_task_id(args.id))
+    reader = _reader(args)
+    task_id = _task_id(args.id)
+    if args.resource == "result":
+        return _print_result(reader, task_id)
+    rows = reader.get_task(task_id)
     if not rows:
         raise FtqueueError(f"task {args.id} not found")
-    print(render(rows, args.format, ""))
+    if rows[-1]["state"] == "FAILED":
+        rows[-1]["traceback"] = reader.traceback(task_id)
+    if args.format == "yaml":      # for people: ISO times and durations
+        rows = [views.for_people(r) for r in rows]
+    print(views.render(rows, args.format, ""))
+    return 0
+
+
+def _print_result(reader: Any, task_id: str) -> int:
+    """For scripts: the value's repr on stdout (exit 0), or the error on stderr (exit 1)."""
+    from . import payload
+
+    (record, blob), = reader.store.outcomes([task_id])
+    if not record and blob is None:
+        raise FtqueueError(f"task {task_id} not found")
+    if record and record["state"] not in ("FINISHED", "FAILED"):
+        raise FtqueueError(f"task {task_id} has not finished ({record['state']})")
+    ok, value = payload.outcome_to_result(task_id, record, blob)
+    if not ok:
+        print(f"{type(value).__name__}: {value}", file=sys.stderr)
+        return 1
+    print(repr(value))
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     summary = _reader(args).summarize_tasks()
     if args.format != "table":
-        print(render_data(summary, args.format))
+        print(views.render_data(summary, args.format))
         return 0
     rows = [{"func_or_class_name": func, "state_counts": ", ".join(
         f"{state}: {n}" for state, n in sorted(counts.items())), "type": "NORMAL_TASK"}
         for func, counts in sorted(summary.items())]
-    print(render(rows, "table", f"Tasks Summary: {_now()}"))
+    print(views.render(rows, "table", f"Tasks Summary: {views.now()}"))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     status = _reader(args).status(args.minutes)
     if args.format != "table":
-        print(render_data(status, args.format))
+        print(views.render_data(status, args.format))
         return 0
     queues = ", ".join(f"{q}={n}" for q, n in status["queues"].items()) or "none"
     print(f"nodes alive: {status['nodes_alive']}   workers alive: {status['workers_alive']}   "
@@ -354,6 +430,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if text is None:
         if not any(r["attempt_number"] == attempt for r in rows):
             raise FtqueueError(f"task {args.id} has no attempt {attempt}")
+        print(f"(task {args.id} attempt {attempt} printed nothing)", file=sys.stderr)
         return 0
     sys.stdout.write(text.decode(errors="replace"))
     return 0
@@ -378,46 +455,11 @@ def cmd_health(args: argparse.Namespace) -> int:
     # FTQUEUE_ADDRESS, as the node's own did.
     address = args.address or info["address"]
     store = Store(connect(address), info["namespace"])
-    score = store.redis.zscore(store.keys.nodes, info["node_id"])
-    if score is None or store.clock_ms() - score > max_age * 1000:
+    age_ms = store.node_heartbeat_age_ms(info["node_id"])
+    if age_ms is None or age_ms > max_age * 1000:
         raise FtqueueError(f"node {info['node_id']} is not registered as alive in Redis")
     print(f"node {info['node_id']} healthy (heartbeat {age:.1f} s ago)")
     return 0
-
-
-def _now() -> str:
-    import datetime
-
-    return str(datetime.datetime.now())
-
-
-def render_data(data: Any, fmt: str) -> str:
-    import json
-
-    if fmt == "json":
-        return json.dumps(data, indent=2)
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False).rstrip("\n")
-
-
-def render(rows: list[dict[str, Any]], fmt: str, title: str) -> str:
-    """Ray's list layout (`Stats: Total: N`, then the table) or JSON/YAML."""
-    if fmt != "table":
-        return render_data(rows, fmt)
-    lines = [f"======== {title} ========", "Stats:", "-" * 30, f"Total: {len(rows)}", "",
-             "Table:", "-" * 30]
-    if rows:
-        columns = list(rows[0])
-        cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-        index_width = len(str(len(rows) - 1))
-        lines.append(" " * (index_width + 2) + "  ".join(
-            c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
-        for n, row in enumerate(cells):
-            lines.append(f"{str(n).rjust(index_width)}  " + "  ".join(
-                v.ljust(w) for v, w in zip(row, widths)).rstrip())
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

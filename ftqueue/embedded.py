@@ -80,12 +80,13 @@ class RedisServer:
     @classmethod
     def start(cls, *, port: int | None = None, unix_socket: bool = True,
               directory: str | None = None, appendonly: bool = False,
-              extra: list[str] | None = None, die_with_parent: bool = True) -> RedisServer:
+              extra: list[str] | None = None, die_with_parent: bool = True,
+              host: str = "127.0.0.1") -> RedisServer:
         binary = find_redis_server()
         owns = directory is None
         directory = directory or tempfile.mkdtemp(prefix="ftqueue-redis-")
         os.makedirs(directory, exist_ok=True)
-        args = [binary, "--bind", "127.0.0.1", "--dir", directory, "--save", "",
+        args = [binary, "--bind", host, "--dir", directory, "--save", "",
                 "--appendonly", "yes" if appendonly else "no", "--protected-mode", "yes",
                 "--daemonize", "no", "--loglevel", "warning", "--logfile", "redis.log"]
         if unix_socket:
@@ -95,7 +96,8 @@ class RedisServer:
         else:
             port = port or free_port()
             args += ["--port", str(port)]
-            address = f"redis://127.0.0.1:{port}"
+            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            address = f"redis://{local}:{port}"
         args += extra or []
         preexec = set_parent_death_signal if die_with_parent else None
         try:

@@ -205,6 +205,22 @@ def unpack_error(data: bytes) -> TaskError:
     return err.as_instanceof_cause()
 
 
+def error_text(object_id: str, blob: bytes) -> str:
+    """The traceback and `Type: message` of a stored error, or '' for a value."""
+    try:
+        data = signer().open("result", object_id, blob)
+    except PayloadVerificationError as e:
+        return f"(the error is not shown: {e})"
+    if data[:1] != ERROR:
+        return ""
+    try:
+        record = pickle.loads(data[1:])
+    except Exception as e:  # noqa: BLE001 - a malformed record is reported, not raised
+        return f"(unreadable error record: {e})"
+    text = str(record.get("traceback", ""))
+    return text if text.strip() else f"{record.get('type_name')}: {record.get('message')}"
+
+
 def dependency_error(function_name: str, dep_error: BaseException, pid: int, ip: str,
                      object_id: str) -> bytes:
     """The error of a task that did not run because an argument failed (Ray's wording)."""
@@ -254,7 +270,16 @@ def outcome_to_result(object_id: str, record: dict[str, str],
     if blob is None:
         return False, ObjectLostError(f"The error of task {object_id} is lost: "
                                       f"{record.get('error_message', '')}")
-    return _decode(blob, object_id)
+    ok, value = _decode(blob, object_id)
+    if isinstance(value, PayloadVerificationError) and record.get("error_message"):
+        # The stored error cannot be read here, but the task record says in plain text why
+        # the task failed (e.g. its worker refused the function): that is the cause to show.
+        here = "set here" if signer().enabled else "not set here"
+        return False, PayloadVerificationError(
+            f"task {object_id} failed on its worker: {record['error_message']} (and its "
+            f"stored error cannot be verified here: FTQUEUE_SECRET is {here}, and differs "
+            "from or is missing on the worker)")
+    return ok, value
 
 
 def _decode(blob: bytes, object_id: str) -> tuple[bool, Any]:

@@ -127,6 +127,19 @@ class StateReader:
                     rows.append(_shape(row, detail))
         return rows[:limit]
 
+    def traceback(self, task_id: str) -> str:
+        """The remote traceback of a failed task, as its `get` would show it."""
+        from . import payload
+
+        (record, blob), = self.store.outcomes([task_id])
+        if blob is None:
+            return record.get("error_message", "")
+        return payload.error_text(task_id, blob) or record.get("error_message", "")
+
+    def count_tasks(self) -> int:
+        """Tasks in the listing index (finished ones until their lineage expires)."""
+        return int(self.store.redis.zcard(self.keys.task_index))
+
     def get_task(self, task_id: str) -> list[dict[str, Any]]:
         return self.task_rows([task_id], detail=True)
 
@@ -167,24 +180,41 @@ class StateReader:
         return out
 
     def list_nodes(self) -> list[dict[str, Any]]:
+        """Nodes, alive and recently dead. A node that has not heartbeated for its lease
+        timeout is shown DEAD at once (its tasks are being retried), before any sweep
+        records it."""
         now_ms = self.store.clock_ms()
         rows = []
         for r in self._records(self.keys.node_index, self.keys.node):
             heartbeat = int(r.get("heartbeat_ms", 0) or 0)
-            rows.append({"node_id": r.get("node_id", ""), "state": r.get("state", ""),
+            age_s = (now_ms - heartbeat) / 1000 if heartbeat else None
+            state = r.get("state", "")
+            lease_s = float(r.get("lease_timeout_s", 0) or 0)
+            if state == "ALIVE" and age_s is not None and lease_s and age_s > lease_s:
+                state = "DEAD"
+            rows.append({"node_id": r.get("node_id", ""), "state": state,
                          "host": r.get("host", ""), "pid": int(r.get("pid", 0) or 0),
                          "num_workers": int(r.get("num_workers", 0) or 0),
                          "queues": r.get("queues", ""),
-                         "heartbeat_age_s": round((now_ms - heartbeat) / 1000, 1) if heartbeat
-                         else None})
+                         "heartbeat_age_s": round(age_s, 1) if age_s is not None else None})
         return rows
 
-    def list_workers(self) -> list[dict[str, Any]]:
-        return [{"worker_id": r.get("worker_id", ""), "node_id": r.get("node_id", ""),
-                 "state": r.get("state", ""), "pid": int(r.get("pid", 0) or 0),
-                 "host": r.get("host", ""), "current_task": r.get("current_task", ""),
-                 "tasks_run": int(r.get("tasks_run", 0) or 0), "exit": r.get("exit", "")}
-                for r in self._records(self.keys.workers, self.keys.worker)]
+    def list_workers(self, nodes: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Worker processes; a worker of a dead (or forgotten) node is dead with it."""
+        alive = {n["node_id"] for n in (nodes if nodes is not None else self.list_nodes())
+                 if n["state"] == "ALIVE"}
+        rows = []
+        for r in self._records(self.keys.workers, self.keys.worker):
+            state, current = r.get("state", ""), r.get("current_task", "")
+            if state == "ALIVE" and r.get("node_id", "") not in alive:
+                state, current = "DEAD", ""
+            rows.append({"worker_id": r.get("worker_id", ""), "node_id": r.get("node_id", ""),
+                         "state": state, "pid": int(r.get("pid", 0) or 0),
+                         "host": r.get("host", ""), "current_task": current,
+                         "tasks_run": int(r.get("tasks_run", 0) or 0),
+                         "exit": r.get("exit", "") or ("its node died" if state == "DEAD"
+                                                       else "")})
+        return rows
 
     def queue_depths(self) -> dict[str, int]:
         names = sorted(n.decode() for n in self.store.redis.smembers(self.keys.queues))
@@ -203,12 +233,15 @@ class StateReader:
             for k, v in bucket.items():
                 recent[k.decode()] = recent.get(k.decode(), 0) + int(v)
         nodes = self.list_nodes()
-        workers = self.list_workers()
+        workers = self.list_workers(nodes)
         stats = {k.decode(): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
+        depths = self.queue_depths()
+        served = {q for n in nodes if n["state"] == "ALIVE" for q in n["queues"].split(",")}
         return {
             "nodes_alive": sum(1 for n in nodes if n["state"] == "ALIVE"),
             "workers_alive": sum(1 for w in workers if w["state"] == "ALIVE"),
-            "queues": self.queue_depths(),
+            "queues": depths,
+            "unserved_queues": sorted(q for q, n in depths.items() if n and q not in served),
             "running": self.store.redis.zcard(self.keys.leases),
             "window_minutes": minutes,
             "recent_retries": {k.split(":", 1)[1]: v for k, v in recent.items()
