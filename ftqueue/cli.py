@@ -9,8 +9,8 @@ import signal
 import sys
 from typing import Any, Callable
 
-from .exceptions import FtqueueError
 from . import views
+from .exceptions import FtqueueError
 from .settings import NodeSettings, Settings, parse_size
 
 
@@ -403,6 +403,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"nodes alive: {status['nodes_alive']}   workers alive: {status['workers_alive']}   "
           f"running: {status['running']}")
     print(f"queued: {queues}")
+    if status["unserved_queues"]:
+        print(f"WARNING: no live node serves {', '.join(status['unserved_queues'])}: their "
+              "tasks wait (start a node with --queues naming them)")
     for key, label in (("recent_retries", "retries"), ("recent_failures", "failures")):
         counts = ", ".join(f"{k}={v}" for k, v in sorted(status[key].items())) or "none"
         print(f"{label} in the last {status['window_minutes']} min: {counts}")
