@@ -57,3 +57,44 @@ def test_a_closed_descriptor_marks_the_worker_for_recycling():
     stream = _Stream(cap, "stdout", Broken(OSError(9, "Bad file descriptor")))
     stream.write("hello\n")
     assert cap.stdio_closed
+
+
+class Recorder(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+
+def test_node_lines_are_written_whole_and_a_dead_console_is_ignored():
+    import logging
+
+    from ftqueue.logs import ConsoleHandler
+
+    stream = Recorder()
+    handler = ConsoleHandler(stream)
+    handler.setFormatter(logging.Formatter("ftqueue node n1: %(message)s"))
+    record = logging.LogRecord("ftqueue.node", logging.WARNING, "", 0, "worker died", None, None)
+    handler.emit(record)
+    assert stream.writes == ["ftqueue node n1: worker died\n"]     # one write: never split
+    broken = ConsoleHandler(Broken(BrokenPipeError()))
+    broken.emit(record)                                              # no exception
+
+
+def test_driver_echo_writes_whole_prefixed_lines(monkeypatch):
+    import sys
+
+    from ftqueue.output import DriverEcho
+
+    echo = DriverEcho.__new__(DriverEcho)
+    echo._partial = {}
+    out = Recorder()
+    monkeypatch.setattr(sys, "stdout", out)
+    item = {"stream": "stdout", "func": "f", "pid": 7, "host": "h"}
+    echo.echo(dict(item, text="hel"))
+    echo.echo(dict(item, text="lo\nwor"))
+    echo.echo(dict(item, text="ld\n"))
+    assert out.writes == ["(f pid=7, host=h) hello\n", "(f pid=7, host=h) world\n"]
