@@ -26,8 +26,8 @@ local function reply(result)
 end
 
 local function is_wrong_type(r)
-  return type(r) == 'table' and type(r.err) == 'string'
-    and string.find(r.err, 'WRONGTYPE', 1, true) ~= nil
+  return type(r) == 'table' and r.err ~= nil
+    and string.find(tostring(r.err), 'WRONGTYPE', 1, true) ~= nil
 end
 
 local function key_type(key)
