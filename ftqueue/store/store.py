@@ -13,8 +13,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable
 
 import redis
 
@@ -56,6 +57,11 @@ class Claimed:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _b(value: Any) -> bytes:
+    """redis-py's replies are bytes here (no decode_responses); typed loosely upstream."""
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
@@ -229,7 +235,8 @@ class Store:
         self.redis.set(self.keys.function(digest), blob, nx=True)
 
     def load_function(self, digest: str) -> bytes | None:
-        return self.redis.get(self.keys.function(digest))
+        blob = self.redis.get(self.keys.function(digest))
+        return None if blob is None else _b(blob)
 
     def task_fields(self, task_ids: Iterable[str], *fields: str) -> list[list[str | None]]:
         pipe = self.redis.pipeline(transaction=False)
@@ -273,9 +280,9 @@ class Store:
         if not items:
             first = self.redis.blpop([notify_key], timeout=timeout_s)
             items = [first[1]] if first is not None else []
-        out = []
+        out: list[tuple[str, bytes | None]] = []
         for item in items:
-            task_id, sep, blob = item.partition(b"\n")
+            task_id, sep, blob = _b(item).partition(b"\n")
             out.append((task_id.decode(), blob if sep else None))
         return out
 

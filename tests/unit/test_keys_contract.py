@@ -60,7 +60,7 @@ def test_every_script_header_is_a_contract(name):
 
 
 def test_generated_key_functions_build_what_keys_builds(env):
-    store, _clock, client = env
+    _store, _clock, client = env
     names = list(PER_ID)
     body = "return {" + ", ".join(f"k_{n}(ARGV[2])" for n in names) + "}"
     built = client.eval(prelude(()) + "\n" + body, 0, "ftq", "some-id")
