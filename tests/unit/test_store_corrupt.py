@@ -4,9 +4,14 @@ counts it, reports it once to the caller, and serves everything else."""
 
 from __future__ import annotations
 
+from importlib import resources
+
+import pytest
+import redis
 import storekit
 from storekit import LEASE_MS, claim, field, serve, state, submit
 
+from ftqueue.store.scripts import FixedKey, prelude
 from ftqueue.store.store import CORRUPT_RECORD
 
 env = storekit.env
@@ -148,3 +153,16 @@ def test_reconstructing_from_a_corrupt_record_has_no_lineage(env):
     client.set("ftq:task:bad", "x")
     assert store.reconstruct("bad") == "no_lineage"
     assert store.last_corrupt == ["ftq:task:bad"]
+
+
+def test_errors_other_than_wrong_type_pass_on_with_their_code(env):
+    _store, _clock, client = env
+    lib = resources.files("ftqueue.store").joinpath("lua", "lib.lua").read_text()
+    fixed = (FixedKey("stats"), FixedKey("corrupt"))
+    client.hset("ftq:h", "f", "not a number")
+    for call in ("safe('HINCRBY', 'ftq:h', 'f', 1)", "guarded('HINCRBY', 'ftq:h', 'x', 'f', 1)"):
+        with pytest.raises(redis.ResponseError) as caught:
+            client.eval("\n".join([prelude(fixed), lib, call]), 2, "ftq:stats", "ftq:corrupt",
+                        "ftq", "")
+        assert "ERR hash value is not an integer" in str(caught.value)
+    assert client.hlen("ftq:corrupt") == 0
