@@ -20,12 +20,14 @@ from typing import Any, Callable
 import redis
 
 from ..keys import Keys
+from ..settings import DEFAULT_LINEAGE_TTL_S
 from .errors import is_corrupt
 from .scripts import load_scripts
 
 log = logging.getLogger("ftqueue.store")
 
-DEFAULT_INDEX_TTL_MS = 7 * 24 * 3600 * 1000
+# Listing indexes are trimmed past the lineage TTL: the records they point at are gone.
+DEFAULT_INDEX_TTL_MS = DEFAULT_LINEAGE_TTL_S * 1000
 DEFAULT_SWEEP_LIMIT = 100
 
 
@@ -154,7 +156,8 @@ class Store:
         when given): a task swept and claimed elsewhere is left alone. Answers per outcome
         'finished' | 'failed' | 'retried' | 'fenced' | 'corrupt'."""
         argv: list[Any] = [next_task_id, worker_id, next_fence, len(outcomes)]
-        keys = [self.keys.task(outcome[0]) for outcome in outcomes]
+        keys = [key for outcome in outcomes
+                for key in (self.keys.task(outcome[0]), self.keys.result(outcome[0]))]
         for task_id, fence, outcome, blob, retryable, message in outcomes:
             argv += [task_id, fence, outcome, blob, "1" if retryable else "0", message]
         if next_task_id:
