@@ -13,18 +13,21 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable
 
 import redis
 
 from ..keys import Keys
+from ..settings import DEFAULT_LINEAGE_TTL_S
 from .errors import is_corrupt
 from .scripts import load_scripts
 
 log = logging.getLogger("ftqueue.store")
 
-DEFAULT_INDEX_TTL_MS = 7 * 24 * 3600 * 1000
+# Listing indexes are trimmed past the lineage TTL: the records they point at are gone.
+DEFAULT_INDEX_TTL_MS = DEFAULT_LINEAGE_TTL_S * 1000
 DEFAULT_SWEEP_LIMIT = 100
 
 
@@ -56,6 +59,11 @@ class Claimed:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _b(value: Any) -> bytes:
+    """redis-py's replies are bytes here (no decode_responses); typed loosely upstream."""
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
@@ -148,7 +156,8 @@ class Store:
         when given): a task swept and claimed elsewhere is left alone. Answers per outcome
         'finished' | 'failed' | 'retried' | 'fenced' | 'corrupt'."""
         argv: list[Any] = [next_task_id, worker_id, next_fence, len(outcomes)]
-        keys = [self.keys.task(outcome[0]) for outcome in outcomes]
+        keys = [key for outcome in outcomes
+                for key in (self.keys.task(outcome[0]), self.keys.result(outcome[0]))]
         for task_id, fence, outcome, blob, retryable, message in outcomes:
             argv += [task_id, fence, outcome, blob, "1" if retryable else "0", message]
         if next_task_id:
@@ -229,7 +238,8 @@ class Store:
         self.redis.set(self.keys.function(digest), blob, nx=True)
 
     def load_function(self, digest: str) -> bytes | None:
-        return self.redis.get(self.keys.function(digest))
+        blob = self.redis.get(self.keys.function(digest))
+        return None if blob is None else _b(blob)
 
     def task_fields(self, task_ids: Iterable[str], *fields: str) -> list[list[str | None]]:
         pipe = self.redis.pipeline(transaction=False)
@@ -273,9 +283,9 @@ class Store:
         if not items:
             first = self.redis.blpop([notify_key], timeout=timeout_s)
             items = [first[1]] if first is not None else []
-        out = []
+        out: list[tuple[str, bytes | None]] = []
         for item in items:
-            task_id, sep, blob = item.partition(b"\n")
+            task_id, sep, blob = _b(item).partition(b"\n")
             out.append((task_id.decode(), blob if sep else None))
         return out
 

@@ -28,9 +28,9 @@ def test_submit_claim_commit(env):
 
 
 def test_commit_with_stale_fence_is_rejected_and_counted(env):
-    store, clock, client = env
+    store, _clock, client = env
     submit(store, "a1")
-    (task,) = claim(store)
+    (_task,) = claim(store)
     assert store.commit([("a1", "999", "ok", b"Vx", False, "")]) == ["fenced"]
     assert state(client, "a1") == "RUNNING"
     assert client.hget("ftq:stats", "fenced") == b"1"
@@ -75,10 +75,10 @@ def test_renewal_keeps_held_leases_alive(env):
 
 
 def test_renewal_marks_reported_tasks_running(env):
-    store, clock, client = env
+    store, _clock, client = env
     for i in range(16):
         submit(store, f"t{i}")
-    first, second = claim(store, n=8)
+    _first, second = claim(store, n=8)
     assert state(client, second.task_id) == "SUBMITTED_TO_WORKER"
     store.renew("n1", LEASE_MS, running=[second.task_id], held=[second.task_id])
     assert state(client, second.task_id) == "RUNNING"
@@ -93,7 +93,7 @@ def test_node_without_heartbeat_is_marked_dead(env):
 
 
 def test_worker_lost_charges_the_running_task_only(env):
-    store, clock, client = env
+    store, _clock, client = env
     for i in range(16):
         submit(store, f"t{i}")
     claimed = claim(store, n=8)
@@ -109,7 +109,7 @@ def test_worker_lost_charges_the_running_task_only(env):
 
 
 def test_worker_stopped_on_purpose_costs_no_retry(env):
-    store, clock, client = env
+    store, _clock, client = env
     submit(store, "a1", max_retries=0)
     claim(store)
     assert store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "shutdown", False) == [
@@ -119,7 +119,7 @@ def test_worker_stopped_on_purpose_costs_no_retry(env):
 
 
 def test_worker_crash_with_no_budget_fails(env):
-    store, clock, client = env
+    store, _clock, client = env
     submit(store, "a1", max_retries=0)
     claim(store)
     assert store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "exit 1", True) == [("a1", "failed")]
@@ -127,7 +127,7 @@ def test_worker_crash_with_no_budget_fails(env):
 
 
 def test_infinite_budget(env):
-    store, clock, client = env
+    store, _clock, client = env
     submit(store, "a1", max_retries=-1)
     for i in range(10):
         claim(store)
@@ -136,7 +136,7 @@ def test_infinite_budget(env):
 
 
 def test_application_error_retry_uses_budget(env):
-    store, clock, client = env
+    store, _clock, client = env
     submit(store, "a1", max_retries=1)
     (t,) = claim(store)
     assert store.commit([("a1", t.fence, "err", b"Eerr", True, "ValueError: x")]) == ["retried"]
@@ -149,7 +149,7 @@ def test_application_error_retry_uses_budget(env):
 
 
 def test_dependencies_hold_a_task_until_ready(env):
-    store, clock, client = env
+    store, _clock, client = env
     submit(store, "a1")
     submit(store, "b1", deps=["a1"])
     assert state(client, "b1") == "PENDING_ARGS_AVAIL"
@@ -163,7 +163,7 @@ def test_dependencies_hold_a_task_until_ready(env):
 
 
 def test_claim_skips_tasks_no_longer_queued(env):
-    store, clock, client = env
+    store, _clock, client = env
     submit(store, "a1")
     submit(store, "a2")
     client.hset("ftq:task:a1", "state", "FAILED")   # e.g. cancelled while queued
@@ -173,7 +173,7 @@ def test_claim_skips_tasks_no_longer_queued(env):
 
 
 def test_bells_ring_on_submit_and_clear_when_empty(env):
-    store, clock, client = env
+    store, _clock, client = env
     submit(store, "a1")
     assert client.llen("ftq:bell:default") == 1
     claim(store)
@@ -182,7 +182,7 @@ def test_bells_ring_on_submit_and_clear_when_empty(env):
 
 
 def test_watch_registers_waiters_and_they_are_notified(env):
-    store, clock, client = env
+    store, _clock, client = env
     submit(store, "a1")
     store.put("p1", b"V1")
     assert store.watch("ftq:done:other", ["a1", "p1", "zz"]) == ["pending", "ready", "missing"]
@@ -195,9 +195,40 @@ def test_watch_registers_waiters_and_they_are_notified(env):
 
 
 def test_retries_go_to_the_front_of_the_queue(env):
-    store, clock, client = env
+    store, _clock, _client = env
     submit(store, "a1")
     submit(store, "a2")
-    (t,) = claim(store)
+    (_t,) = claim(store)
     store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "x", True)
     assert claim(store)[0].task_id == "a1"
+
+
+def test_claim_returns_max_retries(env):
+    store, _clock, _client = env
+    submit(store, "a1", max_retries=5)
+    submit(store, "a2", max_retries=-1)
+    assert claim(store)[0].max_retries == 5
+    assert claim(store)[0].max_retries == -1
+
+
+def test_commit_marks_the_next_task_running_only_for_the_worker_holding_it(env):
+    store, clock, client = env
+    # w1 prefetches [t2, t1], freezes past its lease; both are swept and w2 claims them as
+    # [t2 running, t1 prefetched].
+    for task_id in ["t2", "t1"] + [f"f{i:02}" for i in range(14)]:
+        submit(store, task_id)
+    first, prefetched = claim(store, n=2, worker="w1")
+    assert (first.task_id, prefetched.task_id) == ("t2", "t1")
+    serve(store, clock, LEASE_MS / 1000 + 1)
+    store.sweep(LEASE_MS)
+    assert [t.task_id for t in claim(store, n=2, worker="w2", node="n2")] == ["t2", "t1"]
+    # w1 comes back, commits t2 (fenced) and says it starts t1 next: t1 is not w1's.
+    assert store.commit([("t2", first.fence, "ok", b"V", False, "")], "t1",
+                        worker_id="w1", next_fence=prefetched.fence) == ["fenced"]
+    assert (state(client, "t1"), field(client, "t1", "worker_id")) == \
+        ("SUBMITTED_TO_WORKER", "w2")
+    # The holder's own commit marks it, and only with its token.
+    store.commit([], "t1", worker_id="w2", next_fence=prefetched.fence)
+    assert state(client, "t1") == "SUBMITTED_TO_WORKER"
+    store.commit([], "t1", worker_id="w2", next_fence=field(client, "t1", "fence"))
+    assert state(client, "t1") == "RUNNING"

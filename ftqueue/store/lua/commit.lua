@@ -6,7 +6,8 @@
 -- KEYS[2] stats
 -- KEYS[3] failed_index
 -- KEYS[4] corrupt
--- KEYS[NK+i] task(task_id) of record i, i = 1..n; then task(next_task_id) when one is given
+-- KEYS[NK+2i-1], KEYS[NK+2i]: task(task_id), result(task_id) of record i, i = 1..n; then
+--         task(next_task_id) when one is given
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] next_task_id or ''
 -- ARGV[4] worker_id that holds next_task_id ('': not checked, for older callers)
@@ -17,7 +18,7 @@
 local next_id, next_worker, next_fence = ARGV[3], ARGV[4], ARGV[5]
 local n = tonumber(ARGV[6])
 
-local function commit_one(tkey, id, fence, outcome, blob, retryable, message)
+local function commit_one(tkey, rkey, id, fence, outcome, blob, retryable, message)
   local t = guarded('HMGET', tkey, 'by a commit', 'state', 'fence', 'cancel')
   if not t then
     redis.call('ZREM', K.leases, id)
@@ -29,7 +30,7 @@ local function commit_one(tkey, id, fence, outcome, blob, retryable, message)
     return 'fenced'
   end
   if outcome == 'ok' then
-    redis.call('SET', k_result(id), blob)
+    redis.call('SET', rkey, blob)
     finish(id, 'FINISHED', '', '', blob)
     return 'finished'
   end
@@ -37,7 +38,7 @@ local function commit_one(tkey, id, fence, outcome, blob, retryable, message)
     retry(id, 'TASK_EXECUTION_EXCEPTION', message, true)
     return 'retried'
   end
-  redis.call('SET', k_result(id), blob)
+  redis.call('SET', rkey, blob)
   local error_type = 'TASK_EXECUTION_EXCEPTION'
   if outcome == 'cancelled' then
     error_type = 'TASK_CANCELLED'
@@ -50,11 +51,11 @@ end
 local out = {}
 for i = 1, n do
   local b = 7 + (i - 1) * 6
-  out[i] = commit_one(KEYS[NK + i], ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
-                      ARGV[b + 4], ARGV[b + 5])
+  out[i] = commit_one(KEYS[NK + 2 * i - 1], KEYS[NK + 2 * i], ARGV[b], ARGV[b + 1], ARGV[b + 2],
+                      ARGV[b + 3], ARGV[b + 4], ARGV[b + 5])
 end
 if next_id ~= '' then
-  local tkey = KEYS[NK + n + 1]
+  local tkey = KEYS[NK + 2 * n + 1]
   local t = guarded('HMGET', tkey, 'as the task a worker starts next', 'state', 'worker_id',
                     'fence')
   if t and t[1] == 'SUBMITTED_TO_WORKER' and (next_worker == '' or t[2] == next_worker)

@@ -26,8 +26,13 @@ local function reply(result)
 end
 
 local function is_wrong_type(r)
-  return type(r) == 'table' and type(r.err) == 'string'
-    and string.find(r.err, 'WRONGTYPE', 1, true) ~= nil
+  return type(r) == 'table' and r.err ~= nil
+    and string.find(tostring(r.err), 'WRONGTYPE', 1, true) ~= nil
+end
+
+-- Pass any other error on with its text (its code first: OOM, BUSY...), as redis.call would.
+local function raise(r)
+  error(tostring(r.err), 0)
 end
 
 local function key_type(key)
@@ -49,7 +54,7 @@ local function guarded(cmd, key, found_in, ...)
     isolate(key, 'a ' .. key_type(key) .. ' where a record belongs; found ' .. found_in)
     return nil
   end
-  if type(r) == 'table' and r.err then error(r) end
+  if type(r) == 'table' and r.err then raise(r) end
   return r
 end
 
@@ -65,7 +70,7 @@ local function safe(cmd, key, ...)
     isolate(key, 'a ' .. was .. ' where ftqueue keeps another type; moved to ' .. aside)
     return redis.call(cmd, key, ...)
   end
-  if type(r) == 'table' and r.err then error(r) end
+  if type(r) == 'table' and r.err then raise(r) end
   return r
 end
 
