@@ -44,24 +44,25 @@ class CommitBatcher:
     def add(self, outcome: Outcome) -> None:
         self.pending.append(outcome)
 
-    def flush(self, next_task_id: str = "") -> list[str]:
-        """Commit every held outcome (marking `next_task_id` RUNNING with them); returns
-        the per-outcome answers ('finished', 'failed', 'retried', 'fenced')."""
+    def flush(self, next_task_id: str = "", next_fence: str = "") -> list[str]:
+        """Commit every held outcome (marking `next_task_id` RUNNING with them, if this
+        worker still holds it under `next_fence`); returns the per-outcome answers
+        ('finished', 'failed', 'retried', 'fenced', 'corrupt')."""
         if not self.pending:
             return []
         batch = list(self.pending)
-        answers = self._commit(batch, next_task_id)
+        answers = self._commit(batch, next_task_id, next_fence)
         del self.pending[:len(batch)]
         self.on_settled([o.task_id for o in batch])
         return answers
 
-    def _commit(self, batch: list[Outcome], next_task_id: str) -> list[str]:
+    def _commit(self, batch: list[Outcome], next_task_id: str, next_fence: str) -> list[str]:
         failures = 0
         first_unknown: float | None = None
         while True:
             try:
                 answers = self.store.commit(batch, next_task_id=next_task_id,
-                                            worker_id=self.worker_id)
+                                            worker_id=self.worker_id, next_fence=next_fence)
                 self._once.clear("full", "Redis accepts writes again: held outcomes committed")
                 self._once.clear("down", "Redis is reachable again: held outcomes committed")
                 return answers

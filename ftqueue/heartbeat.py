@@ -9,11 +9,10 @@ import socket
 import time
 from typing import Iterable, Mapping
 
-from .settings import NodeSettings
+from .settings import DEAD_NODE_TTL_S, NodeSettings
 from .store import Store, redact
 from .workerpool import WorkerHandle
 
-DEAD_NODE_RECORD_TTL_S = 86400
 
 
 class NodeRecord:
@@ -43,7 +42,7 @@ class NodeRecord:
         pipe.hset(self.keys.node(self.node_id), mapping={"state": "DEAD",
                                                          "end_ms": self.store.clock_ms()})
         pipe.zrem(self.keys.nodes, self.node_id)
-        pipe.expire(self.keys.node(self.node_id), DEAD_NODE_RECORD_TTL_S)
+        pipe.expire(self.keys.node(self.node_id), DEAD_NODE_TTL_S)
         pipe.execute()
 
     def redis_was_reset(self) -> bool:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
+from .settings import DEAD_WORKER_TTL_S
 from .spec import Outcome
 from .store import Store
 
-DEAD_RECORD_TTL_S = 3600
 
 
 @dataclass
@@ -41,7 +41,7 @@ def report_losses(store: Store, node_id: str, losses: list[Loss]) -> None:
         pipe.hset(store.keys.worker(loss.worker_id), mapping={
             "state": "DEAD", "exit": loss.exit_text, "current_task": "",
             "end_ms": store.clock_ms()})
-        pipe.expire(store.keys.worker(loss.worker_id), DEAD_RECORD_TTL_S)
+        pipe.expire(store.keys.worker(loss.worker_id), DEAD_WORKER_TTL_S)
         pipe.execute()
         losses.pop(0)
 

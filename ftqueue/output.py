@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from .settings import DEFAULT_LOG_MAX_BYTES
+from .settings import DEFAULT_LOG_MAX_BYTES, DEFAULT_RESULT_TTL_S
 
 FLUSH_INTERVAL_S = 0.2
 log = logging.getLogger("ftqueue.output")
@@ -135,7 +135,7 @@ class OutputCapture:
         if stored:
             key = self.keys.log(task_id, attempt)
             pipe.append(key, stored.encode(errors="replace"))
-            pipe.expire(key, ttl_s or 86400)
+            pipe.expire(key, ttl_s or DEFAULT_RESULT_TTL_S)
         if room > 0:
             for stream, part in _merge(chunks):
                 pipe.publish(self.keys.log_channel(job_id), json.dumps({

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from . import serialization
 from .exceptions import (
     DEP_FAILED_LINE,
+    FtqueueError,
     NodeDiedError,
     ObjectLostError,
     ObjectReconstructionFailedError,
@@ -36,6 +37,7 @@ from .settings import max_payload_bytes
 from .signing import signer
 from .spec import PUT_ID_LENGTH, ArgRef, ErrorType, ObjectRef
 
+CORRUPT_RECORD = "CORRUPT_RECORD"   # store.outcomes' error type for a record of the wrong type
 VALUE = b"V"
 ERROR = b"E"
 
@@ -267,6 +269,9 @@ def outcome_to_result(object_id: str, record: dict[str, str],
             f"{record.get('error_message', '')}")
     if error_type == ErrorType.TASK_CANCELLED.value:
         return False, TaskCancelledError(object_id)
+    if error_type == CORRUPT_RECORD:
+        return False, FtqueueError(f"Task {object_id} cannot be read: "
+                                   f"{record.get('error_message', '')}")
     if blob is None:
         return False, ObjectLostError(f"The error of task {object_id} is lost: "
                                       f"{record.get('error_message', '')}")

@@ -89,7 +89,7 @@ class Worker:
             return None
         task = self.local.popleft()
         # What finished before is in Redis before this task starts (DESIGN invariant 8).
-        self.commits.flush(next_task_id=task.task_id)
+        self.commits.flush(next_task_id=task.task_id, next_fence=task.fence)
         self.commits.add(self.runner.run(task))
         if not self.local:
             self.commits.flush()

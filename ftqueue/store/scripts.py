@@ -24,7 +24,6 @@ from ..keys import PER_ID, SINGLE, Keys
 # The served clock (docs/design.md): a gap longer than this between two scripts that advance
 # it counts as this much. Above the ≤ 1 s renew interval of a live node.
 SERVED_GAP_MAX_MS = 1000
-DEAD_NODE_TTL_S = 24 * 3600
 STATS_MINUTE_TTL_S = 3600
 MINUTE_MS = 60_000
 # Index entries (workers, nodes) are dropped this long after their record expired.
@@ -38,7 +37,7 @@ LUA_CONSTANTS: dict[str, int] = {
     "MESSAGE_MAX": settings.ATTEMPT_MESSAGE_MAX_CHARS,
     "INLINE_RESULT_MAX": settings.INLINE_RESULT_MAX_BYTES,
     "SERVED_GAP_MAX_MS": SERVED_GAP_MAX_MS,
-    "DEAD_NODE_TTL_S": DEAD_NODE_TTL_S,
+    "DEAD_NODE_TTL_S": settings.DEAD_NODE_TTL_S,
     "STATS_MINUTE_TTL_S": STATS_MINUTE_TTL_S,
     "MINUTE_MS": MINUTE_MS,
     "FORGET_AFTER_MS": FORGET_AFTER_MS,

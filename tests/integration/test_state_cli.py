@@ -262,7 +262,7 @@ def test_documented_redis_cli_commands_answer(workload, redis_server, cluster):
     answers = {}
     for command in commands:
         command = command.replace("<task_id>", workload["retried"]).split("|")[0].strip()
-        args = shlex.split(command)[1:]
+        args = [a for a in shlex.split(command)[1:] if a not in ("-u", "$FTQUEUE_ADDRESS")]
         proc = subprocess.run([redis_cli, "-s", socket_path, *args], capture_output=True,
                               text=True, timeout=30)
         assert proc.returncode == 0 and "ERR" not in proc.stdout, (command, proc.stdout)

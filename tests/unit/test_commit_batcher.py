@@ -19,7 +19,7 @@ class FlakyStore:
         self.errors = list(errors)
         self.commits: list[tuple[list[str], str, str]] = []
 
-    def commit(self, outcomes, next_task_id="", worker_id=""):
+    def commit(self, outcomes, next_task_id="", worker_id="", next_fence=""):
         if self.errors:
             raise self.errors.pop(0)
         self.commits.append(([o.task_id for o in outcomes], next_task_id, worker_id))
