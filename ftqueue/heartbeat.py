@@ -14,7 +14,6 @@ from .store import Store, redact
 from .workerpool import WorkerHandle
 
 
-
 class NodeRecord:
     def __init__(self, store: Store, node_id: str, settings: NodeSettings,
                  index_ttl_ms: int) -> None:

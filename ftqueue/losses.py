@@ -12,7 +12,6 @@ from .spec import Outcome
 from .store import Store
 
 
-
 @dataclass
 class Loss:
     """A worker that ended, to be reported to Redis."""

@@ -63,7 +63,7 @@ def silent():
     return None
 
 
-# -- 1. Ctrl-C of a busy node ------------------------------------------------------------------------
+# -- 1. Ctrl-C of a busy node ------------------------------------------------------------------
 
 def test_ctrl_c_says_what_it_waits_for_and_a_second_one_stops_now(driver, start_node, rclient,
                                                                   tmp_path):
@@ -102,7 +102,7 @@ def test_node_whose_redis_is_gone_exits_promptly_on_ctrl_c(tmp_path):
         server.stop()
 
 
-# -- 2. ftqueue start --host -------------------------------------------------------------------------
+# -- 2. ftqueue start --host -------------------------------------------------------------------
 
 def test_start_with_host_prints_an_address_for_other_hosts_and_warns():
     proc = subprocess.Popen([sys.executable, "-m", "ftqueue", "start", "--host", "0.0.0.0",
@@ -125,7 +125,7 @@ def test_start_with_host_prints_an_address_for_other_hosts_and_warns():
         proc.wait()
 
 
-# -- 3. the documented shell lines run as written ------------------------------------------------------
+# -- 3. the documented shell lines run as written ----------------------------------------------
 
 def shell_lines(path: str, prefixes: tuple[str, ...]) -> list[str]:
     with open(os.path.join(ROOT, path)) as f:
@@ -171,7 +171,7 @@ def test_the_package_ships_a_redis_cli():
     assert os.access(os.path.join(os.path.dirname(find_redis_server()), "redis-cli"), os.X_OK)
 
 
-# -- 4. workers of a dead node, workers after Redis restarts empty --------------------------------------
+# -- 4. workers of a dead node, workers after Redis restarts empty -----------------------------
 
 def test_sigkilled_nodes_workers_are_dead_when_its_lease_expires(driver, start_node, redis_url):
     node = start_node(2, "--lease-timeout", "2")
@@ -195,7 +195,7 @@ def test_workers_are_listed_again_after_redis_restarts_empty(driver, start_node,
                30, "the workers to register again")
 
 
-# -- 5, 6, 8. listings, tracebacks, results, human formats -------------------------------------------
+# -- 5, 6, 8. listings, tracebacks, results, human formats -------------------------------------
 
 def test_cut_listing_says_so_and_the_table_is_compact(driver, start_node, redis_url):
     start_node(2)
@@ -230,7 +230,7 @@ def test_get_task_shows_the_traceback_and_iso_times_get_result_and_empty_logs(
     assert logs.stdout == "" and "printed nothing" in logs.stderr
 
 
-# -- 7. a signing mismatch names its cause ---------------------------------------------------------------
+# -- 7. a signing mismatch names its cause -----------------------------------------------------
 
 def test_signing_mismatch_names_the_workers_refusal(redis_url, monkeypatch):
     monkeypatch.setenv("FTQUEUE_SECRET", "driver-only-secret")
@@ -248,7 +248,7 @@ def test_signing_mismatch_names_the_workers_refusal(redis_url, monkeypatch):
         node.stop()
 
 
-# -- 10. a queue nobody serves ---------------------------------------------------------------------------
+# -- 10. a queue nobody serves -----------------------------------------------------------------
 
 def test_status_names_queues_with_work_and_no_consumer(driver, start_node, redis_url):
     start_node(1)
