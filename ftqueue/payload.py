@@ -276,7 +276,8 @@ def outcome_to_result(object_id: str, record: dict[str, str],
         return False, ObjectLostError(f"The error of task {object_id} is lost: "
                                       f"{record.get('error_message', '')}")
     ok, value = _decode(blob, object_id)
-    if isinstance(value, PayloadVerificationError) and record.get("error_message"):
+    unreadable = isinstance(value, PayloadVerificationError) and not isinstance(value, TaskError)
+    if unreadable and record.get("error_message"):
         # The stored error cannot be read here, but the task record says in plain text why
         # the task failed (e.g. its worker refused the function): that is the cause to show.
         here = "set here" if signer().enabled else "not set here"
