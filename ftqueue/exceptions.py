@@ -93,7 +93,7 @@ class TaskError(FtqueueError):
 _DUAL_CLASSES: dict[tuple[type, type], type] = {}
 
 
-def _dual_class(base: type, cause_cls: type) -> type:
+def _dual_class(base: type[TaskError], cause_cls: type) -> type[TaskError]:
     key = (base, cause_cls)
     if key not in _DUAL_CLASSES:
         name = f"{base.__name__}({cause_cls.__name__})"
@@ -108,7 +108,7 @@ def _dual_class(base: type, cause_cls: type) -> type:
     return _DUAL_CLASSES[key]
 
 
-def _rebuild_task_error(base: type, function_name: str, traceback_str: str,
+def _rebuild_task_error(base: type[TaskError], function_name: str, traceback_str: str,
                         cause: BaseException | None, pid: int | None, ip: str | None,
                         dual: bool) -> TaskError:
     err = base(function_name, traceback_str, cause, pid, ip)

@@ -52,7 +52,8 @@ class FunctionCache:
             obj = obj._function if obj._function is not None else self.get(obj._fn_ref(None))
         if not callable(obj):
             raise TypeError(f"{fn_ref} is not callable")
-        return obj
+        function: Callable[..., Any] = obj
+        return function
 
     def _import(self, path: str) -> Any:
         module_name, _, attr = path.partition(":")

@@ -9,6 +9,8 @@ import socket
 import time
 from typing import Iterable, Mapping
 
+from redis.typing import EncodableT, FieldT
+
 from .settings import DEAD_NODE_TTL_S, NodeSettings
 from .store import Store, redact
 from .workerpool import WorkerHandle
@@ -61,7 +63,7 @@ class NodeRecord:
         pipe = self.store.redis.pipeline(transaction=False)
         now_ms = self.store.clock_ms()
         for handle in handles:
-            record: dict[str, str | int] = {"current_task": handle.running,
+            record: dict[FieldT, EncodableT] = {"current_task": handle.running,
                                             "tasks_run": handle.tasks_run,
                                             "blocked": int(handle.blocked)}
             if not handle.registered:

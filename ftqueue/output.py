@@ -86,8 +86,8 @@ class OutputCapture:
     def start(self, task_id: str, attempt: int, job_id: str, func: str, ttl_s: int) -> None:
         with self._lock:
             self._task, self._chunks, self._stored = (task_id, attempt, job_id, func, ttl_s), [], 0
-        sys.stdout = _Stream(self, "stdout", self._real_out)  # type: ignore[assignment]
-        sys.stderr = _Stream(self, "stderr", self._real_err)  # type: ignore[assignment]
+        sys.stdout = _Stream(self, "stdout", self._real_out)
+        sys.stderr = _Stream(self, "stderr", self._real_err)
 
     def finish(self) -> None:
         """Restore the streams and ship what is left; never raises (losing output must not

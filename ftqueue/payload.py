@@ -194,7 +194,7 @@ def unpack_error(data: bytes) -> TaskError:
     from .exceptions import TaskTimeoutError
 
     record = pickle.loads(data[1:])
-    cause: BaseException
+    cause: BaseException | None
     try:
         cause = serialization.loads(record["cause"]) if record["cause"] is not None else None
     except SerializationError:

@@ -16,7 +16,8 @@ PROTOCOL = 5
 
 def dumps(obj: Any, what: str = "value") -> bytes:
     try:
-        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+        data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+        return data
     except BaseException as e:  # pickling can raise anything, RecursionError included
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise

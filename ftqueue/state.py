@@ -46,6 +46,11 @@ def _check_filter(key: str, op: str, value: Any) -> tuple[str, str, str]:
     return key, op, value
 
 
+def _text(value: Any) -> str:
+    """A reply from redis-py (bytes here: the clients are not decoding) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _ms_to_s(value: Any) -> float | None:
     return int(value) / 1000 if value not in (None, "") else None
 
@@ -122,7 +127,7 @@ class StateReader:
             if not chunk:
                 break
             start += SCAN_CHUNK
-            for row in self.task_rows([c.decode() for c in chunk], detail=True):
+            for row in self.task_rows([_text(c) for c in chunk], detail=True):
                 if _matches(row, checked):
                     rows.append(_shape(row, detail))
         return rows[:limit]
@@ -161,11 +166,11 @@ class StateReader:
             if not chunk:
                 return
             start += SCAN_CHUNK
-            yield [c.decode() for c in chunk]
+            yield [_text(c) for c in chunk]
 
     def _records(self, index: str, key: Any) -> list[dict[str, str]]:
         """Hashes of the ids in `index`; ids whose hash has expired are dropped from it."""
-        ids = [i.decode() for i in self.store.redis.zrange(index, 0, -1)]
+        ids = [_text(i) for i in self.store.redis.zrange(index, 0, -1)]
         pipe = self.store.redis.pipeline(transaction=False)
         for i in ids:
             pipe.hgetall(key(i))
@@ -217,7 +222,7 @@ class StateReader:
         return rows
 
     def queue_depths(self) -> dict[str, int]:
-        names = sorted(n.decode() for n in self.store.redis.smembers(self.keys.queues))
+        names = sorted(_text(n) for n in self.store.redis.smembers(self.keys.queues))
         pipe = self.store.redis.pipeline(transaction=False)
         for name in names:
             pipe.llen(self.keys.queue(name))
@@ -234,7 +239,7 @@ class StateReader:
                 recent[k.decode()] = recent.get(k.decode(), 0) + int(v)
         nodes = self.list_nodes()
         workers = self.list_workers(nodes)
-        stats = {k.decode(): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
+        stats = {_text(k): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
         depths = self.queue_depths()
         served = {q for n in nodes if n["state"] == "ALIVE" for q in n["queues"].split(",")}
         return {
