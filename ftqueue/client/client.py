@@ -1,5 +1,6 @@
 """The client: a connected process (driver or worker) composed of the submit queue, the
-completion router and the lineage cache; `get`, `wait`, `put` and `cancel` live here.
+completion router, the lineage cache and the results reader; `get`, `wait`, `put` and
+`cancel` live here.
 
 Every blocking call takes a deadline that holds while Redis is down or frozen: a getter's
 Redis calls go through BoundedCalls (a helper thread, waited on until the deadline; see
@@ -19,9 +20,6 @@ from ..exceptions import (
     FtqueueConnectionError,
     FtqueueError,
     GetTimeoutError,
-    ObjectLostError,
-    ObjectReconstructionFailedError,
-    PayloadVerificationError,
 )
 from ..output import DriverEcho
 from ..settings import (
@@ -30,12 +28,13 @@ from ..settings import (
     lease_timeout_from_env,
     retention_from_env,
 )
-from ..spec import TERMINAL_STATES, ObjectRef, ResolvedOptions, new_id, new_put_id
+from ..spec import ObjectRef, ResolvedOptions, new_id, new_put_id
 from ..store import Store, connect, describe
 from .calls import BoundedCalls, DeadlinePassed, as_ftqueue_error, grace
 from .completions import SAFETY_POLL_S, CompletionRouter
 from .lineage import LineageCache
 from .records import Origin, Submission, build_submission
+from .results import Results
 from .submit_queue import SubmitQueue
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,6 @@ class Client:
         except Exception as e:  # noqa: BLE001 - whatever Redis said, one clear error
             raise FtqueueConnectionError(f"cannot start a session on Redis: {describe(e)}") \
                 from None
-        self.redis_reset = False      # this Redis lost its data while we were connected
         result_ttl_s, lineage_ttl_s = retention_from_env()
         self.origin = Origin(self.job_id, self.notify_key, result_ttl_s, lineage_ttl_s)
         self.lease_timeout_ms = int(lease_timeout_from_env() * 1000)
@@ -74,9 +72,15 @@ class Client:
         self.router = CompletionRouter(self.store, self.notify_key,
                                        on_reconnect=self.queue.request_epoch_check,
                                        on_tick=self._tick)
+        self.results = Results(self.store, self.calls, self.queue, self.router, self.lineage)
         self.queue.start()
         self.router.start()
         self._echo = DriverEcho(self.store, self.job_id) if log_to_driver else None
+
+    @property
+    def redis_reset(self) -> bool:
+        """Redis lost its data while we were connected."""
+        return self.results.redis_reset
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -109,21 +113,12 @@ class Client:
         self.router.deliver((sub.task_id, None) for sub in batch)   # final: wake getters
 
     def redis_lost_data(self) -> list[Submission]:
-        self.redis_reset = True
+        self.results.redis_reset = True
         again = self.lineage.closure(self.router.unfinished())
         log.warning("ftqueue: Redis lost its data (restarted empty or failed over); "
                     "submitting again the %d task(s) this process waits for, with their "
                     "lineage", len(again))
         return again
-
-    def _resubmit(self, task_ids: Sequence[str]) -> set[str]:
-        """Those of task_ids whose spec we hold, given to Redis again with what they depend
-        on (dependencies first); we will be notified when they end."""
-        held = [i for i in task_ids if i in self.lineage]
-        if held:
-            self.queue.resubmit(self.lineage.closure(held))
-            self.router.expect(held)
-        return set(held)
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -139,7 +134,7 @@ class Client:
                 ready = self._await(ids, len(set(ids)), deadline)
                 if len(ready) < len(set(ids)):
                     raise GetTimeoutError(message)
-                values = self._fetch(ids, deadline)
+                values = self.results.fetch(ids, deadline)
                 if values is not None:
                     return values[0] if single else values
         except DeadlinePassed:
@@ -158,9 +153,9 @@ class Client:
         while True:
             ready = self._await([r._id for r in ref_list], num_returns, deadline)
             try:
-                lost = self._lost([i for i in ready if not self.router.inline([i])], deadline)
+                lost = self.results.lost([i for i in ready if not self.router.inline([i])], deadline)
                 for object_id in lost:
-                    self._rebuild(object_id, deadline)
+                    self.results.rebuild(object_id, deadline)
             except DeadlinePassed:
                 break
             if not lost:
@@ -187,7 +182,7 @@ class Client:
         except (DeadlinePassed, FtqueueConnectionError) as e:
             log.debug("ftqueue: could not check %d task(s): %s", len(ids), e)
             return set()
-        again = self._resubmit([i for i, s in zip(ids, statuses) if s == "missing"])
+        again = self.results.resubmit([i for i, s in zip(ids, statuses) if s == "missing"])
         return {i for i, s in zip(ids, statuses) if s != "pending" and i not in again}
 
     def _tick(self) -> None:
@@ -204,96 +199,6 @@ class Client:
                                  * 1000)
             except Exception as e:  # noqa: BLE001 - best effort; nodes sweep too
                 log.debug("ftqueue: sweep from the driver failed: %s", describe(e))
-
-    # -- results ---------------------------------------------------------------------------
-
-    def _fetch(self, ids: Sequence[str], deadline: float | None) -> list[Any] | None:
-        """The values (raising the first error), or None when a lost result is being
-        rebuilt: wait again then."""
-        todo = [i for i in dict.fromkeys(ids) if self.queue.error(i) is None]
-        found: dict[str, tuple[dict[str, str], bytes | None]] = {
-            i: ({"state": "FINISHED"}, blob) for i, blob in self.router.inline(todo).items()}
-        missing = [i for i in todo if i not in found]
-        if missing:
-            found.update(zip(missing, self.calls.run(
-                lambda: self.store.outcomes(missing), deadline, doing="reading results")))
-        self.router.forget(todo)
-        values, again = [], False
-        for object_id in ids:
-            error = self.queue.error(object_id)
-            if error is not None:
-                raise error
-            record, blob = found[object_id]
-            if self._needs_another_wait(object_id, record, blob, deadline):
-                again = True
-                continue
-            ok, value = payload.outcome_to_result(object_id, record, blob)
-            if not ok:
-                raise self._explain(object_id, record, value, deadline)
-            values.append(value)
-        return None if again else values
-
-    def _needs_another_wait(self, object_id: str, record: dict[str, str], blob: bytes | None,
-                            deadline: float | None) -> bool:
-        if record and record["state"] not in TERMINAL_STATES:
-            return True      # another getter started rebuilding it: wait again
-        if not record and blob is None and self._resubmit([object_id]):
-            return True      # Redis lost it, we hold its lineage: it runs again
-        if blob is None and record.get("state") == "FINISHED":
-            self._rebuild(object_id, deadline)
-            return True
-        return False
-
-    def _explain(self, object_id: str, record: dict[str, str], error: Exception,
-                 deadline: float | None) -> Exception:
-        if isinstance(error, PayloadVerificationError):
-            try:
-                self.calls.run(lambda: self.store.incr_stat("payload_rejected"),
-                               grace(deadline), retry=False)
-            except Exception as e:  # noqa: BLE001 - a counter is not worth more
-                log.debug("ftqueue: could not count a rejected payload: %s", e)
-        if not record and self.redis_reset and isinstance(error, ObjectLostError):
-            return ObjectLostError(f"Object {object_id} is lost: Redis lost its data "
-                                   "(restarted without persistence, or failed over)")
-        return error
-
-    def _lost(self, ids: Sequence[str], deadline: float | None) -> list[str]:
-        """Those of ids whose task FINISHED but whose result is gone."""
-        if not ids:
-            return []
-        pairs = self.calls.run(lambda: self.store.outcomes(list(ids)), grace(deadline),
-                               doing="reading results")
-        return [i for i, (record, blob) in zip(ids, pairs)
-                if blob is None and record.get("state") == "FINISHED"]
-
-    def _rebuild(self, object_id: str, deadline: float | None) -> None:
-        """Its task FINISHED but the result is gone (expired, evicted, deleted): re-run it,
-        first giving Redis the lineage we hold if it lost some."""
-        def reconstruct() -> str:
-            return self.calls.run(lambda: self.store.reconstruct(object_id), deadline,
-                                  doing="rebuilding a lost result")
-
-        status = reconstruct()
-        if status == "no_lineage":
-            lineage = [s for s in self.lineage.closure([object_id]) if s.task_id != object_id]
-            if lineage:
-                self.queue.resubmit(lineage)
-                if not self.queue.flush(deadline):
-                    raise DeadlinePassed("resubmitting lineage")
-                status = reconstruct()
-        if status == "exhausted":
-            reason = "MAX_ATTEMPTS_EXCEEDED: the task's retries are spent"
-        elif status == "no_lineage":
-            lost = ("Redis lost its data (restarted empty or failed over)" if self.redis_reset
-                    else "they expired after FTQUEUE_LINEAGE_TTL_S, or Redis lost its data")
-            reason = ("LINEAGE_EVICTED: the record or arguments of its task, or of a task it "
-                      f"depends on, are gone from Redis ({lost}) and this process does not "
-                      "hold them")
-        else:
-            return
-        raise ObjectReconstructionFailedError(
-            f"Failed to retrieve object {object_id}: its result was lost and could not be "
-            f"rebuilt [{reason}]")
 
     # -- the rest --------------------------------------------------------------------------
 
