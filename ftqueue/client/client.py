@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 2.0
 CLOSE_STALL_S = 3.0     # shutdown gives up sending after this long without progress
-JOIN_S = 1.0
+JOIN_S = 0.5
 
 
 class Client:

@@ -73,7 +73,7 @@ class CompletionRouter:
         try:
             items = self.store.pop_notifications(self.notify_key, timeout_s=timeout_s)
         except Exception as e:  # noqa: BLE001 - keep listening across Redis outages
-            if not self._broken:
+            if not self._broken and not self._stop.is_set():
                 log.info("ftqueue: lost Redis while listening for completions: %s",
                          describe(e))
             self._broken = True

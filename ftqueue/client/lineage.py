@@ -33,11 +33,6 @@ class LineageCache:
         with self._lock:
             return digest in self._functions
 
-    def functions(self) -> list[tuple[str, bytes]]:
-        """A snapshot, safe to iterate while others add."""
-        with self._lock:
-            return list(self._functions.items())
-
     def add(self, submissions: Iterable[Submission]) -> None:
         with self._lock:
             for sub in submissions:

@@ -3,8 +3,8 @@
 `.remote()` appends to the buffer and, when it is alone (nothing queued or in flight and no
 other call within BURST_GAP_S), waits until the sender has sent it, so a lone call is in
 Redis when it returns; a burst accumulates while a batch is in flight and costs a few round
-trips. While Redis is unreachable, submissions wait here and a lone `.remote()` returns after
-the first failed attempt.
+trips. While Redis is unreachable, submissions wait here: a lone `.remote()` returns after
+the first failed attempt, or after LONE_WAIT_S if Redis is frozen (its task stays queued).
 
 Only the sender thread talks to Redis and only it changes what is in flight. A caller's
 thread (the one a Ctrl-C or a worker's cancel/timeout interrupt lands in) just appends and
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SUBMIT_BATCH_MAX = 500
 BURST_GAP_S = 0.002     # a .remote() this soon after the previous one is part of a burst
 POLL_S = 1.0            # waiters re-check that the sender thread is alive this often
+LONE_WAIT_S = 2.0       # a lone .remote() waits at most this long for its send
 ERRORS_KEPT = 100_000
 
 
@@ -99,10 +100,14 @@ class SubmitQueue:
             self._wait_sent(seq, failures)
 
     def _wait_sent(self, seq: int, failures: int) -> None:
+        deadline = time.monotonic() + LONE_WAIT_S
         with self._cond:
             while (self._sent_seq < seq and self._failures == failures and not self._stopping
                    and self._alive()):
-                self._cond.wait(POLL_S)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
 
     def resubmit(self, subs: Sequence[Submission]) -> None:
         """Give Redis these again (idempotent per task id), before any new submission."""
@@ -153,9 +158,9 @@ class SubmitQueue:
             self._cond.notify_all()
         if unsent:
             log.warning("ftqueue: %d submission(s) not sent: Redis did not take them within "
-                        "%.0f s", unsent, stall_s)
+                        "%g s", unsent, stall_s)
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=POLL_S)
+            self._thread.join(timeout=0.2)   # more only if stuck on Redis: it is a daemon
 
     def _progress(self) -> tuple[int, int]:
         with self._cond:
