@@ -17,8 +17,6 @@ from ftqueue.exceptions import FtqueueError
 from ftqueue.store import Store
 
 
-
-
 class Recorder:
     def __init__(self) -> None:
         self.sent_ids: list[str] = []
