@@ -4,8 +4,9 @@ A call to a frozen Redis blocks until the connection's 10 s socket timeout, so a
 a deadline never makes one in its own thread: the call runs on a helper thread and the caller
 stops waiting for it at the deadline (the helper finishes or times out on its own, and its
 answer is dropped). The helpers are daemon threads, not a ThreadPoolExecutor, whose threads
-are joined at interpreter exit and would hold exit up behind a frozen Redis. Without a
-deadline the call runs in the caller's thread.
+are joined at interpreter exit and would hold exit up behind a frozen Redis; the answer comes
+back through a C-level lock, not a Future, whose Python-level Condition an interrupt in the
+caller could leave held. Without a deadline the call runs in the caller's thread.
 
 Errors leave here as ftqueue errors: transient ones (see store.errors) are retried with
 backoff until the deadline, or raised as FtqueueConnectionError with `retry=False`; any other
@@ -14,12 +15,12 @@ Redis error becomes an FtqueueError naming it.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
-from typing import Callable, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from ..exceptions import FtqueueConnectionError, FtqueueError
 from ..store import backoff, describe, is_full, is_transient
@@ -91,49 +92,61 @@ class BoundedCalls:
         left = deadline - time.monotonic()
         if left <= 0:
             raise DeadlinePassed("no time left")
-        future = self._helpers.submit(step)
+        call = _Call(step)
+        self._helpers.submit(call)
+        if not call.done.acquire(True, left):
+            raise DeadlinePassed("Redis did not answer in time")
+        if call.error is not None:
+            raise call.error
+        return call.value  # type: ignore[return-value]
+
+
+class _Call(Generic[T]):
+    """One step, and its answer once `done` is released (by the helper that ran it)."""
+
+    def __init__(self, step: Callable[[], T]) -> None:
+        self.step = step
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
         try:
-            return future.result(timeout=left)
-        except TimeoutError:
-            if future.done():   # the step itself raised a TimeoutError
-                raise
-            raise DeadlinePassed("Redis did not answer in time") from None
+            self.value = self.step()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            self.error = e
+        self.done.release()
 
 
 class _Helpers:
-    """Daemon threads that run steps; one is started whenever none is idle, and an idle one
+    """Daemon threads that run calls; one is started whenever none is idle, and an idle one
     exits after HELPER_IDLE_EXIT_S."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Future[object]]] = \
-            queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Call[object]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0   # helpers free to take a job that nobody has claimed yet
 
-    def submit(self, step: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
+    def submit(self, call: _Call[T]) -> None:
         with self._lock:
             spawn = self._idle == 0
             if not spawn:
                 self._idle -= 1   # claimed: an idle helper will take this job
-        self._jobs.put((step, future))  # type: ignore[arg-type]
+        self._jobs.put(call)  # type: ignore[arg-type]
         if spawn:
             threading.Thread(target=self._serve, name="ftqueue-redis-call", daemon=True).start()
-        return future
 
     def _serve(self) -> None:
         while True:
             try:
-                step, future = self._jobs.get(timeout=HELPER_IDLE_EXIT_S)
+                call = self._jobs.get(timeout=HELPER_IDLE_EXIT_S)
             except queue.Empty:
                 with self._lock:
                     if self._idle > 0:   # nobody claimed this helper's slot: leave
                         self._idle -= 1
                         return
                 continue                 # claimed just now: its job is on the way
-            try:
-                future.set_result(step())
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                future.set_exception(e)
+            call.run()
             with self._lock:
                 self._idle += 1

@@ -5,7 +5,9 @@ Tasks this process submitted name its notification list; Redis adds the list of 
 its notice) and hands each id to the getters waiting for it. A getter that sees nothing for
 SAFETY_POLL_S asks its `check` (Redis, bounded by its deadline) in case a notice was lost.
 While anyone waits, the listener also calls `on_tick` (the client's periodic duties), and
-after an outage it calls `on_reconnect`.
+after an outage it calls `on_reconnect`. Getters wait on a `Broadcast` (wakeup.py), not a
+threading.Condition: a Ctrl-C in a getter cannot leave the lock it shares with the listener
+held.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Callable
 
 from ..store import Store, backoff, describe
+from .wakeup import Broadcast
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class CompletionRouter:
         self.notify_key = notify_key
         self._on_reconnect = on_reconnect
         self._on_tick = on_tick
-        self._cond = threading.Condition()
+        self._bc = Broadcast()
         # Finished ids we were told of, with the result when it came inline.
         self._done: OrderedDict[str, bytes | None] = OrderedDict()
         self._done_bytes = 0
@@ -89,7 +92,7 @@ class CompletionRouter:
 
     def deliver(self, items: Iterable[tuple[str, bytes | None]]) -> None:
         """These tasks are final (with their inline result, if any)."""
-        with self._cond:
+        with self._bc.lock:
             for task_id, blob in items:
                 old = self._done.pop(task_id, None)
                 self._done_bytes += (len(blob) if blob else 0) - (len(old) if old else 0)
@@ -103,13 +106,13 @@ class CompletionRouter:
                 task_id, blob = self._done.popitem(last=False)
                 self._done_bytes -= len(blob) if blob else 0
                 self._mine.pop(task_id, None)
-            self._cond.notify_all()
+            self._bc.notify_all()
 
     # -- the registry ----------------------------------------------------------------------
 
     def expect(self, task_ids: Iterable[str]) -> None:
         """We will be notified when these end (we submitted them)."""
-        with self._cond:
+        with self._bc.lock:
             for task_id in task_ids:
                 self._mine[task_id] = None
             while len(self._mine) > DONE_MEMORY:
@@ -117,23 +120,23 @@ class CompletionRouter:
 
     def unfinished(self) -> list[str]:
         """Our tasks that we were not told have ended."""
-        with self._cond:
+        with self._bc.lock:
             return [i for i in self._mine if i not in self._done]
 
     def inline(self, task_ids: Iterable[str]) -> dict[str, bytes]:
         """The inline results we hold for these ids."""
-        with self._cond:
+        with self._bc.lock:
             return {i: b for i in task_ids if (b := self._done.get(i)) is not None}
 
     def forget(self, task_ids: Iterable[str]) -> None:
-        with self._cond:
+        with self._bc.lock:
             for task_id in task_ids:
                 blob = self._done.pop(task_id, None)
                 self._done_bytes -= len(blob) if blob else 0
                 self._mine.pop(task_id, None)
 
     def has_waiters(self) -> bool:
-        with self._cond:
+        with self._bc.lock:
             return bool(self._waiting)
 
     def wait(self, task_ids: Sequence[str], num_ready: int, deadline: float | None,
@@ -141,33 +144,33 @@ class CompletionRouter:
         """Block until at least num_ready of task_ids are final or the deadline passes;
         return those that are. `check(ids)` asks Redis (registering us as a waiter)."""
         unique = set(task_ids)
-        with self._cond:
+        with self._bc.lock:
             ready = {i for i in unique if i in self._done}
             unknown = [i for i in task_ids if i not in ready and i not in self._mine]
         if len(ready) < num_ready and unknown:
             ready |= check(list(dict.fromkeys(unknown)))
         # Registered, the listener moves arriving ids from `pending` into `ready` under the
         # lock: a wake-up costs what arrived, not a scan of every id waited for.
-        with self._cond:
+        with self._bc.lock:
             ready |= {i for i in unique if i in self._done}
             waiting = (unique - ready, ready)
             self._waiting.append(waiting)
         blocked = False
         try:
             while True:
-                with self._cond:
+                with self._bc.lock:
                     if len(ready) >= num_ready:
                         return set(ready)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    with self._cond:
+                    with self._bc.lock:
                         return set(ready)
                 if not blocked and on_block is not None:
                     on_block(True)
                     blocked = True
                 self._wait_a_while(waiting, num_ready, left, check)
         finally:
-            with self._cond:
+            with self._bc.lock:
                 self._waiting.remove(waiting)
             if blocked and on_block is not None:
                 on_block(False)
@@ -176,12 +179,12 @@ class CompletionRouter:
                       left: float | None, check: Check) -> None:
         """Wait for notices up to SAFETY_POLL_S; if none came, ask Redis."""
         pending, ready = waiting
-        with self._cond:
-            wait_s = SAFETY_POLL_S if left is None else min(left, SAFETY_POLL_S)
-            if self._cond.wait_for(lambda: len(ready) >= num_ready, wait_s):
-                return
+        wait_s = SAFETY_POLL_S if left is None else min(left, SAFETY_POLL_S)
+        if self._bc.wait_for(lambda: len(ready) >= num_ready, time.monotonic() + wait_s):
+            return
+        with self._bc.lock:
             todo = list(pending)
         found = check(todo) if todo else set()
-        with self._cond:
+        with self._bc.lock:
             pending -= found
             ready |= found

@@ -8,8 +8,9 @@ the first failed attempt, or after LONE_WAIT_S if Redis is frozen (its task stay
 
 Only the sender thread talks to Redis and only it changes what is in flight. A caller's
 thread (the one a Ctrl-C or a worker's cancel/timeout interrupt lands in) just appends and
-waits, so an interrupt cannot leave a half-sent batch or a flag set behind: a task that was
-queued is sent, whether or not the interrupted `.remote()` returned its ref.
+waits, on a `Broadcast` (wakeup.py) rather than a threading.Condition, so an interrupt cannot
+leave a half-sent batch, a flag or a lock behind: a task that was queued is sent, whether or
+not the interrupted `.remote()` returned its ref.
 
 The sender also stores each function before the first task that runs it, checks Redis's
 data generation (epoch) after an outage or when asked, and when Redis lost its data sends
@@ -30,6 +31,7 @@ from ..exceptions import FtqueueError
 from ..store import Store, backoff, describe, is_transient
 from .calls import as_ftqueue_error
 from .records import Submission
+from .wakeup import Broadcast
 
 if TYPE_CHECKING:
     from .lineage import LineageCache
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 
 SUBMIT_BATCH_MAX = 500
 BURST_GAP_S = 0.002     # a .remote() this soon after the previous one is part of a burst
-POLL_S = 1.0            # waiters re-check that the sender thread is alive this often
 LONE_WAIT_S = 2.0       # a lone .remote() waits at most this long for its send
 ERRORS_KEPT = 100_000
 
@@ -62,7 +63,7 @@ class SubmitQueue:
         self._lineage = lineage
         self._events = events
         self._epoch = epoch
-        self._cond = threading.Condition()
+        self._bc = Broadcast()
         self._buffer: deque[tuple[int, Submission]] = deque()   # (seq, submission)
         self._seq = 0               # last seq handed out
         self._sent_seq = 0          # seq of the last submission taken off the buffer
@@ -86,10 +87,10 @@ class SubmitQueue:
 
     def submit(self, sub: Submission) -> None:
         now = time.monotonic()
-        with self._cond:
+        with self._bc.lock:
             # Notify first: it takes effect when the lock is released, and an interrupt
             # between the two lines leaves a wake-up with nothing to do, never the reverse.
-            self._cond.notify_all()
+            self._bc.notify_all()
             alone = (now - self._last_submit > BURST_GAP_S and not self._buffer
                      and not self._sending)
             self._seq += 1
@@ -100,50 +101,45 @@ class SubmitQueue:
             self._wait_sent(seq, failures)
 
     def _wait_sent(self, seq: int, failures: int) -> None:
-        deadline = time.monotonic() + LONE_WAIT_S
-        with self._cond:
-            while (self._sent_seq < seq and self._failures == failures and not self._stopping
-                   and self._alive()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._cond.wait(left)
+        self._bc.wait_for(lambda: (self._sent_seq >= seq or self._failures != failures
+                                   or self._stopping or not self._alive()),
+                          time.monotonic() + LONE_WAIT_S)
 
     def resubmit(self, subs: Sequence[Submission]) -> None:
         """Give Redis these again (idempotent per task id), before any new submission."""
         if subs:
-            with self._cond:
-                self._cond.notify_all()
+            with self._bc.lock:
+                self._bc.notify_all()
                 self._resubmits.extend(subs)
                 self._resubmits_queued += len(subs)
 
     def flush(self, deadline: float | None) -> bool:
         """Wait until everything queued so far was sent (or refused); False if the
         deadline (time.monotonic()) came first or the queue is closed."""
-        with self._cond:
+        with self._bc.lock:
             target = self._buffer[-1][0] if self._buffer else self._sent_seq
             resubmits = self._resubmits_queued
-            self._cond.notify_all()
-            while self._sent_seq < target or self._resubmits_done < resubmits:
-                left = POLL_S if deadline is None else deadline - time.monotonic()
-                if left <= 0 or self._stopping or not self._alive():
-                    return False
-                self._cond.wait(min(left, POLL_S))
-        return True
+
+        def done() -> bool:
+            return self._sent_seq >= target and self._resubmits_done >= resubmits
+
+        self._bc.wait_for(lambda: done() or self._stopping or not self._alive(), deadline)
+        with self._bc.lock:
+            return done()
 
     def has_unsent(self) -> bool:
-        with self._cond:
+        with self._bc.lock:
             return bool(self._buffer) or self._resubmits_done < self._resubmits_queued
 
     def error(self, task_id: str) -> FtqueueError | None:
         """Why this task's submission was refused, if it was."""
-        with self._cond:
+        with self._bc.lock:
             return self._errors.get(task_id)
 
     def request_epoch_check(self) -> None:
-        with self._cond:
+        with self._bc.lock:
             self._recheck = True
-            self._cond.notify_all()
+            self._bc.notify_all()
 
     def close(self, stall_s: float) -> None:
         """Send what is queued while that makes progress, giving up after stall_s without
@@ -152,18 +148,18 @@ class SubmitQueue:
             before = self._progress()
             if self.flush(time.monotonic() + stall_s) or self._progress() == before:
                 break
-        with self._cond:
+        with self._bc.lock:
             unsent = len(self._buffer)
             self._stopping = True
-            self._cond.notify_all()
+            self._bc.notify_all()
         if unsent:
             log.warning("ftqueue: %d submission(s) not sent: Redis did not take them within "
                         "%g s", unsent, stall_s)
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=0.2)   # more only if stuck on Redis: it is a daemon
+            self._thread.join(timeout=0.2)   # longer only if stuck on Redis: it is a daemon
 
     def _progress(self) -> tuple[int, int]:
-        with self._cond:
+        with self._bc.lock:
             return self._sent_seq, self._resubmits_done
 
     def _alive(self) -> bool:
@@ -174,12 +170,10 @@ class SubmitQueue:
     def _run(self) -> None:
         failures = 0
         while True:
-            with self._cond:
-                while not self._stopping and not (self._buffer or self._resubmits
-                                                  or self._recheck):
-                    self._cond.wait()
-                if self._stopping:
-                    return
+            self._bc.wait_for(lambda: self._stopping or bool(self._buffer or self._resubmits
+                                                              or self._recheck), None)
+            if self._stopping:
+                return
             try:
                 ok = self.step()
             except Exception:
@@ -187,13 +181,13 @@ class SubmitQueue:
                 ok = False
             failures = 0 if ok else failures + 1
             if not ok:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._stopping, backoff(failures - 1))
+                self._bc.wait_for(lambda: self._stopping,
+                                  time.monotonic() + backoff(failures - 1))
 
     def step(self) -> bool:
         """Send what is due: the epoch check, resubmissions, then the oldest batch. False
         after a transient failure (what failed stays queued, to be tried again)."""
-        with self._cond:
+        with self._bc.lock:
             recheck, self._recheck = self._recheck, False
             resubmits, self._resubmits = self._resubmits, []
             batch = [sub for _, sub in itertools.islice(self._buffer, SUBMIT_BATCH_MAX)]
@@ -202,7 +196,7 @@ class SubmitQueue:
         try:
             extra = self._check_epoch() if recheck else []
             if extra:
-                with self._cond:
+                with self._bc.lock:
                     self._resubmits_queued += len(extra)
                 resubmits = extra + resubmits
             if extra is not None:
@@ -210,7 +204,7 @@ class SubmitQueue:
                 batch_ok = resubmits_ok and self._deliver(batch)
             ok = batch_ok
         finally:
-            with self._cond:
+            with self._bc.lock:
                 if resubmits_ok:
                     self._resubmits_done += len(resubmits)
                 else:
@@ -222,7 +216,7 @@ class SubmitQueue:
                     self._failures += 1
                     self._recheck = True    # Redis may have restarted empty meanwhile
                 self._sending = False
-                self._cond.notify_all()
+                self._bc.notify_all()
         return ok
 
     def _check_epoch(self) -> list[Submission] | None:
@@ -271,7 +265,7 @@ class SubmitQueue:
         if not isinstance(error, FtqueueError):
             error = FtqueueError(f"submitting failed: {type(error).__name__}: {error}")
         log.warning("ftqueue: %d submission(s) refused: %s", len(batch), error)
-        with self._cond:
+        with self._bc.lock:
             for sub in batch:
                 self._errors[sub.task_id] = error
             while len(self._errors) > ERRORS_KEPT:
