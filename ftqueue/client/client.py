@@ -11,6 +11,7 @@ past a deadline; shutdown abandons them (they are daemons) after a few seconds.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -221,13 +222,18 @@ class Client:
     def close(self) -> None:
         """Send what is queued (giving up after CLOSE_STALL_S without progress), stop the
         threads; never blocks much longer than that, whatever Redis does."""
+        echo = None   # the output echo stops meanwhile (its own join can take seconds)
+        if self._echo is not None:
+            echo = threading.Thread(target=self._echo.close, name="ftqueue-echo-close",
+                                    daemon=True)
+            echo.start()
         try:
             self.queue.close(CLOSE_STALL_S)
         finally:
             self._closing = True
             self.router.stop(JOIN_S)
-            if self._echo is not None:
-                self._echo.close()
+            if echo is not None:
+                echo.join(JOIN_S)
             try:
                 self.store.redis.close()
             except Exception as e:  # noqa: BLE001 - closing must not raise

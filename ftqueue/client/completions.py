@@ -4,10 +4,10 @@ Tasks this process submitted name its notification list; Redis adds the list of 
 `watch`es a task. A listener thread pops the list in batches (a small result rides along in
 its notice) and hands each id to the getters waiting for it. A getter that sees nothing for
 SAFETY_POLL_S asks its `check` (Redis, bounded by its deadline) in case a notice was lost.
-While anyone waits, the listener also calls `on_tick` (the client's periodic duties), and
-after an outage it calls `on_reconnect`. Getters wait on a `Broadcast` (wakeup.py), not a
-threading.Condition: a Ctrl-C in a getter cannot leave the lock it shares with the listener
-held.
+When a getter has waited LISTEN_WAIT_S with nothing arriving, the listener calls `on_tick`
+(the client's periodic duties), and after an outage it calls `on_reconnect`. Getters wait on
+a `Broadcast` (wakeup.py), not a threading.Condition: a Ctrl-C in a getter cannot leave the
+lock it shares with the listener held.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class CompletionRouter:
             log.info("ftqueue: Redis is back")
             self._on_reconnect()
         self.deliver(items)
-        if self.has_waiters():
+        if not items and self.has_waiters():   # someone has waited a while for nothing
             self._on_tick()
         return True
 

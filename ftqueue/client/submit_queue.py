@@ -106,12 +106,14 @@ class SubmitQueue:
                           time.monotonic() + LONE_WAIT_S)
 
     def resubmit(self, subs: Sequence[Submission]) -> None:
-        """Give Redis these again (idempotent per task id), before any new submission."""
+        """Give Redis these again (idempotent per task id), before any new submission, and
+        after checking its epoch: tasks it forgot suggest it lost its data (functions too)."""
         if subs:
             with self._bc.lock:
                 self._bc.notify_all()
                 self._resubmits.extend(subs)
                 self._resubmits_queued += len(subs)
+                self._recheck = True
 
     def flush(self, deadline: float | None) -> bool:
         """Wait until everything queued so far was sent (or refused); False if the

@@ -116,6 +116,8 @@ def test_periodic_duties_run_only_while_someone_waits(router, store, calls):
     router.expect(["b"])
     thread, out = in_thread(lambda: router.wait(["b"], 1, time.monotonic() + 30, calls.check))
     wait_until(router.has_waiters, 10, "the getter to register")
+    assert router.listen_step(0.05)          # a wait with nothing arriving
+    assert calls.ticks == 1
     store.redis.rpush(KEY, b"b")
     assert router.listen_step(0.05)
     thread.join(10)
