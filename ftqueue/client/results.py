@@ -116,11 +116,11 @@ class Results:
         if status == "exhausted":
             reason = "MAX_ATTEMPTS_EXCEEDED: the task's retries are spent"
         elif status == "no_lineage":
-            lost = ("Redis lost its data (restarted empty or failed over)" if self.redis_reset
-                    else "they expired after FTQUEUE_LINEAGE_TTL_S, or Redis lost its data")
-            reason = ("LINEAGE_EVICTED: the record or arguments of its task, or of a task it "
-                      f"depends on, are gone from Redis ({lost}) and this process does not "
-                      "hold them")
+            why = ("Redis lost its data (restarted empty or failed over)" if self.redis_reset
+                   else "expired after FTQUEUE_LINEAGE_TTL_S, or Redis lost its data")
+            reason = ("LINEAGE_EVICTED: the arguments of its task, or the record of a task it "
+                      f"depends on, are gone from Redis ({why}) and this process holds no "
+                      "copy that could replace them")
         else:
             return
         raise ObjectReconstructionFailedError(
