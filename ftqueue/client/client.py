@@ -74,9 +74,13 @@ class Client:
                                        on_reconnect=self.queue.request_epoch_check,
                                        on_tick=self._tick)
         self.results = Results(self.store, self.calls, self.queue, self.router, self.lineage)
+        try:
+            self._echo = DriverEcho(self.store, self.job_id) if log_to_driver else None
+        except Exception as e:  # noqa: BLE001 - whatever Redis said, one clear error
+            raise FtqueueConnectionError(f"cannot subscribe to task output: {describe(e)}") \
+                from None
         self.queue.start()
         self.router.start()
-        self._echo = DriverEcho(self.store, self.job_id) if log_to_driver else None
 
     @property
     def redis_reset(self) -> bool:
@@ -129,6 +133,8 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         message = f"Get timed out: some object(s) not ready after {timeout} s."
         if not self.queue.flush(grace(deadline)):
+            if deadline is None:
+                raise FtqueueError("this client is closed: its submissions were not sent")
             raise GetTimeoutError(message + " (submissions are still waiting for Redis)")
         try:
             while True:
