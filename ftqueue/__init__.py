@@ -1,6 +1,6 @@
 """ftqueue: Ray's task fault tolerance on a plain Redis queue."""
 
-from . import exceptions
+from . import exceptions, state
 from .api import (
     ClusterInfo,
     cancel,
@@ -20,10 +20,10 @@ from .spec import ObjectRef
 __version__ = "0.1.0"
 
 __all__ = [
-    "cancel",
     "ClusterInfo",
     "ObjectRef",
     "RemoteFunction",
+    "cancel",
     "exceptions",
     "flush_submissions",
     "get",
@@ -34,5 +34,6 @@ __all__ = [
     "remote",
     "remote_function",
     "shutdown",
+    "state",
     "wait",
 ]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import remote_function as _remote_function
 from . import spec
 from .client import Client
 from .context import RuntimeContext, current_task
@@ -192,11 +194,19 @@ def get_runtime_context() -> RuntimeContext:
     return RuntimeContext(client.job_id if client else None, current_task())
 
 
-def flush_submissions() -> None:
-    """Make sure every `.remote()` so far has reached Redis (get/wait do this themselves)."""
+def flush_submissions(timeout: float | None = None) -> bool:
+    """Make sure every `.remote()` so far has reached Redis (get/wait do this themselves);
+    False if `timeout` (seconds) ran out first."""
     client = _client
-    if client is not None and client.has_unflushed():
-        client.flush()
+    if client is None or not client.has_unflushed():
+        return True
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    return client.flush(deadline)
 
 
-spec._before_hex = flush_submissions
+def _flush_before_hex() -> None:
+    flush_submissions()
+
+
+spec._before_hex = _flush_before_hex
+_remote_function.bind_runtime(_ensure_client)

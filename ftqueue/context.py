@@ -1,7 +1,14 @@
-"""What a running task can learn about itself (`ftqueue.get_runtime_context()`)."""
+"""What a running task can learn about itself (`ftqueue.get_runtime_context()`).
+
+The current task is a `contextvars.ContextVar`, so each asyncio task or copied context sees
+its own. A thread that a task starts begins with an empty context (before Python 3.14): it
+sees the task its process is running, so that a task's helper threads submit nested tasks
+as its children, as they did when this was a module global.
+"""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 
@@ -15,16 +22,20 @@ class TaskContext:
     func_name: str
 
 
-_current: TaskContext | None = None
+_current: ContextVar[TaskContext | None] = ContextVar("ftqueue_current_task")
+_process_task: TaskContext | None = None   # for contexts that never set one (new threads)
 
 
 def current_task() -> TaskContext | None:
-    return _current
+    """The task running in this context, or None in a driver."""
+    return _current.get(_process_task)
 
 
 def set_current_task(ctx: TaskContext | None) -> None:
-    global _current
-    _current = ctx
+    """Called by the worker around each task (None when it ends)."""
+    global _process_task
+    _current.set(ctx)
+    _process_task = ctx
 
 
 class RuntimeContext:

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Sequence
+from typing import Any, Callable, Protocol
 
 from . import payload
 from .spec import ObjectRef, ResolvedOptions, validate_options
 
 IMPORT_PREFIX = "import:"
+
+
+class Runtime(Protocol):
+    """What a remote function needs from the connected client (`api` binds it)."""
+
+    client_id: str
+
+    def export_function(self, blob: bytes, digest: str) -> str: ...
+
+    def submit(self, fn_ref: str, func_name: str, options: ResolvedOptions,
+               args: Sequence[Any], kwargs: dict[str, Any]) -> ObjectRef: ...
+
+
+_runtime: Callable[[], Runtime] | None = None
+
+
+def bind_runtime(provider: Callable[[], Runtime] | None) -> None:
+    """Set the function that returns this process's client (connecting it on first use).
+    Injected by `api`, so this module needs nothing above it."""
+    global _runtime
+    _runtime = provider
 
 
 class RemoteFunction:
@@ -40,7 +62,7 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
         return self._submit(self._options, args, kwargs)
 
-    def _fn_ref(self, client: Any) -> str:
+    def _fn_ref(self, client: Runtime) -> str:
         if self._import_path is not None:
             return IMPORT_PREFIX + self._import_path
         if self._exported is None or self._exported[0] != client.client_id:
@@ -50,9 +72,10 @@ class RemoteFunction:
 
     def _submit(self, options: dict[str, Any], args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> ObjectRef:
-        from .api import _ensure_client
-
-        client = _ensure_client()
+        if _runtime is None:
+            raise RuntimeError("ftqueue is not set up: import ftqueue (its api binds the "
+                               "runtime)")
+        client = _runtime()
         return client.submit(self._fn_ref(client), self._name, ResolvedOptions.resolve(options),
                              args, kwargs)
 

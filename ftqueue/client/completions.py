@@ -1,0 +1,190 @@
+"""The completion router: completion notices in, waiting getters woken.
+
+Tasks this process submitted name its notification list; Redis adds the list of anyone who
+`watch`es a task. A listener thread pops the list in batches (a small result rides along in
+its notice) and hands each id to the getters waiting for it. A getter that sees nothing for
+SAFETY_POLL_S asks its `check` (Redis, bounded by its deadline) in case a notice was lost.
+When a getter has waited LISTEN_WAIT_S with nothing arriving, the listener calls `on_tick`
+(the client's periodic duties), and after an outage it calls `on_reconnect`. Getters wait on
+a `Broadcast` (wakeup.py), not a threading.Condition: a Ctrl-C in a getter cannot leave the
+lock it shares with the listener held.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Callable
+
+from ..store import Store, backoff, describe
+from .wakeup import Broadcast
+
+log = logging.getLogger(__name__)
+
+SAFETY_POLL_S = 1.0
+LISTEN_WAIT_S = 1.0
+DONE_MEMORY = 100_000
+DONE_MEMORY_BYTES = 64 * 1024 * 1024
+
+Check = Callable[[list[str]], set[str]]
+
+
+class CompletionRouter:
+    def __init__(self, store: Store, notify_key: str, *,
+                 on_reconnect: Callable[[], None] = lambda: None,
+                 on_tick: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.notify_key = notify_key
+        self._on_reconnect = on_reconnect
+        self._on_tick = on_tick
+        self._bc = Broadcast()
+        # Finished ids we were told of, with the result when it came inline.
+        self._done: OrderedDict[str, bytes | None] = OrderedDict()
+        self._done_bytes = 0
+        self._mine: OrderedDict[str, None] = OrderedDict()   # we will be notified of these
+        self._waiting: list[tuple[set[str], set[str]]] = []   # (pending, ready) per getter
+        self._broken = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ftqueue-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self, join_s: float) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=join_s)
+
+    # -- the listener ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            if self.listen_step(LISTEN_WAIT_S):
+                failures = 0
+            else:
+                self._stop.wait(backoff(failures))
+                failures += 1
+
+    def listen_step(self, timeout_s: float) -> bool:
+        """Pop what arrived (waiting up to timeout_s for the first notice) and deliver it;
+        False if Redis was unavailable."""
+        try:
+            items = self.store.pop_notifications(self.notify_key, timeout_s=timeout_s)
+        except Exception as e:  # noqa: BLE001 - keep listening across Redis outages
+            if not self._broken and not self._stop.is_set():
+                log.info("ftqueue: lost Redis while listening for completions: %s",
+                         describe(e))
+            self._broken = True
+            return False
+        if self._broken:
+            self._broken = False
+            log.info("ftqueue: Redis is back")
+            self._on_reconnect()
+        self.deliver(items)
+        if not items and self.has_waiters():   # someone has waited a while for nothing
+            self._on_tick()
+        return True
+
+    def deliver(self, items: Iterable[tuple[str, bytes | None]]) -> None:
+        """These tasks are final (with their inline result, if any)."""
+        with self._bc.lock:
+            for task_id, blob in items:
+                old = self._done.pop(task_id, None)
+                self._done_bytes += (len(blob) if blob else 0) - (len(old) if old else 0)
+                self._done[task_id] = blob
+                for pending, ready in self._waiting:
+                    if task_id in pending:
+                        pending.discard(task_id)
+                        ready.add(task_id)
+            while len(self._done) > DONE_MEMORY or self._done_bytes > DONE_MEMORY_BYTES:
+                # Forgotten here, such a task is found final by a check instead.
+                task_id, blob = self._done.popitem(last=False)
+                self._done_bytes -= len(blob) if blob else 0
+                self._mine.pop(task_id, None)
+            self._bc.notify_all()
+
+    # -- the registry ----------------------------------------------------------------------
+
+    def expect(self, task_ids: Iterable[str]) -> None:
+        """We will be notified when these end (we submitted them)."""
+        with self._bc.lock:
+            for task_id in task_ids:
+                self._mine[task_id] = None
+            while len(self._mine) > DONE_MEMORY:
+                self._mine.popitem(last=False)
+
+    def unfinished(self) -> list[str]:
+        """Our tasks that we were not told have ended."""
+        with self._bc.lock:
+            return [i for i in self._mine if i not in self._done]
+
+    def inline(self, task_ids: Iterable[str]) -> dict[str, bytes]:
+        """The inline results we hold for these ids."""
+        with self._bc.lock:
+            return {i: b for i in task_ids if (b := self._done.get(i)) is not None}
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        with self._bc.lock:
+            for task_id in task_ids:
+                blob = self._done.pop(task_id, None)
+                self._done_bytes -= len(blob) if blob else 0
+                self._mine.pop(task_id, None)
+
+    def has_waiters(self) -> bool:
+        with self._bc.lock:
+            return bool(self._waiting)
+
+    def wait(self, task_ids: Sequence[str], num_ready: int, deadline: float | None,
+             check: Check, on_block: Callable[[bool], None] | None = None) -> set[str]:
+        """Block until at least num_ready of task_ids are final or the deadline passes;
+        return those that are. `check(ids)` asks Redis (registering us as a waiter)."""
+        unique = set(task_ids)
+        with self._bc.lock:
+            ready = {i for i in unique if i in self._done}
+            unknown = [i for i in task_ids if i not in ready and i not in self._mine]
+        if len(ready) < num_ready and unknown:
+            ready |= check(list(dict.fromkeys(unknown)))
+        # Registered, the listener moves arriving ids from `pending` into `ready` under the
+        # lock: a wake-up costs what arrived, not a scan of every id waited for.
+        with self._bc.lock:
+            ready |= {i for i in unique if i in self._done}
+            waiting = (unique - ready, ready)
+            self._waiting.append(waiting)
+        blocked = False
+        try:
+            while True:
+                with self._bc.lock:
+                    if len(ready) >= num_ready:
+                        return set(ready)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    with self._bc.lock:
+                        return set(ready)
+                if not blocked and on_block is not None:
+                    on_block(True)
+                    blocked = True
+                self._wait_a_while(waiting, num_ready, left, check)
+        finally:
+            with self._bc.lock:
+                self._waiting.remove(waiting)
+            if blocked and on_block is not None:
+                on_block(False)
+
+    def _wait_a_while(self, waiting: tuple[set[str], set[str]], num_ready: int,
+                      left: float | None, check: Check) -> None:
+        """Wait for notices up to SAFETY_POLL_S; if none came, ask Redis."""
+        pending, ready = waiting
+        wait_s = SAFETY_POLL_S if left is None else min(left, SAFETY_POLL_S)
+        if self._bc.wait_for(lambda: len(ready) >= num_ready, time.monotonic() + wait_s):
+            return
+        with self._bc.lock:
+            todo = list(pending)
+        found = check(todo) if todo else set()
+        with self._bc.lock:
+            pending -= found
+            ready |= found

@@ -1,0 +1,72 @@
+"""A task as this process submits it: the one place its record fields and its signed
+argument blob are built."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import payload
+from ..context import current_task
+from ..exceptions import TaskTimeoutError
+from ..spec import ResolvedOptions, new_id
+
+StoreTask = tuple[str, str, bytes, list[str], dict[str, str]]   # what Store.submit takes
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One task ready for Redis; kept by the lineage cache to be given again if Redis loses it."""
+
+    task_id: str
+    queue: str
+    args_blob: bytes
+    deps: tuple[str, ...]
+    fields: Mapping[str, str]
+    function: str | None = None   # digest of the pickled function it runs; None: by import path
+
+    def as_store_task(self) -> StoreTask:
+        return (self.task_id, self.queue, self.args_blob, list(self.deps), dict(self.fields))
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What the submitting process stamps on every task it submits."""
+
+    job_id: str
+    notify_key: str
+    result_ttl_s: int
+    lineage_ttl_s: int
+
+
+def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
+                     args: Sequence[Any], kwargs: dict[str, Any], origin: Origin,
+                     function: str | None) -> Submission:
+    """The task's record fields, then its arguments pickled and sealed for it."""
+    task_id = new_id()
+    func_name = "".join(c if c.isprintable() and not c.isspace() else "_" for c in func_name)
+    parent = current_task()
+    fields = {
+        "name": options.name or func_name, "func": func_name, "fn": fn_ref,
+        "job_id": parent.job_id if parent else origin.job_id,
+        "parent_task_id": parent.task_id if parent else "",
+        "max_retries": str(options.max_retries), "notify": origin.notify_key,
+        "result_ttl_s": str(origin.result_ttl_s), "lineage_ttl_s": str(origin.lineage_ttl_s),
+    }
+    if options.max_calls:
+        fields["max_calls"] = str(options.max_calls)
+    if options.timeout_s:
+        fields["timeout_s"] = repr(float(options.timeout_s))
+        # Decided here, where the allowlist's classes live, so a supervisor that has to
+        # kill a task past its timeout knows whether that may be retried.
+        if retries_timeout(options.retry_exceptions):
+            fields["retry_timeout"] = "1"
+    blob, deps = payload.pack_args(args, kwargs, options.retry_exceptions, func_name, task_id)
+    return Submission(task_id, options.queue, blob, tuple(deps), fields, function)
+
+
+def retries_timeout(retry_exceptions: bool | tuple[type, ...]) -> bool:
+    if isinstance(retry_exceptions, bool):
+        return retry_exceptions
+    return any(issubclass(TaskTimeoutError, c) for c in retry_exceptions)
