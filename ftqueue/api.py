@@ -14,9 +14,8 @@ from . import spec
 from .client import Client
 from .context import RuntimeContext, current_task
 from .embedded import EmbeddedCluster
-from .keys import DEFAULT_NAMESPACE
 from .remote_function import RemoteFunction
-from .settings import env_str
+from .settings import Settings
 from .spec import ObjectRef
 
 # Ray's init arguments that mean nothing for ftqueue are accepted and ignored, so ported
@@ -65,10 +64,11 @@ def init(address: str | None = None, *, num_workers: int | None = None,
             raise RuntimeError("Maybe you called ftqueue.init twice by accident? This error "
                                "can be suppressed by passing in 'ignore_reinit_error=True' or "
                                "by calling 'ftqueue.shutdown()' prior to 'ftqueue.init()'.")
-        address = address or env_str("FTQUEUE_ADDRESS")
+        env = Settings.from_env()
+        address = address or env.address
         if address == "auto":
             raise ValueError("address='auto' needs FTQUEUE_ADDRESS to be set")
-        namespace = namespace or env_str("FTQUEUE_NAMESPACE", DEFAULT_NAMESPACE)
+        namespace = namespace or env.namespace
         assert namespace is not None
         cluster = None
         if address is None:

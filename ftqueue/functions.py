@@ -49,7 +49,10 @@ class FunctionCache:
                 raise FtqueueError(f"function {fn_ref} is not stored in Redis")
             obj = payload.unpack_function(blob, fn_ref)
         if isinstance(obj, RemoteFunction):
-            obj = obj._function if obj._function is not None else self.get(obj._fn_ref(None))
+            if obj._function is not None:
+                obj = obj._function
+            else:
+                obj = self.get(IMPORT_PREFIX + str(obj._import_path))
         if not callable(obj):
             raise TypeError(f"{fn_ref} is not callable")
         function: Callable[..., Any] = obj

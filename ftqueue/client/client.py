@@ -23,12 +23,7 @@ from ..exceptions import (
     GetTimeoutError,
 )
 from ..output import DriverEcho
-from ..settings import (
-    DEFAULT_DRIVER_LINEAGE_BYTES,
-    env_int,
-    lease_timeout_from_env,
-    retention_from_env,
-)
+from ..settings import Settings
 from ..spec import ObjectRef, ResolvedOptions, new_id, new_put_id
 from ..store import Store, connect, describe
 from .calls import BoundedCalls, DeadlinePassed, as_ftqueue_error, grace
@@ -60,15 +55,14 @@ class Client:
         except Exception as e:  # noqa: BLE001 - whatever Redis said, one clear error
             raise FtqueueConnectionError(f"cannot start a session on Redis: {describe(e)}") \
                 from None
-        result_ttl_s, lineage_ttl_s = retention_from_env()
-        self.origin = Origin(self.job_id, self.notify_key, result_ttl_s, lineage_ttl_s)
-        self.lease_timeout_ms = int(lease_timeout_from_env() * 1000)
+        env = Settings.from_env()
+        self.origin = Origin(self.job_id, self.notify_key, env.result_ttl_s, env.lineage_ttl_s)
+        self.lease_timeout_ms = int(env.lease_timeout_s * 1000)
         self.on_block: Callable[[bool], None] | None = None
         self._closing = False
         self._last_sweep = self._last_epoch_check = 0.0
         self.calls = BoundedCalls(give_up=lambda: self._closing)
-        self.lineage = LineageCache(env_int("FTQUEUE_DRIVER_LINEAGE_BYTES",
-                                            DEFAULT_DRIVER_LINEAGE_BYTES))
+        self.lineage = LineageCache(env.driver_lineage_bytes)
         self.queue = SubmitQueue(self.store, self.lineage, self, epoch)
         self.router = CompletionRouter(self.store, self.notify_key,
                                        on_reconnect=self.queue.request_epoch_check,
@@ -160,7 +154,8 @@ class Client:
         while True:
             ready = self._await([r._id for r in ref_list], num_returns, deadline)
             try:
-                lost = self.results.lost([i for i in ready if not self.router.inline([i])], deadline)
+                stored = [i for i in ready if not self.router.inline([i])]
+                lost = self.results.lost(stored, deadline)
                 for object_id in lost:
                     self.results.rebuild(object_id, deadline)
             except DeadlinePassed:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import payload
 from ..context import current_task
-from ..exceptions import TaskTimeoutError
+from ..policy import timeout_is_retryable
 from ..spec import ResolvedOptions, new_id
 
 StoreTask = tuple[str, str, bytes, list[str], dict[str, str]]   # what Store.submit takes
@@ -56,17 +56,20 @@ def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
     }
     if options.max_calls:
         fields["max_calls"] = str(options.max_calls)
+    # Decided here, where the allowlist's classes live, so a supervisor that has to kill a
+    # task past its timeout knows whether that may be retried.
+    retry_timeout = bool(options.timeout_s) and timeout_is_retryable(options.retry_exceptions)
     if options.timeout_s:
         fields["timeout_s"] = repr(float(options.timeout_s))
-        # Decided here, where the allowlist's classes live, so a supervisor that has to
-        # kill a task past its timeout knows whether that may be retried.
-        if retries_timeout(options.retry_exceptions):
+        if retry_timeout:
             fields["retry_timeout"] = "1"
-    blob, deps = payload.pack_args(args, kwargs, options.retry_exceptions, func_name, task_id)
+    # What decides which code runs and how is sealed with the arguments (DESIGN invariant
+    # 10): the worker compares it with the record before it imports or unpickles anything.
+    bound = payload.execution_fields(fn_ref, options.max_calls, options.timeout_s,
+                                     retry_timeout, options.max_retries)
+    blob, deps = payload.pack_args(args, kwargs, options.retry_exceptions, func_name, task_id,
+                                   bound)
     return Submission(task_id, options.queue, blob, tuple(deps), fields, function)
 
 
-def retries_timeout(retry_exceptions: bool | tuple[type, ...]) -> bool:
-    if isinstance(retry_exceptions, bool):
-        return retry_exceptions
-    return any(issubclass(TaskTimeoutError, c) for c in retry_exceptions)
+retries_timeout = timeout_is_retryable   # the name the client exported before policy.py

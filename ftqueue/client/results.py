@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import payload
-from ..exceptions import ObjectLostError, ObjectReconstructionFailedError, PayloadVerificationError
+from ..exceptions import (
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+    PayloadVerificationError,
+    TaskError,
+)
 from ..spec import TERMINAL_STATES
 from ..store import Store
 from .calls import BoundedCalls, DeadlinePassed, grace
@@ -78,7 +83,7 @@ class Results:
 
     def _explain(self, object_id: str, record: dict[str, str], error: Exception,
                  deadline: float | None) -> Exception:
-        if isinstance(error, PayloadVerificationError):
+        if isinstance(error, PayloadVerificationError) and not isinstance(error, TaskError):
             try:
                 self.calls.run(lambda: self.store.incr_stat("payload_rejected"),
                                grace(deadline), retry=False)
