@@ -114,9 +114,14 @@ class Killer(threading.Thread):
         self.r, self.nodes, self.rng, self.interval_s = r, nodes, rng, interval_s
         self.kills: list[tuple[str, int]] = []   # (task id, kill time ms)
         self.stop_event = threading.Event()
+        # Held while Redis itself is frozen or full: a death then is recorded only when Redis
+        # serves again, which would measure Redis's outage, not the supervisor's detection.
+        self.paused = threading.Event()
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval_s * self.rng.uniform(0.5, 1.5)):
+            if self.paused.is_set():
+                continue
             try:
                 self.kill_one()
             except (redis.RedisError, psutil.Error, OSError):
@@ -199,6 +204,7 @@ def main() -> int:
         nodes[1].signal(signal.SIGSTOP)                 # a node frozen past its lease
         time.sleep(args.lease_timeout + 2.0)
         nodes[1].signal(signal.SIGCONT)
+        killer.paused.set()
         time.sleep(0.5)
         os.kill(server.process.pid, signal.SIGSTOP)     # Redis itself frozen past the lease
         try:
@@ -210,6 +216,8 @@ def main() -> int:
         r.config_set("maxmemory", 1)                   # Redis full: every write refused
         time.sleep(min(2.0, args.lease_timeout))
         r.config_set("maxmemory", 0)
+        time.sleep(0.5)
+        killer.paused.clear()
 
         lost = 0
         for i, ref in enumerate(refs):

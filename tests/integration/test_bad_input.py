@@ -253,6 +253,13 @@ def test_17_function_from_another_python(node, raw):
     raw.set(f"ftq:fn:{'f' * 40}", pickle.dumps({"versions": "Python 3.99.0, cloudpickle 9.9",
                                                "code": b"\x80\x05not loadable"}))
     raw.hset(f"ftq:task:{ref.hex()}", mapping={"fn": "f" * 40, "queue": "default"})
+    # A record pointing at another function is refused unless its (here unsigned) envelope
+    # says the same: write both, as a driver on that other Python would have.
+    from ftqueue import payload
+
+    bound = payload.execution_fields("f" * 40, 0, None, False, 3)
+    blob, _ = payload.pack_args([1], {}, False, "echo", ref.hex(), bound)
+    raw.set(f"ftq:args:{ref.hex()}", blob)
     raw.lrem("ftq:queue:held3", 0, ref.hex())
     raw.rpush("ftq:queue:default", ref.hex())
     raw.lpush("ftq:bell:default", b"1")

@@ -70,9 +70,13 @@ def test_attempts_are_separate_rows_after_a_crash(workload, redis_url):
     out = cli(redis_url, "list", "tasks", "-f", f"task_id={workload['retried']}").stdout
     assert "Stats:" in out and "Total: 2" in out
     header = next(line for line in out.splitlines() if "TASK_ID" in line)
-    for column in ("TASK_ID", "ATTEMPT_NUMBER", "NAME", "STATE", "JOB_ID", "ACTOR_ID", "TYPE",
-                   "FUNC_OR_CLASS_NAME", "PARENT_TASK_ID", "NODE_ID", "WORKER_ID", "ERROR_TYPE"):
-        assert column in header
+    for column in ("TASK_ID", "ATTEMPT", "NAME", "STATE", "JOB_ID", "NODE_ID", "ERROR_TYPE"):
+        assert column in header          # the compact table for people
+    rows = json.loads(cli(redis_url, "list", "tasks", "-f", f"task_id={workload['retried']}",
+                          "--format", "json").stdout)
+    assert list(rows[0]) == ["task_id", "attempt_number", "name", "state", "job_id", "actor_id",
+                             "type", "func_or_class_name", "parent_task_id", "node_id",
+                             "worker_id", "error_type"]   # Ray's fields
     rows = [line.split() for line in out.splitlines() if workload["retried"] in line]
     assert rows[0][:2] == ["0", workload["retried"]] and "WORKER_DIED" in rows[0]
     assert rows[1][2] == "1" and "FINISHED" in rows[1]
