@@ -36,6 +36,7 @@ from .submit_queue import SubmitQueue
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 2.0
+UNSERVED_CHECK_S = 5.0   # a driver waiting this long looks for queues nobody serves
 CLOSE_STALL_S = 3.0     # shutdown gives up sending after this long without progress
 JOIN_S = 0.5
 
@@ -61,6 +62,8 @@ class Client:
         self.on_block: Callable[[bool], None] | None = None
         self._closing = False
         self._last_sweep = self._last_epoch_check = 0.0
+        self._last_queue_check = time.monotonic()
+        self._warned_queues: set[str] = set()
         self.calls = BoundedCalls(give_up=lambda: self._closing)
         self.lineage = LineageCache(env.driver_lineage_bytes)
         self.queue = SubmitQueue(self.store, self.lineage, self, epoch)
@@ -201,6 +204,24 @@ class Client:
                                  * 1000)
             except Exception as e:  # noqa: BLE001 - best effort; nodes sweep too
                 log.debug("ftqueue: sweep from the driver failed: %s", describe(e))
+        if now - self._last_queue_check >= UNSERVED_CHECK_S:
+            self._last_queue_check = now
+            self._warn_of_unserved_queues()
+
+    def _warn_of_unserved_queues(self) -> None:
+        """Once per queue: work waits in a queue that no live node serves."""
+        from ..state import StateReader
+
+        try:
+            unserved = StateReader(self.store).status(1)["unserved_queues"]
+        except Exception as e:  # noqa: BLE001 - a hint, not worth more
+            log.debug("ftqueue: checking for unserved queues failed: %s", describe(e))
+            return
+        for queue in unserved:
+            if queue not in self._warned_queues:
+                self._warned_queues.add(queue)
+                log.warning("ftqueue: tasks wait in queue %r, which no live node serves (start "
+                            "one with `ftqueue worker --queues %s`)", queue, queue)
 
     # -- the rest --------------------------------------------------------------------------
 

@@ -258,3 +258,25 @@ def test_status_names_queues_with_work_and_no_consumer(driver, start_node, redis
     assert "no live node serves nobody" in out
     assert yaml.safe_load(cli(redis_url, "status", "--format", "yaml").stdout)[
         "unserved_queues"] == ["nobody"]
+
+
+def test_a_waiting_driver_warns_once_of_a_queue_nobody_serves(redis_url, start_node):
+    start_node(1)
+    code = f"""
+import ftqueue
+ftqueue.init(address={redis_url!r})
+
+@ftqueue.remote
+def f():
+    return 1
+
+try:
+    ftqueue.get(f.options(queue="nobody").remote(), timeout=8)
+except ftqueue.exceptions.GetTimeoutError:
+    print("timed out")
+"""
+    from conftest import run_script
+
+    proc = run_script(code, timeout=60)
+    assert "timed out" in proc.stdout
+    assert proc.stderr.count("which no live node serves") == 1, proc.stderr
