@@ -31,11 +31,13 @@ UNKNOWN_ERROR_GIVE_UP_S = 60.0   # an error that is neither transient nor "full"
 class CommitBatcher:
     def __init__(self, store: Store, worker_id: str,
                  on_settled: Callable[[Sequence[str]], None], *,
+                 on_stalled: Callable[[], None] = lambda: None,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.worker_id = worker_id
         self.on_settled = on_settled
+        self.on_stalled = on_stalled     # the first retry of a batch: Redis is not taking it
         self.pending: list[Outcome] = []
         self._sleep = sleep
         self._clock = clock
@@ -83,5 +85,7 @@ class CommitBatcher:
                         return ["lost"] * len(batch)
                     self._once.start("unknown", f"committing failed ({describe(e)}); retrying",
                                      logging.ERROR)
+                if failures == 0:
+                    self.on_stalled()
                 self._sleep(backoff(failures))
                 failures += 1

@@ -5,9 +5,15 @@ Worker -> supervisor, on the worker's control pipe (one line each):
     H <id> <id>...        claimed these (leased, not started): renew their leases
     S <id> <fence> <timeout_s|-> <retry_timeout 0|1> <func>
                           started the body of this task
-    E                     the body returned or raised; its outcome is not committed yet
+    E                     the body ended, but its outcome cannot be committed yet (Redis
+                          refuses it): stop timing the task; its D follows
     D <id> <id>...        these are settled in Redis (committed, or handed back)
     B / U                 blocked in get (lend my slot) / unblocked
+
+H and D lines wait for the next line that must go at once (S before a body starts, E, B/U)
+or for the end of the worker's step, so a task costs one write. A D that never arrives
+only makes the supervisor think a task is in flight longer: its death is then reported for
+a task Redis already has final, which the script ignores.
 
 Supervisor -> worker, on its inbox pipe, followed by SIGUSR1:
 

@@ -83,7 +83,6 @@ class TaskRunner:
                 self.output.finish()
             self.current = ""
             set_current_task(None)
-            self.tell(protocol.Ended())
 
     def _load(self, task: Claimed) -> tuple[Callable[..., Any], list[Any], dict[str, Any],
                                             bool | tuple[type, ...]]:

@@ -41,8 +41,11 @@ class Worker:
         self.worker_id = worker_id
         self.control = control
         self.store = store
+        self._outbox: list[protocol.WorkerMessage] = []
+        self._tell_lock = threading.Lock()
         self.commits = CommitBatcher(store, worker_id,
-                                     lambda ids: self.tell(protocol.Settled(tuple(ids))))
+                                     lambda ids: self.later(protocol.Settled(tuple(ids))),
+                                     on_stalled=lambda: self.tell(protocol.Ended()))
         self.runner = TaskRunner(store, node_id, worker_id, self.tell,
                                  settings.result_ttl_s, rebuild, settings.import_allow)
         self.local: deque[Claimed] = deque()
@@ -54,12 +57,23 @@ class Worker:
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
         self._once = LogOnce(log)
 
-    def tell(self, message: protocol.WorkerMessage) -> None:
-        try:
-            self.control.write(protocol.encode(message))
-            self.control.flush()
-        except (OSError, ValueError):
-            os._exit(1)  # the supervisor is gone: so must we be
+    def later(self, message: protocol.WorkerMessage) -> None:
+        """Say this with the next line that must go now (one write per task, not three)."""
+        with self._tell_lock:
+            self._outbox.append(message)
+
+    def tell(self, message: protocol.WorkerMessage | None = None) -> None:
+        """Send what waits in the outbox, and `message`, now."""
+        with self._tell_lock:    # a task's own threads may block in get (B/U) meanwhile
+            lines = self._outbox + ([message] if message is not None else [])
+            self._outbox = []
+            if not lines:
+                return
+            try:
+                self.control.write(b"".join(protocol.encode(m) for m in lines))
+                self.control.flush()
+            except (OSError, ValueError):
+                os._exit(1)  # the supervisor is gone: so must we be
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -81,7 +95,7 @@ class Worker:
                 return None
             self.local.extend(claimed)
             self.claimed_at = time.monotonic()
-            self.tell(protocol.Held(tuple(t.task_id for t in claimed)))
+            self.later(protocol.Held(tuple(t.task_id for t in claimed)))
         elif time.monotonic() - self.claimed_at > self.settings.lease_timeout_s:
             # We were frozen or starved past our lease: the reaper has most likely handed
             # these prefetched tasks to others. Give back whatever is still ours.
@@ -93,6 +107,7 @@ class Worker:
         self.commits.add(self.runner.run(task))
         if not self.local:
             self.commits.flush()
+            self.tell()
         return self._exit_code_after(task)
 
     def _exit_code_after(self, task: Claimed) -> int | None:

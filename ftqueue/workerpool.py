@@ -70,6 +70,10 @@ class WorkerHandle:
             self.held.difference_update(message.task_ids)
             if self.unsettled in message.task_ids:
                 self.unsettled = ""
+            if self.running in message.task_ids:   # committed: its body ended too
+                ran = time.monotonic() - self.task_started
+                self.running = ""
+                return ran
         elif isinstance(message, protocol.Blocked):
             self.blocked = message.blocked
         return None

@@ -25,6 +25,7 @@ from ..exceptions import (
 from ..output import DriverEcho
 from ..settings import Settings
 from ..spec import ObjectRef, ResolvedOptions, new_id, new_put_id
+from ..state import StateReader
 from ..store import Store, connect, describe
 from .calls import BoundedCalls, DeadlinePassed, as_ftqueue_error, grace
 from .completions import SAFETY_POLL_S, CompletionRouter
@@ -210,8 +211,6 @@ class Client:
 
     def _warn_of_unserved_queues(self) -> None:
         """Once per queue: work waits in a queue that no live node serves."""
-        from ..state import StateReader
-
         try:
             unserved = StateReader(self.store).status(1)["unserved_queues"]
         except Exception as e:  # noqa: BLE001 - a hint, not worth more
