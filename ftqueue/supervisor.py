@@ -120,7 +120,7 @@ class Supervisor:
     # -- one step -----------------------------------------------------------------------------
 
     def step(self, timeout: float) -> None:
-        fds = list(self.workers)
+        fds = [fd for fd, h in self.workers.items() if not h.pipe_closed]
         try:
             readable, _, _ = select.select(fds, [], [], timeout) if fds else ([], [], [])
         except InterruptedError:
@@ -149,10 +149,17 @@ class Supervisor:
     def _read_control(self, handle: WorkerHandle) -> None:
         try:
             data = os.read(handle.control, 65536)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
             self._reap(handle, wait=True)
+            if handle.control in self.workers:
+                # It closed its pipe but lives on (its task closed our descriptor): stop
+                # watching the pipe, which would read as closed at every step; its exit is
+                # found by polling, as every worker's is.
+                handle.pipe_closed = True
             return
         self._heard(handle, data)
 
@@ -174,8 +181,12 @@ class Supervisor:
     def _on_exit(self, handle: WorkerHandle) -> None:
         if self.workers.pop(handle.control, None) is None:
             return
-        try:  # drain what it said last (its final lines matter)
-            while data := os.read(handle.control, 65536):
+        try:  # drain what it said last (its final lines matter); a process its task forked
+            # may keep the pipe open, so read what is there, never wait for the end
+            for _ in range(64):
+                data = os.read(handle.control, 65536)
+                if not data:
+                    break
                 self._heard(handle, data)
         except OSError:
             pass
