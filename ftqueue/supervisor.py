@@ -37,6 +37,14 @@ TICK_S = 0.1
 CANCEL_POLL_S = 0.1
 MESSAGE_BATCH_S = 0.005      # a running task hears of its cancel within this (plus a signal)
 FINAL_REPORT_S = 2.0         # at exit, how long to try telling a lost Redis what we know
+# One call of the supervisor's to a frozen Redis must not hold its loop (crash detection,
+# timeouts, the memory watchdog, Ctrl-C) for long: its calls are short scripts, so a reply
+# slower than this means Redis is not serving, and the step is retried (each is idempotent).
+SOCKET_TIMEOUT_S = 2.0
+# While Redis is not serving, only this duty calls it (a probe, every renew interval); the
+# others wait for it to succeed, so a stalled Redis costs the loop one timeout per probe.
+PROBE_DUTY = "renew"
+LOCAL_DUTIES = ("health", "memory")
 
 
 class Supervisor:
@@ -46,7 +54,8 @@ class Supervisor:
         self.settings = settings
         self.node_id = node_id or new_id()[:16]
         self.parent_pid = parent_pid
-        self.store = Store(connect(settings.address), settings.namespace)
+        self.store = Store(connect(settings.address, socket_timeout=SOCKET_TIMEOUT_S),
+                           settings.namespace)
         self.keys = self.store.keys
         self.workers: dict[int, WorkerHandle] = {}   # by control fd
         self.losses: list[Loss] = []
@@ -115,7 +124,8 @@ class Supervisor:
         if self.losses:
             self.log(f"Redis unreachable: {len(self.losses)} lost worker(s) not reported; "
                      "their tasks are retried when their leases expire")
-        self._run_duty("deregister", self.record.deregister)
+        elif self.redis_ok:      # else sweeps declare this node dead when its lease expires
+            self._run_duty("deregister", self.record.deregister)
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -201,7 +211,9 @@ class Supervisor:
             self.crash_times = [t for t in self.crash_times
                                 if now - t < policy.CRASH_WINDOW_S] + [now]
         self.losses.append(self._loss(handle, ending, cost, returncode))
-        if not self.stopping:     # when stopping, shutdown() reports them within a deadline
+        # When stopping, shutdown() reports them within a deadline; while Redis is not
+        # serving, the duty does once it is back (their leases are kept meanwhile).
+        if not self.stopping and self.redis_ok:
             self._run_duty("losses", self._report_losses)
         decision = policy.decide_restart(ending, node_stopping=self.stopping,
                                          asked_to_stop=handle.asked_to_stop,
@@ -254,6 +266,8 @@ class Supervisor:
     # -- periodic duties ----------------------------------------------------------------------
 
     def _tick(self) -> None:
+        if self.stopping and time.monotonic() >= self.stop_deadline:
+            return      # stopping now: shutdown() tells Redis what it must know, in bounded time
         renew_s = self.settings.renew_interval_s
         duties: tuple[tuple[str, float, Callable[[], Any]], ...] = (
             ("renew", renew_s, self._renew),
@@ -267,9 +281,11 @@ class Supervisor:
         now = time.monotonic()
         for name, interval_s, duty in duties:
             if now >= self._due.get(name, 0.0):
+                if not self.redis_ok and name not in LOCAL_DUTIES and name != PROBE_DUTY:
+                    continue          # waits for the probe to find Redis serving again
                 self._due[name] = now + interval_s
                 self._run_duty(name, duty)
-        self._enforce_timeouts(now)
+        self._enforce_timeouts(time.monotonic())
 
     def _run_duty(self, name: str, duty: Callable[[], Any]) -> bool:
         """Run one duty; a failure is logged once and the duty skips this turn."""

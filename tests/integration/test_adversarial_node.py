@@ -9,9 +9,11 @@ import signal
 import time
 
 import pytest
+from conftest import NodeProcess, wait_until
 
 import ftqueue
 import ftqueue.state
+from ftqueue.embedded import RedisServer
 from ftqueue.exceptions import WorkerCrashedError
 
 
@@ -73,3 +75,39 @@ def test_worker_death_is_seen_although_a_forked_child_holds_its_pipe(driver, sta
         assert node.process.poll() is None
     finally:
         kill_pids(children)
+
+
+# -- a frozen Redis must not hold the supervisor's loop: deaths, Ctrl-C ------------------------
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisServer.start(unix_socket=True, directory=str(tmp_path / "redis"))
+    try:
+        yield server
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.kill()
+
+
+def test_frozen_redis_does_not_hold_the_supervisor(own_redis):
+    node = NodeProcess(own_redis.address, 1, "--lease-timeout", "3")
+    try:
+        node.wait_workers(1)
+        wait_until(lambda: "serving queues" in node.output(), 30, "the node to start")
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        wait_until(lambda: "Redis unreachable or not serving" in node.output(), 30,
+                   "the node to notice the frozen Redis")
+        worker = node.workers()[0]
+        worker.kill()
+        # A dead worker is replaced at once, not after a socket timeout per duty.
+        wait_until(lambda: worker.pid not in {p.pid for p in node.workers()} and node.workers(),
+                   8, "a replacement worker while Redis is frozen")
+        t0 = time.monotonic()
+        node.signal_group(signal.SIGINT)
+        wait_until(lambda: "stopping:" in node.output(), 8, "the first Ctrl-C to be heard")
+        node.signal_group(signal.SIGINT)
+        node.process.wait(30)
+        assert time.monotonic() - t0 < 8, node.output()
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        node.stop()
