@@ -14,7 +14,7 @@ from conftest import NodeProcess, wait_until
 import ftqueue
 import ftqueue.state
 from ftqueue.embedded import RedisServer
-from ftqueue.exceptions import WorkerCrashedError
+from ftqueue.exceptions import TaskCancelledError, WorkerCrashedError
 
 
 def runs(path) -> list[str]:
@@ -111,3 +111,41 @@ def test_frozen_redis_does_not_hold_the_supervisor(own_redis):
     finally:
         os.kill(own_redis.process.pid, signal.SIGCONT)
         node.stop()
+
+
+# -- a task that blocks or replaces the worker's signals must not deafen it for later tasks -----
+
+@ftqueue.remote(max_retries=0)
+def deafen(path):
+    mark(path)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    return os.getpid()
+
+
+@ftqueue.remote(max_retries=0)
+def wait_for_flag(path, flag):
+    mark(path)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def test_a_task_cannot_deafen_its_worker_to_cancels_and_stops(driver, start_node, tmp_path):
+    node = start_node(1, "--lease-timeout", "3", "--grace-period", "60")
+    path, flag = tmp_path / "runs", tmp_path / "flag"
+    try:
+        pid = ftqueue.get(deafen.remote(str(path)), timeout=30)
+        ref = wait_for_flag.remote(str(path), str(flag))
+        wait_until(lambda: len(runs(path)) == 2, 30, "the next task to start")
+        assert runs(path)[1] == str(pid), "not the same worker"
+        ftqueue.cancel(ref)
+        with pytest.raises(TaskCancelledError):
+            ftqueue.get(ref, timeout=15)       # interrupted, not left to run its 120 s
+        # A graceful stop reaches the worker: it exits between tasks, long before the grace.
+        node.signal_group(signal.SIGTERM)
+        node.process.wait(20)
+    finally:
+        flag.write_text("go")
