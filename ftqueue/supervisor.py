@@ -69,6 +69,9 @@ class Supervisor:
         self.health_file = health_file
         self._once = LogOnce(log)
         self._due: dict[str, float] = {}
+        # Cancels relayed to this node for a task no worker has said it holds yet (a claim's
+        # reply races the relay): kept until one does, or for a lease timeout.
+        self.pending_cancels: dict[str, tuple[bool, float]] = {}
         self.view = (0, 0)          # (workers, running): what the metrics thread reads
         self.metrics = None
         if metrics_port is not None:
@@ -141,6 +144,8 @@ class Supervisor:
             handle = self.workers.get(fd)
             if handle is not None:
                 self._read_control(handle)
+        if self.pending_cancels:
+            self._relay_pending_cancels()
         self._reap()
         self._keep_workers()
         self._tick()
@@ -326,24 +331,36 @@ class Supervisor:
             self.record.write_health(self.health_file, self.redis_ok)
 
     def _poll_cancels(self) -> None:
+        keep_until = time.monotonic() + self.settings.lease_timeout_s
         for task_id, forced in self.store.pop_cancel_requests(self.node_id):
-            self._relay_cancel(task_id, forced)
+            self.pending_cancels[task_id] = (forced, keep_until)
+        self._relay_pending_cancels()
+
+    def _relay_pending_cancels(self) -> None:
+        now = time.monotonic()
+        for task_id, (forced, keep_until) in list(self.pending_cancels.items()):
+            if self._relay_cancel(task_id, forced) or now > keep_until:
+                del self.pending_cancels[task_id]
 
     # -- cancellation, timeouts, memory --------------------------------------------------------
 
-    def _relay_cancel(self, task_id: str, forced: bool) -> None:
+    def _relay_cancel(self, task_id: str, forced: bool) -> bool:
+        """Interrupt (or kill, when forced) the worker running the task; tell the one that
+        holds it unstarted to drop it. False: no worker has said it holds it."""
         from .protocol import Cancel
 
         handle = next((h for h in self.workers.values() if h.running == task_id), None)
         if handle is None:  # prefetched, not started: the worker drops it
             handle = next((h for h in self.workers.values() if task_id in h.held), None)
-            if handle is not None:
-                handle.tell(Cancel(task_id))
-            return
+            if handle is None:
+                return False
+            handle.tell(Cancel(task_id))
+            return True
         if forced:
             handle.kill(KillReason.CANCEL, f"task {task_id} was cancelled with force=True")
         else:
             handle.tell(Cancel(task_id))
+        return True
 
     def _enforce_timeouts(self, now: float) -> None:
         from .protocol import Timeout

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -149,3 +151,60 @@ def test_a_task_cannot_deafen_its_worker_to_cancels_and_stops(driver, start_node
         node.process.wait(20)
     finally:
         flag.write_text("go")
+
+
+# -- a cancel that reaches the node before its worker said it holds the task --------------------
+
+def test_cancel_relayed_before_the_worker_says_it_holds_the_task_still_reaches_it(redis_url):
+    from ftqueue import payload
+    from ftqueue.settings import NodeSettings
+    from ftqueue.supervisor import Supervisor
+    from ftqueue.workerpool import WorkerHandle
+
+    supervisor = Supervisor(NodeSettings(address=redis_url, lease_timeout_s=3))
+    store = supervisor.store
+    task_id = "c0" * 16
+    bound = payload.execution_fields("fn", 0, None, False, 0)
+    blob, _ = payload.pack_args([], {}, False, "f", task_id, bound)
+    store.submit([(task_id, "default", blob, [], {"name": "f", "func": "f", "fn": "fn",
+                                                  "job_id": "00000001", "max_retries": "0"})])
+    # A stand-in worker process: the supervisor reads its control pipe, writes its inbox.
+    control_r, control_w = os.pipe()
+    inbox_r, inbox_w = os.pipe()
+    os.set_blocking(control_r, False)
+    os.set_blocking(inbox_r, False)
+    process = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal("
+                                "signal.SIGUSR1, signal.SIG_IGN); print('ready', flush=True); "
+                                "time.sleep(60)"], stdout=subprocess.PIPE)
+    handle = WorkerHandle("w1", process, control_r, inbox_w)
+    supervisor.workers[control_r] = handle
+    try:
+        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+        # The worker claims (Redis says it runs the task) and the cancel is relayed to the
+        # node before the worker's `H`/`S` lines are read.
+        (claimed,) = store.claim(supervisor.node_id, "w1", ["default"], 1, 8, 3000)
+        assert store.cancel(task_id, False, False) == [(task_id, "requested")]
+        supervisor._poll_cancels()
+        os.write(control_w, f"H {task_id}\nS {task_id} {claimed.fence} - 0 f\n".encode())
+        wait_until(lambda: supervisor.step(0.05) or handle.running == task_id, 10,
+                   "the supervisor to hear the worker")
+        got = wait_until(lambda: supervisor.step(0.05) or _read(inbox_r), 5,
+                         "the cancel to be relayed to the worker")
+        assert got == f"C {task_id}\n".encode()
+    finally:
+        for h in [handle, *supervisor.workers.values()]:
+            h.process.kill()
+            h.process.wait()
+        handle.close_pipes()
+        for fd in (control_w, inbox_r):
+            os.close(fd)
+        assert process.stdout is not None
+        process.stdout.close()
+        store.redis.close()
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except BlockingIOError:
+        return b""
