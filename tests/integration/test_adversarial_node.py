@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from conftest import NodeProcess, wait_until
 
@@ -208,3 +209,26 @@ def _read(fd: int) -> bytes:
         return os.read(fd, 4096)
     except BlockingIOError:
         return b""
+
+
+# -- a worker leaving on purpose is not held by a thread its task left running ---------------
+
+@ftqueue.remote(max_retries=0, max_calls=1)
+def leave_a_thread(path):
+    import threading
+
+    mark(path)
+    threading.Thread(target=time.sleep, args=(120,)).start()    # not a daemon
+    return os.getpid()
+
+
+def test_a_recycled_worker_exits_although_its_task_left_a_thread_running(driver, start_node,
+                                                                         tmp_path):
+    start_node(1, "--lease-timeout", "3")
+    path = tmp_path / "runs"
+    first = ftqueue.get(leave_a_thread.remote(str(path)), timeout=30)
+    # max_calls=1: the next call runs in a new process, so the first one must really exit.
+    second = ftqueue.get(leave_a_thread.remote(str(path)), timeout=20)
+    assert first != second
+    wait_until(lambda: not psutil.pid_exists(first), 10, "the recycled worker to exit")
+    assert len(runs(path)) == 2
