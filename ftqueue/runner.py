@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from typing import Any, Callable
 
 from . import payload, protocol
@@ -26,6 +28,27 @@ def host_ip() -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
+
+
+# The signals the worker lives by (SIGUSR1: a request from its supervisor; SIGTERM: stop
+# after this task): a task may block or replace them, but not for the tasks after it.
+WORKER_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+
+
+class _WorkerSignals:
+    """The worker's signal handlers and mask, put back after each task."""
+
+    def __init__(self) -> None:
+        self.main = threading.current_thread() is threading.main_thread()
+        self.handlers = [signal.getsignal(s) for s in WORKER_SIGNALS] if self.main else []
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+    def restore(self) -> None:
+        if self.main:
+            for signum, handler in zip(WORKER_SIGNALS, self.handlers):
+                if handler is not None and signal.getsignal(signum) is not handler:
+                    signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
 
 
 class TaskInterrupt(BaseException):
@@ -68,6 +91,7 @@ class TaskRunner:
             self.cancelled.discard(task.task_id)
             return Outcome(task.task_id, task.fence, "cancelled", b"", False,
                            "cancelled before it started")
+        signals = _WorkerSignals()
         self.current = task.task_id
         self.tell(protocol.Started(task.task_id, task.fence, task.timeout_s, task.retry_timeout,
                                    task.func_name))
@@ -79,9 +103,10 @@ class TaskRunner:
         try:
             return self._execute(task)
         finally:
+            self.current = ""
+            signals.restore()     # a request that waited behind a blocked signal lands here
             if self.output is not None:
                 self.output.finish()
-            self.current = ""
             set_current_task(None)
 
     def _load(self, task: Claimed) -> tuple[Callable[..., Any], list[Any], dict[str, Any],

@@ -37,6 +37,14 @@ TICK_S = 0.1
 CANCEL_POLL_S = 0.1
 MESSAGE_BATCH_S = 0.005      # a running task hears of its cancel within this (plus a signal)
 FINAL_REPORT_S = 2.0         # at exit, how long to try telling a lost Redis what we know
+# One call of the supervisor's to a frozen Redis must not hold its loop (crash detection,
+# timeouts, the memory watchdog, Ctrl-C) for long: its calls are short scripts, so a reply
+# slower than this means Redis is not serving, and the step is retried (each is idempotent).
+SOCKET_TIMEOUT_S = 2.0
+# While Redis is not serving, only this duty calls it (a probe, every renew interval); the
+# others wait for it to succeed, so a stalled Redis costs the loop one timeout per probe.
+PROBE_DUTY = "renew"
+LOCAL_DUTIES = ("health", "memory")
 
 
 class Supervisor:
@@ -46,7 +54,8 @@ class Supervisor:
         self.settings = settings
         self.node_id = node_id or new_id()[:16]
         self.parent_pid = parent_pid
-        self.store = Store(connect(settings.address), settings.namespace)
+        self.store = Store(connect(settings.address, socket_timeout=SOCKET_TIMEOUT_S),
+                           settings.namespace)
         self.keys = self.store.keys
         self.workers: dict[int, WorkerHandle] = {}   # by control fd
         self.losses: list[Loss] = []
@@ -60,6 +69,9 @@ class Supervisor:
         self.health_file = health_file
         self._once = LogOnce(log)
         self._due: dict[str, float] = {}
+        # Cancels relayed to this node for a task no worker has said it holds yet (a claim's
+        # reply races the relay): kept until one does, or for a lease timeout.
+        self.pending_cancels: dict[str, tuple[bool, float]] = {}
         self.view = (0, 0)          # (workers, running): what the metrics thread reads
         self.metrics = None
         if metrics_port is not None:
@@ -115,12 +127,13 @@ class Supervisor:
         if self.losses:
             self.log(f"Redis unreachable: {len(self.losses)} lost worker(s) not reported; "
                      "their tasks are retried when their leases expire")
-        self._run_duty("deregister", self.record.deregister)
+        elif self.redis_ok:      # else sweeps declare this node dead when its lease expires
+            self._run_duty("deregister", self.record.deregister)
 
     # -- one step -----------------------------------------------------------------------------
 
     def step(self, timeout: float) -> None:
-        fds = list(self.workers)
+        fds = [fd for fd, h in self.workers.items() if not h.pipe_closed]
         try:
             readable, _, _ = select.select(fds, [], [], timeout) if fds else ([], [], [])
         except InterruptedError:
@@ -131,6 +144,8 @@ class Supervisor:
             handle = self.workers.get(fd)
             if handle is not None:
                 self._read_control(handle)
+        if self.pending_cancels:
+            self._relay_pending_cancels()
         self._reap()
         self._keep_workers()
         self._tick()
@@ -149,10 +164,17 @@ class Supervisor:
     def _read_control(self, handle: WorkerHandle) -> None:
         try:
             data = os.read(handle.control, 65536)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
             self._reap(handle, wait=True)
+            if handle.control in self.workers:
+                # It closed its pipe but lives on (its task closed our descriptor): stop
+                # watching the pipe, which would read as closed at every step; its exit is
+                # found by polling, as every worker's is.
+                handle.pipe_closed = True
             return
         self._heard(handle, data)
 
@@ -174,8 +196,12 @@ class Supervisor:
     def _on_exit(self, handle: WorkerHandle) -> None:
         if self.workers.pop(handle.control, None) is None:
             return
-        try:  # drain what it said last (its final lines matter)
-            while data := os.read(handle.control, 65536):
+        try:  # drain what it said last (its final lines matter); a process its task forked
+            # may keep the pipe open, so read what is there, never wait for the end
+            for _ in range(64):
+                data = os.read(handle.control, 65536)
+                if not data:
+                    break
                 self._heard(handle, data)
         except OSError:
             pass
@@ -190,7 +216,9 @@ class Supervisor:
             self.crash_times = [t for t in self.crash_times
                                 if now - t < policy.CRASH_WINDOW_S] + [now]
         self.losses.append(self._loss(handle, ending, cost, returncode))
-        if not self.stopping:     # when stopping, shutdown() reports them within a deadline
+        # When stopping, shutdown() reports them within a deadline; while Redis is not
+        # serving, the duty does once it is back (their leases are kept meanwhile).
+        if not self.stopping and self.redis_ok:
             self._run_duty("losses", self._report_losses)
         decision = policy.decide_restart(ending, node_stopping=self.stopping,
                                          asked_to_stop=handle.asked_to_stop,
@@ -243,6 +271,8 @@ class Supervisor:
     # -- periodic duties ----------------------------------------------------------------------
 
     def _tick(self) -> None:
+        if self.stopping and time.monotonic() >= self.stop_deadline:
+            return      # stopping now: shutdown() tells Redis what it must know, in bounded time
         renew_s = self.settings.renew_interval_s
         duties: tuple[tuple[str, float, Callable[[], Any]], ...] = (
             ("renew", renew_s, self._renew),
@@ -256,9 +286,11 @@ class Supervisor:
         now = time.monotonic()
         for name, interval_s, duty in duties:
             if now >= self._due.get(name, 0.0):
+                if not self.redis_ok and name not in LOCAL_DUTIES and name != PROBE_DUTY:
+                    continue          # waits for the probe to find Redis serving again
                 self._due[name] = now + interval_s
                 self._run_duty(name, duty)
-        self._enforce_timeouts(now)
+        self._enforce_timeouts(time.monotonic())
 
     def _run_duty(self, name: str, duty: Callable[[], Any]) -> bool:
         """Run one duty; a failure is logged once and the duty skips this turn."""
@@ -299,24 +331,36 @@ class Supervisor:
             self.record.write_health(self.health_file, self.redis_ok)
 
     def _poll_cancels(self) -> None:
+        keep_until = time.monotonic() + self.settings.lease_timeout_s
         for task_id, forced in self.store.pop_cancel_requests(self.node_id):
-            self._relay_cancel(task_id, forced)
+            self.pending_cancels[task_id] = (forced, keep_until)
+        self._relay_pending_cancels()
+
+    def _relay_pending_cancels(self) -> None:
+        now = time.monotonic()
+        for task_id, (forced, keep_until) in list(self.pending_cancels.items()):
+            if self._relay_cancel(task_id, forced) or now > keep_until:
+                del self.pending_cancels[task_id]
 
     # -- cancellation, timeouts, memory --------------------------------------------------------
 
-    def _relay_cancel(self, task_id: str, forced: bool) -> None:
+    def _relay_cancel(self, task_id: str, forced: bool) -> bool:
+        """Interrupt (or kill, when forced) the worker running the task; tell the one that
+        holds it unstarted to drop it. False: no worker has said it holds it."""
         from .protocol import Cancel
 
         handle = next((h for h in self.workers.values() if h.running == task_id), None)
         if handle is None:  # prefetched, not started: the worker drops it
             handle = next((h for h in self.workers.values() if task_id in h.held), None)
-            if handle is not None:
-                handle.tell(Cancel(task_id))
-            return
+            if handle is None:
+                return False
+            handle.tell(Cancel(task_id))
+            return True
         if forced:
             handle.kill(KillReason.CANCEL, f"task {task_id} was cancelled with force=True")
         else:
             handle.tell(Cancel(task_id))
+        return True
 
     def _enforce_timeouts(self, now: float) -> None:
         from .protocol import Timeout

@@ -271,7 +271,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     _attach_worker_client(settings.address, settings.namespace,
                           lambda blocked: worker.tell(protocol.Blocked(blocked)))
-    return worker.run()
+    code = worker.run()
+    # Everything is committed or handed back: leave now. The interpreter's own exit would
+    # wait for any non-daemon thread a task left running, and hold the node's slot (and the
+    # memory a recycle is meant to free) for as long as that thread lives.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

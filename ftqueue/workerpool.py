@@ -36,6 +36,7 @@ class WorkerHandle:
     kill_detail: str = ""
     blocked: bool = False
     asked_to_stop: bool = False
+    pipe_closed: bool = False    # its end of the control pipe closed while it lives on
     tasks_run: int = 0
     held: set[str] = field(default_factory=set)   # claimed and not yet settled in Redis
     lines: protocol.LineBuffer = field(default_factory=protocol.LineBuffer)
@@ -128,6 +129,9 @@ def spawn_worker(settings: NodeSettings, node_id: str, temporary: bool = False) 
     inbox_read, inbox_write = os.pipe()
     settings_read, settings_write = os.pipe()
     os.set_blocking(inbox_write, False)
+    # Never block on what a worker says: a process its task forked may hold the write end
+    # open after the worker is gone, so its pipe need not close when it dies.
+    os.set_blocking(read_fd, False)
     worker_id = new_id()[:16]
     cmd = [sys.executable, "-m", "ftqueue.worker", "--settings-fd", str(settings_read),
            "--node-id", node_id, "--worker-id", worker_id,

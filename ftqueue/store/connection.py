@@ -17,9 +17,11 @@ SOCKET_TIMEOUT_S = 10.0   # above the 1 s BLPOP waits; bounds a call to a frozen
 CONNECT_TIMEOUT_S = 5.0
 
 
-def connect(address: str, *, check: bool = True) -> redis.Redis:
+def connect(address: str, *, check: bool = True,
+            socket_timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
     """A client for `address` (redis://, rediss://, unix://) with redis-py's own command
-    retries off: every ftqueue step is retried by ftqueue itself, only where that is safe."""
+    retries off: every ftqueue step is retried by ftqueue itself, only where that is safe.
+    `socket_timeout` bounds one call to a frozen Redis."""
     tls: dict[str, str] = {}
     ca_file = Settings.from_env().tls_ca_file
     if address.startswith("rediss://") and ca_file:
@@ -28,8 +30,8 @@ def connect(address: str, *, check: bool = True) -> redis.Redis:
         client = redis.Redis.from_url(
             address,
             retry=Retry(NoBackoff(), 0),
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=min(CONNECT_TIMEOUT_S, socket_timeout),
             health_check_interval=10,
             **tls,
         )
