@@ -61,6 +61,7 @@ class Supervisor:
         self.losses: list[Loss] = []
         self.stopping = False
         self.stop_deadline = 0.0
+        self.stop_now = False        # a second signal: do not wait for anything
         self.crash_times: list[float] = []
         self.respawn_at: list[float] = []
         self.record = NodeRecord(self.store, self.node_id, settings,
@@ -88,8 +89,9 @@ class Supervisor:
         """First SIGTERM/SIGINT: stop claiming, let running tasks finish within the grace
         period. A second one: stop now (running tasks go back, uncharged)."""
         if self.stopping:
-            if self.stop_deadline > time.monotonic():
+            if not self.stop_now:
                 self.log("stopping now: running tasks go back to the queue")
+                self.stop_now = True
                 self.stop_deadline = 0.0
             return
         self.stopping = True
@@ -151,15 +153,28 @@ class Supervisor:
         self._tick()
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             self.request_stop()
-            self.stop_deadline = 0.0
+            self.stop_now, self.stop_deadline = True, 0.0
         if self.stopping and time.monotonic() >= self.stop_deadline:
-            for handle in list(self.workers.values()):
-                handle.kill(KillReason.STOP)
+            self._stop_workers()
         self.view = (len(self.workers), sum(1 for h in self.workers.values() if h.running))
         if readable and not self.stopping:
             # Workers write a few lines per task; reading them in batches keeps this
             # process from taking a core under load, for a few ms of extra detection time.
             time.sleep(MESSAGE_BATCH_S)
+
+    def _stop_workers(self) -> None:
+        """The grace period is over: kill what still runs. A worker whose task finished but
+        whose outcome Redis does not take yet (full, away) is waited for — killing it would
+        run that finished task again — until Redis takes it or a second signal says now."""
+        holding = [h for h in self.workers.values()
+                   if h.unsettled and not h.running and not self.stop_now]
+        for handle in list(self.workers.values()):
+            if handle not in holding:
+                handle.kill(KillReason.STOP)
+        if holding:
+            self._once.start("holding", f"{len(holding)} worker(s) hold finished outcomes that "
+                             "Redis does not take yet; waiting for Redis (Ctrl-C again to stop "
+                             "now: those tasks will then run again)")
 
     def _read_control(self, handle: WorkerHandle) -> None:
         try:
@@ -271,7 +286,7 @@ class Supervisor:
     # -- periodic duties ----------------------------------------------------------------------
 
     def _tick(self) -> None:
-        if self.stopping and time.monotonic() >= self.stop_deadline:
+        if self.stop_now:
             return      # stopping now: shutdown() tells Redis what it must know, in bounded time
         renew_s = self.settings.renew_interval_s
         duties: tuple[tuple[str, float, Callable[[], Any]], ...] = (

@@ -349,3 +349,34 @@ def test_password_is_not_on_worker_command_lines_nor_in_the_health_file(tmp_path
             pass
         node.wait()
         server.stop()
+
+
+def test_stopping_a_node_waits_for_outcomes_a_full_redis_does_not_take_yet(own_redis,
+                                                                           tmp_path):
+    import signal
+
+    address = own_redis.address
+    admin = redis.Redis.from_url(address)
+    ftqueue.init(address=address)
+    node = NodeProcess(address, 1, "--lease-timeout", "5", "--grace-period", "1")
+    path, flag = tmp_path / "runs", tmp_path / "go"
+    try:
+        ref = big_result.remote(path, str(flag), 1000)
+        wait_until(lambda: runs(path), 30, "the task to start")
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        flag.write_text("go")
+        wait_until(lambda: "Redis refuses writes" in node.output(), 30, "the outcome held")
+        node.signal_group(signal.SIGTERM)
+        wait_until(lambda: "hold finished outcomes" in node.output(), 30,
+                   "the node to wait for the held outcome past its grace period")
+        assert node.process.poll() is None
+        admin.config_set("maxmemory", 0)
+        node.process.wait(30)                    # committed, then the node is done
+        assert len(ftqueue.get(ref, timeout=30)) == 1000
+        assert len(runs(path)) == 1
+    finally:
+        admin.config_set("maxmemory", 0)
+        ftqueue.shutdown()
+        node.stop()
+        admin.close()
