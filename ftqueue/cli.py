@@ -95,6 +95,7 @@ def _add_node(p: argparse.ArgumentParser, env: Settings) -> None:
 
 
 def build_parser(env: Settings | None = None) -> argparse.ArgumentParser:
+    # Long on purpose: one flat table of subcommands reads better than nine small functions.
     env = env or Settings.from_env()
     parser = argparse.ArgumentParser(prog="ftqueue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -15,18 +15,18 @@ import logging
 import os
 import select
 import signal
-import socket
 import subprocess
 import time
 from typing import Any, Callable
 
-from . import payload, policy
+from . import policy
 from .heartbeat import NodeRecord
 from .logs import LogOnce
 from .losses import Loss, describe_exit, report_losses
 from .policy import KillReason, Restart
+from .relays import Relays
 from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings
-from .spec import Outcome, new_id
+from .spec import new_id
 from .store import Store, backoff, connect, describe, is_corrupt, is_full, is_transient
 from .watchdog import memory_kills, node_memory
 from .workerpool import WorkerHandle, spawn_worker
@@ -48,6 +48,9 @@ LOCAL_DUTIES = ("health", "memory")
 
 
 class Supervisor:
+    # About 300 lines, on purpose: what is left here is the loop and the exit path, which
+    # share the loop's state (workers, losses, stopping); every part that can stand alone
+    # lives in its own room (workerpool, heartbeat, losses, relays, watchdog, policy).
     def __init__(self, settings: NodeSettings, *, node_id: str | None = None,
                  parent_pid: int | None = None, metrics_port: int | None = None,
                  health_file: str | None = None) -> None:
@@ -72,7 +75,7 @@ class Supervisor:
         self._due: dict[str, float] = {}
         # Cancels relayed to this node for a task no worker has said it holds yet (a claim's
         # reply races the relay): kept until one does, or for a lease timeout.
-        self.pending_cancels: dict[str, tuple[bool, float]] = {}
+        self.relays = Relays(settings.lease_timeout_s, settings.timeout_grace_s)
         self.view = (0, 0)          # (workers, running): what the metrics thread reads
         self.metrics = None
         if metrics_port is not None:
@@ -146,8 +149,8 @@ class Supervisor:
             handle = self.workers.get(fd)
             if handle is not None:
                 self._read_control(handle)
-        if self.pending_cancels:
-            self._relay_pending_cancels()
+        if self.relays.pending:
+            self.relays.deliver_cancels(self.workers.values())
         self._reap()
         self._keep_workers()
         self._tick()
@@ -259,7 +262,7 @@ class Supervisor:
             message = f"worker process {handle.pid} stopped on purpose; retry not charged"
         timeout_outcome = None
         if ending is policy.Ending.TIMEOUT_KILLED and handle.in_flight:
-            timeout_outcome = self._timeout_outcome(handle)
+            timeout_outcome = self.relays.timeout_outcome(handle)
         return Loss(handle.worker_id, handle.in_flight, cost.error_type, cost.charged, message,
                     exit_text if cost.is_crash or cost.charged else "stopped",
                     set(handle.held) | ({handle.in_flight} if handle.in_flight else set()),
@@ -305,7 +308,7 @@ class Supervisor:
                     continue          # waits for the probe to find Redis serving again
                 self._due[name] = now + interval_s
                 self._run_duty(name, duty)
-        self._enforce_timeouts(time.monotonic())
+        self.relays.enforce_timeouts(self.workers.values(), time.monotonic())
 
     def _run_duty(self, name: str, duty: Callable[[], Any]) -> bool:
         """Run one duty; a failure is logged once and the duty skips this turn."""
@@ -346,60 +349,10 @@ class Supervisor:
             self.record.write_health(self.health_file, self.redis_ok)
 
     def _poll_cancels(self) -> None:
-        keep_until = time.monotonic() + self.settings.lease_timeout_s
-        for task_id, forced in self.store.pop_cancel_requests(self.node_id):
-            self.pending_cancels[task_id] = (forced, keep_until)
-        self._relay_pending_cancels()
+        self.relays.add_cancels(self.store.pop_cancel_requests(self.node_id))
+        self.relays.deliver_cancels(self.workers.values())
 
-    def _relay_pending_cancels(self) -> None:
-        now = time.monotonic()
-        for task_id, (forced, keep_until) in list(self.pending_cancels.items()):
-            if self._relay_cancel(task_id, forced) or now > keep_until:
-                del self.pending_cancels[task_id]
-
-    # -- cancellation, timeouts, memory --------------------------------------------------------
-
-    def _relay_cancel(self, task_id: str, forced: bool) -> bool:
-        """Interrupt (or kill, when forced) the worker running the task; tell the one that
-        holds it unstarted to drop it. False: no worker has said it holds it."""
-        from .protocol import Cancel
-
-        handle = next((h for h in self.workers.values() if h.running == task_id), None)
-        if handle is None:  # prefetched, not started: the worker drops it
-            handle = next((h for h in self.workers.values() if task_id in h.held), None)
-            if handle is None:
-                return False
-            handle.tell(Cancel(task_id))
-            return True
-        if forced:
-            handle.kill(KillReason.CANCEL, f"task {task_id} was cancelled with force=True")
-        else:
-            handle.tell(Cancel(task_id))
-        return True
-
-    def _enforce_timeouts(self, now: float) -> None:
-        from .protocol import Timeout
-
-        for handle in list(self.workers.values()):
-            if (not handle.running or handle.timeout_s is None
-                    or handle.kill_reason is not KillReason.NONE):
-                continue
-            if not handle.interrupted_at and now - handle.task_started > handle.timeout_s:
-                handle.interrupted_at = now
-                handle.tell(Timeout(handle.running))
-            elif (handle.interrupted_at
-                  and now - handle.interrupted_at > self.settings.timeout_grace_s):
-                handle.kill(KillReason.TIMEOUT, f"task {handle.running} ignored its timeout")
-
-    def _timeout_outcome(self, handle: WorkerHandle) -> Outcome:
-        cause = TimeoutError(f"the task ran longer than its timeout_s={handle.timeout_s} and "
-                             f"did not stop within {self.settings.timeout_grace_s} s; "
-                             "its worker was killed")
-        blob = payload.pack_error(handle.func_name or handle.in_flight, cause,
-                                  f"TimeoutError: {cause}\n", handle.pid,
-                                  socket.gethostname(), handle.in_flight, kind="TaskTimeoutError")
-        return Outcome(handle.in_flight, handle.fence, "err", blob, handle.retry_timeout,
-                       f"TaskTimeoutError: {cause}")
+    # -- memory ---------------------------------------------------------------------------------
 
     def _watch_memory(self) -> None:
         for handle, reason, detail in memory_kills(

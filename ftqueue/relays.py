@@ -1,0 +1,74 @@
+"""What the supervisor relays to the tasks its workers run: cancel requests (an interrupt, or
+a kill when forced) and timeouts (an interrupt, then a kill after the grace)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Iterable
+
+from . import payload
+from .policy import KillReason
+from .protocol import Cancel, Timeout
+from .spec import Outcome
+from .workerpool import WorkerHandle
+
+
+class Relays:
+    def __init__(self, keep_cancels_s: float, timeout_grace_s: float) -> None:
+        self.keep_cancels_s = keep_cancels_s
+        self.timeout_grace_s = timeout_grace_s
+        # A cancel can reach the node before the worker's claim lines reach us: kept until
+        # some worker says it holds the task (or for a lease timeout).
+        self.pending: dict[str, tuple[bool, float]] = {}
+
+    def add_cancels(self, requests: Iterable[tuple[str, bool]]) -> None:
+        keep_until = time.monotonic() + self.keep_cancels_s
+        for task_id, forced in requests:
+            self.pending[task_id] = (forced, keep_until)
+
+    def deliver_cancels(self, handles: Iterable[WorkerHandle]) -> None:
+        handles = list(handles)
+        now = time.monotonic()
+        for task_id, (forced, keep_until) in list(self.pending.items()):
+            if relay_cancel(handles, task_id, forced) or now > keep_until:
+                del self.pending[task_id]
+
+    def enforce_timeouts(self, handles: Iterable[WorkerHandle], now: float) -> None:
+        for handle in list(handles):
+            if (not handle.running or handle.timeout_s is None
+                    or handle.kill_reason is not KillReason.NONE):
+                continue
+            if not handle.interrupted_at and now - handle.task_started > handle.timeout_s:
+                handle.interrupted_at = now
+                handle.tell(Timeout(handle.running))
+            elif handle.interrupted_at and now - handle.interrupted_at > self.timeout_grace_s:
+                handle.kill(KillReason.TIMEOUT, f"task {handle.running} ignored its timeout")
+
+    def timeout_outcome(self, handle: WorkerHandle) -> Outcome:
+        """The outcome of a task whose worker was killed for ignoring its timeout."""
+        cause = TimeoutError(f"the task ran longer than its timeout_s={handle.timeout_s} and "
+                             f"did not stop within {self.timeout_grace_s} s; "
+                             "its worker was killed")
+        blob = payload.pack_error(handle.func_name or handle.in_flight, cause,
+                                  f"TimeoutError: {cause}\n", handle.pid,
+                                  socket.gethostname(), handle.in_flight, kind="TaskTimeoutError")
+        return Outcome(handle.in_flight, handle.fence, "err", blob, handle.retry_timeout,
+                       f"TaskTimeoutError: {cause}")
+
+
+def relay_cancel(handles: list[WorkerHandle], task_id: str, forced: bool) -> bool:
+    """Interrupt (or kill, when forced) the worker running the task; tell the one that
+    holds it unstarted to drop it. False: no worker has said it holds it."""
+    handle = next((h for h in handles if h.running == task_id), None)
+    if handle is None:  # prefetched, not started: the worker drops it
+        handle = next((h for h in handles if task_id in h.held), None)
+        if handle is None:
+            return False
+        handle.tell(Cancel(task_id))
+        return True
+    if forced:
+        handle.kill(KillReason.CANCEL, f"task {task_id} was cancelled with force=True")
+    else:
+        handle.tell(Cancel(task_id))
+    return True
