@@ -33,6 +33,32 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
         time.sleep(interval)
 
 
+def runs(path: object) -> list[str]:
+    """The execution records tasks appended to `path` (one pid per run)."""
+    try:
+        with open(str(path)) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def mark(path: object) -> int:
+    """Record one execution (from inside a task); return how many there were before it."""
+    before = len(runs(path))
+    with open(str(path), "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return before
+
+
+def wait_for_file(path: object, timeout: float = 120.0) -> None:
+    """Inside a task: block until the test creates `path` (its release signal)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(str(path)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("FTQUEUE_ADDRESS", None)

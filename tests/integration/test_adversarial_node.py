@@ -12,25 +12,12 @@ import time
 
 import psutil
 import pytest
-from conftest import NodeProcess, wait_until
+from conftest import NodeProcess, mark, runs, wait_until
 
 import ftqueue
 import ftqueue.state
 from ftqueue.embedded import RedisServer
 from ftqueue.exceptions import TaskCancelledError, WorkerCrashedError
-
-
-def runs(path) -> list[str]:
-    try:
-        with open(path) as f:
-            return f.read().split()
-    except FileNotFoundError:
-        return []
-
-
-def mark(path) -> None:
-    with open(path, "a") as f:
-        f.write(f"{os.getpid()}\n")
 
 
 def kill_pids(path) -> None:

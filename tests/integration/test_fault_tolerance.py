@@ -9,27 +9,11 @@ import time
 
 import psutil
 import pytest
-from conftest import wait_until
+from conftest import mark, runs, wait_until
 
 import ftqueue
 import ftqueue.state
 from ftqueue.exceptions import NodeDiedError, TaskError, WorkerCrashedError
-
-
-def runs(path) -> list[str]:
-    try:
-        with open(path) as f:
-            return f.read().split()
-    except FileNotFoundError:
-        return []
-
-
-def mark(path) -> int:
-    """Record one execution; return how many there were before it."""
-    before = len(runs(path))
-    with open(path, "a") as f:
-        f.write(f"{os.getpid()}\n")
-    return before
 
 
 @ftqueue.remote(max_retries=2)

@@ -16,7 +16,7 @@ import time
 import pytest
 import redis
 import yaml
-from conftest import NodeProcess, child_env, wait_until
+from conftest import NodeProcess, child_env, wait_for_file, wait_until
 
 import ftqueue
 import ftqueue.state
@@ -32,13 +32,6 @@ def cli(address, *args, check=True, env=None):
         assert proc.returncode == 0, proc.stderr
     return proc
 
-
-def wait_for_file(path, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.01)
 
 
 @ftqueue.remote(max_retries=0)

@@ -14,35 +14,12 @@ import sys
 import psutil
 import pytest
 import redis
-from conftest import NodeProcess, child_env, wait_until
+from conftest import NodeProcess, child_env, mark, runs, wait_for_file, wait_until
 
 import ftqueue
 import ftqueue.state
 from ftqueue.embedded import RedisServer
 from ftqueue.exceptions import TaskError, WorkerCrashedError
-
-
-def runs(path) -> list[str]:
-    try:
-        with open(path) as f:
-            return f.read().split()
-    except FileNotFoundError:
-        return []
-
-
-def mark(path) -> None:
-    with open(path, "a") as f:
-        f.write(f"{os.getpid()}\n")
-
-
-def wait_for_file(path, timeout=60.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.01)
 
 
 @ftqueue.remote(max_retries=3)
