@@ -21,6 +21,8 @@ from .spec import ArgRef, Outcome
 from .store import Claimed, Store, describe, retry_across_outage
 
 log = logging.getLogger("ftqueue.worker")
+# A task's traceback starts at its own code: skip ftqueue's frames (_execute, then _call).
+USER_FRAMES_SKIP = 2
 
 
 def host_ip() -> str:
@@ -141,19 +143,19 @@ class TaskRunner:
             value = self._call(task, fn, args, kwargs)
         except TaskInterrupt as e:
             cause = TimeoutError(f"the task ran longer than its timeout_s={task.timeout_s}")
-            blob = payload.pack_error(task.func_name, cause, payload.format_traceback(e, 1),
+            blob = payload.pack_error(task.func_name, cause, payload.format_traceback(e, USER_FRAMES_SKIP),
                                       self.pid, self.ip, task.task_id, kind="TaskTimeoutError")
             return Outcome(task.task_id, task.fence, "err", blob, task.retry_timeout,
                            f"TaskTimeoutError: {cause}")
         except KeyboardInterrupt as e:
             self.cancelled.discard(task.task_id)
             blob = payload.pack_error(task.func_name, TaskCancelledError(task.task_id),
-                                      payload.format_traceback(e, 1), self.pid, self.ip,
+                                      payload.format_traceback(e, USER_FRAMES_SKIP), self.pid, self.ip,
                                       task.task_id)
             return Outcome(task.task_id, task.fence, "cancelled", blob, False,
                            "KeyboardInterrupt: task interrupted")
         except BaseException as e:  # noqa: BLE001 - every task error is the caller's to see
-            return self._failed(task, e, payload.format_traceback(e, 1),
+            return self._failed(task, e, payload.format_traceback(e, USER_FRAMES_SKIP),
                                 exception_is_retryable(e, retry_exceptions))
         try:
             return Outcome(task.task_id, task.fence, "ok",

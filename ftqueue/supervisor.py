@@ -101,8 +101,9 @@ class Supervisor:
         self.stop_deadline = time.monotonic() + self.settings.grace_period_s
         running = sum(1 for h in self.workers.values() if h.in_flight)
         again = "Ctrl-C" if signum == signal.SIGINT else "signal"
-        self.log(f"stopping: waiting up to {self.settings.grace_period_s:g} s for {running} "
-                 f"running task(s); {again} again to stop now")
+        if running or self.parent_pid is None:   # an embedded node stopping idle says nothing
+            self.log(f"stopping: waiting up to {self.settings.grace_period_s:g} s for "
+                     f"{running} running task(s); {again} again to stop now")
         for handle in self.workers.values():
             handle.ask_to_stop()
 

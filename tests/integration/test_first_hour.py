@@ -214,6 +214,7 @@ def test_get_task_shows_the_traceback_and_iso_times_get_result_and_empty_logs(
     ftqueue.get([fine, quiet], timeout=60)
     shown = yaml.safe_load(cli(redis_url, "get", "task", failed.hex()).stdout)
     assert "Traceback" in shown[-1]["traceback"] and "KeyError: 'nope'" in shown[-1]["traceback"]
+    assert "ftqueue/" not in shown[-1]["traceback"]       # the task's own frames only
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$", shown[-1]["start_time"])
     assert shown[-1]["duration_s"] >= 0
     assert cli(redis_url, "get", "result", fine.hex()).stdout.strip() == "{'a': 1}"
