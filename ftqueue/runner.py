@@ -143,15 +143,16 @@ class TaskRunner:
             value = self._call(task, fn, args, kwargs)
         except TaskInterrupt as e:
             cause = TimeoutError(f"the task ran longer than its timeout_s={task.timeout_s}")
-            blob = payload.pack_error(task.func_name, cause, payload.format_traceback(e, USER_FRAMES_SKIP),
-                                      self.pid, self.ip, task.task_id, kind="TaskTimeoutError")
+            trace = payload.format_traceback(e, USER_FRAMES_SKIP)
+            blob = payload.pack_error(task.func_name, cause, trace, self.pid, self.ip,
+                                      task.task_id, kind="TaskTimeoutError")
             return Outcome(task.task_id, task.fence, "err", blob, task.retry_timeout,
                            f"TaskTimeoutError: {cause}")
         except KeyboardInterrupt as e:
             self.cancelled.discard(task.task_id)
-            blob = payload.pack_error(task.func_name, TaskCancelledError(task.task_id),
-                                      payload.format_traceback(e, USER_FRAMES_SKIP), self.pid, self.ip,
-                                      task.task_id)
+            trace = payload.format_traceback(e, USER_FRAMES_SKIP)
+            blob = payload.pack_error(task.func_name, TaskCancelledError(task.task_id), trace,
+                                      self.pid, self.ip, task.task_id)
             return Outcome(task.task_id, task.fence, "cancelled", blob, False,
                            "KeyboardInterrupt: task interrupted")
         except BaseException as e:  # noqa: BLE001 - every task error is the caller's to see
