@@ -124,9 +124,12 @@ def _sentinel_client(parsed: SentinelAddress, options: dict[str, Any]) -> redis.
                             socket_connect_timeout=SENTINEL_TIMEOUT_S,
                             password=parsed.sentinel_password)
     sentinel_options.pop("health_check_interval")
-    manager = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_options)
-    return manager.master_for(parsed.service, redis_class=redis.Redis, db=parsed.db,
-                              username=parsed.username, password=parsed.password, **options)
+    manager = Sentinel(list(parsed.sentinels),  # type: ignore[no-untyped-call]
+                       sentinel_kwargs=sentinel_options)
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+        parsed.service, redis_class=redis.Redis, db=parsed.db, username=parsed.username,
+        password=parsed.password, **options)
+    return client
 
 
 def _one_line(e: BaseException) -> str:

@@ -144,10 +144,12 @@ class Store:
         pool = self.redis.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+            conn.send_command("EVALSHA", sha, len(keys), *keys,  # type: ignore[no-untyped-call]
+                              *args)
             reply = conn.read_response()
             if name != "claim" or reply[0]:     # an empty claim has nothing to confirm
-                conn.send_command("WAIT", 1, self.replica_timeout_ms)
+                conn.send_command(  # type: ignore[no-untyped-call]
+                    "WAIT", 1, self.replica_timeout_ms)
                 if int(conn.read_response()) < 1:
                     raise ReplicaWaitTimeout(
                         f"no replica confirmed the {name} within {self.replica_timeout_ms} "
@@ -157,7 +159,7 @@ class Store:
         except (redis.ResponseError, ReplicaWaitTimeout):
             raise       # the connection is fine
         except BaseException:
-            conn.disconnect()
+            conn.disconnect()  # type: ignore[no-untyped-call]
             raise
         finally:
             pool.release(conn)
