@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 import ftqueue
-from ftqueue.embedded import RedisServer
+from ftqueue.embedded import RedisServer, set_parent_death_signal
 from ftqueue.keys import Keys
 
 SERVICE = "ftqfail"
@@ -63,6 +63,7 @@ def _append(path: str, line: str) -> None:
 
 def run_driver(address: str, first: int, count: int, rate: float, sleep_ms: int,
                log_path: str, ack_path: str, out_path: str) -> None:
+    set_parent_death_signal()
     ftqueue.init(address=address)
     refs: list[tuple[int, Any]] = []
     batch = 10
