@@ -15,14 +15,12 @@ from typing import Iterator
 
 import pytest
 from conftest import NodeProcess, child_env, run_script
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ftqueue.embedded import RedisServer, free_port
-
-pytest.importorskip("cryptography")
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
 
 CANDIDATES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/bin/valkey-server")
 
