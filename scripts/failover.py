@@ -183,8 +183,9 @@ def run_mode(durability: str, tasks: int, sleep_ms: int, binary: str | None,
     try:
         for _ in range(2):
             processes.append(start_node(deployment.address, env, node_log))
-        # Paced at about what 4 workers run, so submissions go on through the failover.
-        rate = max(20.0, 0.8 * 4 * 1000 / (sleep_ms + 5) / 2)
+        # Paced a little faster than 4 workers run: a backlog is queued, claimed and running
+        # at the kill, and submissions go on through the failover.
+        rate = max(20.0, 1.5 * 4 * 1000 / (sleep_ms + 5) / 2)
         drivers = [subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--driver", deployment.address,
              str(d * (tasks // 2)), str(tasks // 2 if d == 0 else tasks - tasks // 2),
