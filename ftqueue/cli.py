@@ -238,7 +238,8 @@ def _wait_for_redis(address: str, log: Callable[[str], None]) -> None:
             connect(address).close()
             return
         except FtqueueError as e:
-            if time.monotonic() >= deadline or "credentials" in str(e):
+            if time.monotonic() >= deadline or "credentials" in str(e) \
+                    or "certificate" in str(e).lower():   # TLS refused: waiting won't help
                 raise
             if failures == 0:
                 log(f"waiting for Redis at {redact(address)} ({e})")

@@ -81,13 +81,15 @@ class RedisServer:
     def start(cls, *, port: int | None = None, unix_socket: bool = True,
               directory: str | None = None, appendonly: bool = False,
               extra: list[str] | None = None, die_with_parent: bool = True,
-              host: str = "127.0.0.1") -> RedisServer:
-        binary = find_redis_server()
+              host: str = "127.0.0.1", binary: str | None = None,
+              config_file: str | None = None) -> RedisServer:
+        binary = binary or find_redis_server()
         owns = directory is None
         directory = directory or tempfile.mkdtemp(prefix="ftqueue-redis-")
         os.makedirs(directory, exist_ok=True)
-        args = [binary, "--bind", host, "--dir", directory, "--save", "",
-                "--appendonly", "yes" if appendonly else "no", "--protected-mode", "yes",
+        args = [binary, *([config_file] if config_file else []), "--bind", host, "--dir",
+                directory, "--save", "", "--appendonly", "yes" if appendonly else "no",
+                "--protected-mode", "yes",
                 "--daemonize", "no", "--loglevel", "warning", "--logfile", "redis.log"]
         if unix_socket:
             path = os.path.join(directory, "redis.sock")
@@ -109,6 +111,32 @@ class RedisServer:
             raise RedisServerNotFound(f"cannot run {binary}: {e}") from None
         server = cls(process, address, directory, owns, args)
         server.wait_ready()
+        return server
+
+    @classmethod
+    def start_sentinel(cls, primary: tuple[str, int], service: str, *, quorum: int = 2,
+                       down_after_ms: int = 1000, failover_timeout_ms: int = 10_000,
+                       directory: str | None = None, binary: str | None = None,
+                       extra_config: list[str] | None = None) -> RedisServer:
+        """A sentinel (the same redis-server binary, `--sentinel` mode) watching `primary`
+        under the name `service`, on a loopback port. Sentinel rewrites its config file,
+        so it gets one of its own in `directory`."""
+        port = free_port()
+        owns = directory is None
+        directory = directory or tempfile.mkdtemp(prefix="ftqueue-sentinel-")
+        os.makedirs(directory, exist_ok=True)
+        config = os.path.join(directory, "sentinel.conf")
+        host, primary_port = primary
+        with open(config, "w") as f:
+            f.write("\n".join([
+                f"port {port}", "bind 127.0.0.1", f"dir {directory}", "logfile redis.log",
+                f"sentinel monitor {service} {host} {primary_port} {quorum}",
+                f"sentinel down-after-milliseconds {service} {down_after_ms}",
+                f"sentinel failover-timeout {service} {failover_timeout_ms}",
+                f"sentinel parallel-syncs {service} 1", *(extra_config or []), ""]))
+        server = cls.start(port=port, unix_socket=False, directory=directory, binary=binary,
+                           extra=["--sentinel"], config_file=config)
+        server.owns_directory = owns
         return server
 
     def wait_ready(self) -> None:

@@ -31,6 +31,10 @@ DEFAULT_STARTUP_WAIT_S = 30.0
 DEFAULT_MAX_PAYLOAD_BYTES = 100 * 1024 * 1024
 DEFAULT_LOG_MAX_BYTES = 64 * 1024
 DEFAULT_NAMESPACE = "ftq"
+DURABILITIES = ("async", "replicated")
+# How long a replicated write waits for a replica's acknowledgement (WAIT) before the step
+# counts as not done: well under the 10 s socket timeout, above a replica's usual lag.
+DEFAULT_REPLICA_TIMEOUT_S = 2.0
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
@@ -153,7 +157,15 @@ class Settings:
     health_file: str | None = None
     import_allow: tuple[str, ...] = ()
     tls_ca_file: str | None = None
+    tls_cert_file: str | None = None         # client certificate, for mutual TLS
+    tls_key_file: str | None = None
     redis_server: str | None = None
+    durability: str = "async"                # or "replicated": WAIT 1 after each write step
+    replica_timeout_s: float = DEFAULT_REPLICA_TIMEOUT_S
+
+    @property
+    def replicated(self) -> bool:
+        return self.durability == "replicated"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -187,7 +199,9 @@ ENV: dict[str, str] = {
     "memory_threshold": "FTQUEUE_MEMORY_THRESHOLD", "timeout_grace_s": "FTQUEUE_TIMEOUT_GRACE_S",
     "metrics_port": "FTQUEUE_METRICS_PORT", "health_file": "FTQUEUE_HEALTH_FILE",
     "import_allow": "FTQUEUE_IMPORT_ALLOW", "tls_ca_file": "FTQUEUE_TLS_CA_FILE",
+    "tls_cert_file": "FTQUEUE_TLS_CERT_FILE", "tls_key_file": "FTQUEUE_TLS_KEY_FILE",
     "redis_server": "FTQUEUE_REDIS_SERVER",
+    "durability": "FTQUEUE_DURABILITY", "replica_timeout_s": "FTQUEUE_REPLICA_TIMEOUT_S",
 }
 # Read where they are used, at each use, on purpose: keys can be rotated without restarts.
 SECRET_ENV = ("FTQUEUE_SECRET", "FTQUEUE_SECRET_FILE", "FTQUEUE_OLD_SECRETS",
@@ -200,6 +214,10 @@ def _parse(name: str, var: str, raw: str) -> object:
         return _split(raw)
     if name == "max_memory_per_worker":
         return parse_size(raw)
+    if name == "durability":
+        if raw not in DURABILITIES:
+            raise ValueError(f"{var} must be one of {', '.join(DURABILITIES)}, got {raw!r}")
+        return raw
     try:
         if kind == "int":
             return int(raw)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ..exceptions import FtqueueError
-from ..store import Store, backoff, describe, is_transient
+from ..store import ReplicaWaitTimeout, Store, backoff, describe, is_transient
 from .calls import as_ftqueue_error
 from .records import Submission
 from .wakeup import Broadcast
@@ -245,6 +245,13 @@ class SubmitQueue:
             self._store_functions(batch)
             self.store.submit([sub.as_store_task() for sub in batch])
         except Exception as e:  # noqa: BLE001 - classified just below
+            if isinstance(e, ReplicaWaitTimeout):
+                # Not acknowledged, so not held either: the submitter decides (resubmitting
+                # is safe only as a new task, and this one may run all the same).
+                self._refuse(batch, FtqueueError(
+                    f"submitting {len(batch)} task(s) was not acknowledged: {e}. The task(s) "
+                    "may exist in Redis and run all the same"))
+                return True
             if is_transient(e):
                 log.debug("ftqueue: Redis unavailable, %d submission(s) wait: %s", len(batch),
                           describe(e))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from ..exceptions import FtqueueConnectionError
 from ..settings import Settings
@@ -15,28 +18,86 @@ from .errors import is_transient
 
 SOCKET_TIMEOUT_S = 10.0   # above the 1 s BLPOP waits; bounds a call to a frozen Redis
 CONNECT_TIMEOUT_S = 5.0
+# A sentinel that does not answer within this is skipped for the next one.
+SENTINEL_TIMEOUT_S = 1.0
+SENTINEL_SCHEME = "redis+sentinel"
+DEFAULT_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    """`redis+sentinel://[:password@]host:port[,host:port…]/service_name[/db]`; the URL's
+    password is the data nodes', `?sentinel_password=` the sentinels' own."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+
+
+def parse_sentinel_address(address: str) -> SentinelAddress:
+    """Raises ValueError saying what is wrong (never echoing the password)."""
+    parts = urlsplit(address)
+    if parts.scheme != SENTINEL_SCHEME:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// address")
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    sentinels = []
+    for item in hostlist.split(","):
+        host, port = _host_port(item.strip())
+        sentinels.append((host, port))
+    segments = [s for s in parts.path.split("/") if s]
+    if not segments or len(segments) > 2:
+        raise ValueError("expected /service_name or /service_name/db after the sentinels")
+    db = segments[1] if len(segments) == 2 else "0"
+    if not db.isdigit():
+        raise ValueError(f"the database must be a number, got {db!r}")
+    query = dict(parse_qsl(parts.query))
+    unknown = set(query) - {"sentinel_password"}
+    if unknown:
+        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return SentinelAddress(tuple(sentinels), unquote(segments[0]), int(db),
+                           unquote(username) or None, unquote(password) or None,
+                           query.get("sentinel_password") or None)
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    if item.startswith("["):                     # [::1]:26379
+        host, _, rest = item[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = item.partition(":")
+    if not host:
+        raise ValueError("a sentinel without a host")
+    if port and not port.isdigit():
+        raise ValueError(f"not a port: {port!r}")
+    return host, int(port) if port else DEFAULT_SENTINEL_PORT
 
 
 def connect(address: str, *, check: bool = True,
             socket_timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
-    """A client for `address` (redis://, rediss://, unix://) with redis-py's own command
-    retries off: every ftqueue step is retried by ftqueue itself, only where that is safe.
-    `socket_timeout` bounds one call to a frozen Redis."""
-    tls: dict[str, str] = {}
-    ca_file = Settings.from_env().tls_ca_file
-    if address.startswith("rediss://") and ca_file:
-        tls["ssl_ca_certs"] = ca_file
+    """A client for `address` (redis://, rediss://, unix://, redis+sentinel://) with
+    redis-py's own command retries off: every ftqueue step is retried by ftqueue itself,
+    only where that is safe. `socket_timeout` bounds one call to a frozen Redis. Through
+    Sentinel, every new connection asks the sentinels for the primary, so a process follows
+    a failover by reconnecting (its connections to the old primary fail, or answer
+    READONLY, which redis-py turns into a lost connection)."""
+    options: dict[str, Any] = {
+        "retry": Retry(NoBackoff(), 0), "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(CONNECT_TIMEOUT_S, socket_timeout),
+        "health_check_interval": 10,
+    }
     try:
-        client = redis.Redis.from_url(
-            address,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=min(CONNECT_TIMEOUT_S, socket_timeout),
-            health_check_interval=10,
-            **tls,
-        )
+        if address.startswith(SENTINEL_SCHEME + "://"):
+            client = _sentinel_client(parse_sentinel_address(address), options)
+        else:
+            if address.startswith("rediss://"):
+                options.update(tls_options(Settings.from_env()))
+            client = redis.Redis.from_url(address, **options)
     except ValueError as e:
-        raise FtqueueConnectionError(f"invalid Redis address {address!r}: {e}") from None
+        raise FtqueueConnectionError(f"invalid Redis address {redact(address)}: {e}") from None
     if check:
         try:
             client.ping()
@@ -44,9 +105,36 @@ def connect(address: str, *, check: bool = True,
             raise FtqueueConnectionError(
                 f"Redis at {redact(address)} refused the credentials: {e}") from None
         except redis.RedisError as e:
-            raise FtqueueConnectionError(f"cannot reach Redis at {redact(address)}: {e}") \
-                from None
+            client.close()
+            raise FtqueueConnectionError(f"cannot reach Redis at {redact(address)}: "
+                                         f"{_one_line(e)}") from None
     return client
+
+
+def tls_options(settings: Settings) -> dict[str, str]:
+    """redis-py's TLS options from FTQUEUE_TLS_*: a CA bundle and, for mutual TLS, the
+    client's certificate and key (hostname checking stays on, redis-py's default)."""
+    tls = {"ssl_ca_certs": settings.tls_ca_file, "ssl_certfile": settings.tls_cert_file,
+           "ssl_keyfile": settings.tls_key_file}
+    return {k: v for k, v in tls.items() if v}
+
+
+def _sentinel_client(parsed: SentinelAddress, options: dict[str, Any]) -> redis.Redis:
+    sentinel_options = dict(options, socket_timeout=SENTINEL_TIMEOUT_S,
+                            socket_connect_timeout=SENTINEL_TIMEOUT_S,
+                            password=parsed.sentinel_password)
+    sentinel_options.pop("health_check_interval")
+    manager = Sentinel(list(parsed.sentinels),  # type: ignore[no-untyped-call]
+                       sentinel_kwargs=sentinel_options)
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+        parsed.service, redis_class=redis.Redis, db=parsed.db, username=parsed.username,
+        password=parsed.password, **options)
+    return client
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] if text else type(e).__name__
 
 
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -85,8 +173,6 @@ is_connection_error = is_transient
 
 def redact(address: str) -> str:
     """The address without its password (in the user part or the query), for messages."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit
-
     try:
         parts = urlsplit(address)
     except ValueError:
@@ -94,6 +180,6 @@ def redact(address: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = urlencode([(k, "***" if k == "password" else v)
+    query = urlencode([(k, "***" if k in ("password", "sentinel_password") else v)
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")

@@ -2,7 +2,8 @@
 
 *Transient*: the server is unreachable, or reachable but not serving for now (`BUSY` with a
 long script, `LOADING` after a restart, `READONLY`/`MASTERDOWN` around a failover,
-`TRYAGAIN`). A step that is idempotent or fenced is waited out and run again.
+`TRYAGAIN`), or no replica confirmed a replicated write in time. A step that is idempotent
+or fenced is waited out and run again.
 *Full*: `OOM` under `maxmemory` with `noeviction`. A write that must not be lost (an
 outcome) is held and retried; a new submission is refused with a clear error.
 *Corrupt*: `WRONGTYPE`, a key holding something ftqueue did not write there. The record is
@@ -16,7 +17,13 @@ import re
 
 import redis
 
-from ..exceptions import FtqueueConnectionError
+from ..exceptions import FtqueueConnectionError, FtqueueError
+
+
+class ReplicaWaitTimeout(FtqueueError):
+    """With FTQUEUE_DURABILITY=replicated: the write was made on the primary, but no replica
+    confirmed it (WAIT) in time. Transient: a fenced or idempotent step is run again; a
+    submission is refused (its task may exist all the same)."""
 
 _TRANSIENT_CODES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
                     "NOREPLICAS")
@@ -45,7 +52,7 @@ def is_unreachable(e: BaseException) -> bool:
 
 def is_transient(e: BaseException) -> bool:
     """Wait and run the (idempotent or fenced) step again."""
-    if is_unreachable(e):
+    if is_unreachable(e) or isinstance(e, ReplicaWaitTimeout):
         return True
     return isinstance(e, (redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError,
                           redis.exceptions.BusyLoadingError)) \

@@ -20,8 +20,8 @@ from typing import Any, Callable
 import redis
 
 from ..keys import Keys
-from ..settings import DEFAULT_LINEAGE_TTL_S
-from .errors import is_corrupt
+from ..settings import DEFAULT_LINEAGE_TTL_S, Settings
+from .errors import ReplicaWaitTimeout, is_corrupt
 from .scripts import load_scripts
 
 log = logging.getLogger("ftqueue.store")
@@ -38,6 +38,10 @@ def wall_clock_ms() -> int:
 REDIS_CLOCK = None   # scripts read Redis's own TIME
 
 _SCRIPTS = load_scripts()
+# With replicated durability these steps are acknowledged only once a replica has them: a
+# submission (a `.remote()` that returned), a claim (before its task runs) and a commit
+# (before the worker moves on). Renewals, sweeps and the rest are repeated anyway.
+REPLICATED_SCRIPTS = frozenset({"submit", "claim", "commit"})
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,14 @@ class Store:
     """Every read and write ftqueue makes to Redis goes through here."""
 
     def __init__(self, client: redis.Redis, namespace: str = "ftq",
-                 clock_ms: Callable[[], int] | None = REDIS_CLOCK) -> None:
+                 clock_ms: Callable[[], int] | None = REDIS_CLOCK, *,
+                 replica_timeout_s: float | None = None) -> None:
+        """`replica_timeout_s`: wait that long for one replica after each replicated step
+        (None: as FTQUEUE_DURABILITY and FTQUEUE_REPLICA_TIMEOUT_S say; 0: never)."""
+        if replica_timeout_s is None:
+            settings = Settings.from_env()
+            replica_timeout_s = settings.replica_timeout_s if settings.replicated else 0.0
+        self.replica_timeout_ms = int(replica_timeout_s * 1000)
         self.redis = client
         self.keys = Keys(namespace)
         self._script_clock = clock_ms
@@ -119,11 +130,39 @@ class Store:
         sha = self._sha.get(name)
         if sha is not None:
             try:
-                return self.redis.evalsha(sha, len(keys), *keys, *args)
+                return self._evalsha(name, sha, keys, args)
             except redis.exceptions.NoScriptError:
-                pass  # Redis restarted or flushed its script cache
+                pass  # Redis restarted, failed over, or flushed its script cache
         self._sha[name] = _s(self.redis.script_load(source))
-        return self.redis.evalsha(self._sha[name], len(keys), *keys, *args)
+        return self._evalsha(name, self._sha[name], keys, args)
+
+    def _evalsha(self, name: str, sha: str, keys: list[str], args: list[Any]) -> Any:
+        if not (self.replica_timeout_ms and name in REPLICATED_SCRIPTS):
+            return self.redis.evalsha(sha, len(keys), *keys, *args)
+        # WAIT counts the replicas that hold this connection's writes: the script and its
+        # WAIT must share one connection, which a pooled client does not promise.
+        pool = self.redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", sha, len(keys), *keys,  # type: ignore[no-untyped-call]
+                              *args)
+            reply = conn.read_response()
+            if name != "claim" or reply[0]:     # an empty claim has nothing to confirm
+                conn.send_command(  # type: ignore[no-untyped-call]
+                    "WAIT", 1, self.replica_timeout_ms)
+                if int(conn.read_response()) < 1:
+                    raise ReplicaWaitTimeout(
+                        f"no replica confirmed the {name} within {self.replica_timeout_ms} "
+                        "ms (FTQUEUE_DURABILITY=replicated): the primary has it, a failover "
+                        "now could lose it")
+            return reply
+        except (redis.ResponseError, ReplicaWaitTimeout):
+            raise       # the connection is fine
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(conn)
 
     def _note_corrupt(self, keys: list[str]) -> None:
         self._local.last_corrupt = keys
