@@ -101,7 +101,8 @@ class Supervisor:
         self.stop_deadline = time.monotonic() + self.settings.grace_period_s
         running = sum(1 for h in self.workers.values() if h.in_flight)
         again = "Ctrl-C" if signum == signal.SIGINT else "signal"
-        if running or self.parent_pid is None:   # an embedded node stopping idle says nothing
+        # An embedded node told to stop by its driver, idle, at exit: nothing to say.
+        if running or self.parent_pid is None or signum == signal.SIGINT:
             self.log(f"stopping: waiting up to {self.settings.grace_period_s:g} s for "
                      f"{running} running task(s); {again} again to stop now")
         for handle in self.workers.values():
