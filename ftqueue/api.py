@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import remote_function as _remote_function
-from . import spec
+from . import spec, state
 from .client import Client
 from .context import RuntimeContext, current_task
 from .embedded import EmbeddedCluster
@@ -210,3 +210,4 @@ def _flush_before_hex() -> None:
 
 spec._before_hex = _flush_before_hex
 _remote_function.bind_runtime(_ensure_client)
+state.bind_store(lambda: _ensure_client().store)

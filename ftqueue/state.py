@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .spec import TaskState
 from .store import Store
@@ -261,10 +261,20 @@ def _shape(row: dict[str, Any], detail: bool) -> dict[str, Any]:
     return {k: row.get(k) for k in (DETAIL_FIELDS if detail else TASK_FIELDS)}
 
 
-def _reader() -> StateReader:
-    from .api import _ensure_client
+_store: Callable[[], Store] | None = None
 
-    return StateReader(_ensure_client().store)
+
+def bind_store(provider: Callable[[], Store] | None) -> None:
+    """Set the function that returns this process's store (connecting on first use).
+    Injected by `api`, so this module needs nothing above it."""
+    global _store
+    _store = provider
+
+
+def _reader() -> StateReader:
+    if _store is None:
+        raise RuntimeError("ftqueue.state needs `import ftqueue` (which binds the runtime)")
+    return StateReader(_store())
 
 
 def list_tasks(filters: Sequence[tuple[str, str, Any]] | None = None, detail: bool = False,
