@@ -129,6 +129,20 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def own_redis(tmp_path: object) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to freeze, fill or kill; thawed and ended after."""
+    server = RedisServer.start(unix_socket=True, directory=os.path.join(str(tmp_path), "redis"))
+    try:
+        yield server
+    finally:
+        try:
+            os.kill(server.process.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        server.kill()
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client = redis.Redis.from_url(redis_server.address)
     client.flushall()

@@ -16,7 +16,6 @@ from conftest import NodeProcess, mark, runs, wait_until
 
 import ftqueue
 import ftqueue.state
-from ftqueue.embedded import RedisServer
 from ftqueue.exceptions import TaskCancelledError, WorkerCrashedError
 
 
@@ -69,14 +68,6 @@ def test_worker_death_is_seen_although_a_forked_child_holds_its_pipe(driver, sta
 
 # -- a frozen Redis must not hold the supervisor's loop: deaths, Ctrl-C ------------------------
 
-@pytest.fixture
-def own_redis(tmp_path):
-    server = RedisServer.start(unix_socket=True, directory=str(tmp_path / "redis"))
-    try:
-        yield server
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
-        server.kill()
 
 
 def test_frozen_redis_does_not_hold_the_supervisor(own_redis):

@@ -9,13 +9,11 @@ import signal
 import threading
 import time
 
-import pytest
 import redis
 from conftest import NodeProcess, wait_until
 
 import ftqueue
 import ftqueue.state
-from ftqueue.embedded import RedisServer
 from ftqueue.store import Store, connect
 
 LEASE_TIMEOUT_S = 3
@@ -65,14 +63,6 @@ class Sweeper:
         self.store.redis.close()
 
 
-@pytest.fixture
-def own_redis(tmp_path):
-    server = RedisServer.start(unix_socket=True, directory=str(tmp_path / "redis"))
-    try:
-        yield server
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
-        server.kill()
 
 
 def test_redis_frozen_longer_than_the_lease_fails_and_reruns_nothing(own_redis, tmp_path):

@@ -112,13 +112,6 @@ def test_exit_75_inside_a_task_uses_the_retry_budget(cluster, tmp_path):
 
 # -- 3. a full Redis (maxmemory, noeviction): outcomes are held, nothing re-runs ----------------
 
-@pytest.fixture
-def own_redis():
-    server = RedisServer.start(unix_socket=True)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_full_redis_holds_outcomes_and_runs_nothing_twice(own_redis, tmp_path):
