@@ -170,7 +170,7 @@ def end_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def run_mode(durability: str, tasks: int, sleep_ms: int, binary: str | None,
-             workdir: str) -> dict[str, Any]:
+             workdir: str, replica_lag_s: float = 0.0) -> dict[str, Any]:
     log_path = os.path.join(workdir, "executions.log")
     acks = [os.path.join(workdir, f"acks{d}") for d in range(2)]
     outs = [os.path.join(workdir, f"results{d}.json") for d in range(2)]
@@ -200,8 +200,18 @@ def run_mode(durability: str, tasks: int, sleep_ms: int, binary: str | None,
             if time.monotonic() > deadline or any(d.poll() is not None for d in drivers):
                 raise RuntimeError(f"the run stalled before the kill (see {workdir})")
             time.sleep(0.05)
+        if replica_lag_s:
+            # A replica that lags by replica_lag_s: frozen and cut off from the primary (so
+            # nothing more reaches even its socket), it misses every write of that window.
+            os.kill(deployment.replica.process.pid, signal.SIGSTOP)
+            cut = redis.Redis.from_url(deployment.primary.address, socket_timeout=5)
+            cut.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            cut.close()
+            time.sleep(replica_lag_s)
         kill_ns = time.time_ns()
         deployment.primary.kill()
+        if replica_lag_s:
+            os.kill(deployment.replica.process.pid, signal.SIGCONT)
         survived = what_survived(replica, read_acks(acks), read_log(log_path), kill_ns)
         replica.close()
         new_master = None
@@ -313,6 +323,8 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--sleep-ms", type=int, default=20, help="each task body's duration")
     parser.add_argument("--redis-server", default=None, help="the binary (default: bundled)")
+    parser.add_argument("--replica-lag-s", type=float, default=0.0,
+                        help="freeze the replica this long before the kill (replication lag)")
     parser.add_argument("--quick", action="store_true", help="a short profile (< 1 min)")
     parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
     args = parser.parse_args()
@@ -322,7 +334,8 @@ def main() -> int:
     out: dict[str, Any] = {}
     for mode in modes:
         workdir = tempfile.mkdtemp(prefix=f"ftqueue-failover-{mode}-")
-        out[mode] = run_mode(mode, args.tasks, args.sleep_ms, args.redis_server, workdir)
+        out[mode] = run_mode(mode, args.tasks, args.sleep_ms, args.redis_server, workdir,
+                             args.replica_lag_s)
         if not args.json:
             print(mode, json.dumps(out[mode], indent=1))
     if args.json:
