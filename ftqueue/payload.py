@@ -276,8 +276,7 @@ def outcome_to_result(object_id: str, record: dict[str, str],
         return False, ObjectLostError(f"The error of task {object_id} is lost: "
                                       f"{record.get('error_message', '')}")
     ok, value = _decode(blob, object_id)
-    unreadable = isinstance(value, PayloadVerificationError) and not isinstance(value, TaskError)
-    if unreadable and record.get("error_message"):
+    if is_unverifiable(value) and record.get("error_message"):
         # The stored error cannot be read here, but the task record says in plain text why
         # the task failed (e.g. its worker refused the function): that is the cause to show.
         here = "set here" if signer().enabled else "not set here"
@@ -286,6 +285,12 @@ def outcome_to_result(object_id: str, record: dict[str, str],
             f"stored error cannot be verified here: FTQUEUE_SECRET is {here}, and differs "
             "from or is missing on the worker)")
     return ok, value
+
+
+def is_unverifiable(error: Any) -> bool:
+    """This process refused a stored blob (not: the task failed with a verification error,
+    which arrives as a TaskError that is also a PayloadVerificationError)."""
+    return isinstance(error, PayloadVerificationError) and not isinstance(error, TaskError)
 
 
 def _decode(blob: bytes, object_id: str) -> tuple[bool, Any]:

@@ -37,29 +37,18 @@ DURABILITIES = ("async", "replicated")
 DEFAULT_REPLICA_TIMEOUT_S = 2.0
 
 
-def env_str(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
-
-
-def env_float(name: str, default: float) -> float:
-    raw = env_str(name)
-    if raw is None:
-        return default
+def _number(var: str, raw: str, kind: type[int] | type[float]) -> int | float:
     try:
-        return float(raw)
+        return kind(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{var} must be {what}, got {raw!r}") from None
 
 
 def env_int(name: str, default: int) -> int:
-    raw = env_str(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    """One integer variable, read now (for the few read at each use; see below)."""
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(_number(name, raw, int))
 
 
 def max_payload_bytes() -> int:
@@ -98,10 +87,6 @@ class NodeSettings:
         return max(0.05, min(1.0, self.lease_timeout_s / 4))
 
 
-def lease_timeout_from_env() -> float:
-    return env_float("FTQUEUE_LEASE_TIMEOUT_S", DEFAULT_LEASE_TIMEOUT_S)
-
-
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2,
                "MIB": 1024 ** 2, "G": 1024 ** 3, "GB": 1024 ** 3, "GIB": 1024 ** 3}
 
@@ -118,13 +103,6 @@ def parse_size(text: str) -> int:
     if unit not in _SIZE_UNITS or value < 0:
         raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)")
     return int(value * _SIZE_UNITS[unit])
-
-
-def retention_from_env() -> tuple[int, int]:
-    """(result TTL, lineage TTL) in seconds; lineage is kept at least as long as results."""
-    result_ttl = env_int("FTQUEUE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S)
-    lineage_ttl = env_int("FTQUEUE_LINEAGE_TTL_S", DEFAULT_LINEAGE_TTL_S)
-    return result_ttl, max(lineage_ttl, result_ttl)
 
 
 def _split(raw: str | None) -> tuple[str, ...]:
@@ -218,14 +196,8 @@ def _parse(name: str, var: str, raw: str) -> object:
         if raw not in DURABILITIES:
             raise ValueError(f"{var} must be one of {', '.join(DURABILITIES)}, got {raw!r}")
         return raw
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"{var} must be {'an integer' if kind == 'int' else 'a number'}, "
-                         f"got {raw!r}") from None
+    if kind in ("int", "float"):
+        return _number(var, raw, int if kind == "int" else float)
     return raw
 
 

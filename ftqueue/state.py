@@ -6,7 +6,7 @@ import json
 from typing import Any, Callable, Iterable, Sequence
 
 from .spec import TaskState
-from .store import Store
+from .store import Store, as_text
 
 TASK_FIELDS = ("task_id", "attempt_number", "name", "state", "job_id", "actor_id", "type",
                "func_or_class_name", "parent_task_id", "node_id", "worker_id", "error_type")
@@ -44,11 +44,6 @@ def _check_filter(key: str, op: str, value: Any) -> tuple[str, str, str]:
     if key == "state":
         value = value.upper()
     return key, op, value
-
-
-def _text(value: Any) -> str:
-    """A reply from redis-py (bytes here: the clients are not decoding) as text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _ms_to_s(value: Any) -> float | None:
@@ -127,7 +122,7 @@ class StateReader:
             if not chunk:
                 break
             start += SCAN_CHUNK
-            for row in self.task_rows([_text(c) for c in chunk], detail=True):
+            for row in self.task_rows([as_text(c) for c in chunk], detail=True):
                 if _matches(row, checked):
                     rows.append(_shape(row, detail))
         return rows[:limit]
@@ -166,11 +161,11 @@ class StateReader:
             if not chunk:
                 return
             start += SCAN_CHUNK
-            yield [_text(c) for c in chunk]
+            yield [as_text(c) for c in chunk]
 
     def _records(self, index: str, key: Any) -> list[dict[str, str]]:
         """Hashes of the ids in `index`; ids whose hash has expired are dropped from it."""
-        ids = [_text(i) for i in self.store.redis.zrange(index, 0, -1)]
+        ids = [as_text(i) for i in self.store.redis.zrange(index, 0, -1)]
         pipe = self.store.redis.pipeline(transaction=False)
         for i in ids:
             pipe.hgetall(key(i))
@@ -222,7 +217,7 @@ class StateReader:
         return rows
 
     def queue_depths(self) -> dict[str, int]:
-        names = sorted(_text(n) for n in self.store.redis.smembers(self.keys.queues))
+        names = sorted(as_text(n) for n in self.store.redis.smembers(self.keys.queues))
         pipe = self.store.redis.pipeline(transaction=False)
         for name in names:
             pipe.llen(self.keys.queue(name))
@@ -239,7 +234,7 @@ class StateReader:
                 recent[k.decode()] = recent.get(k.decode(), 0) + int(v)
         nodes = self.list_nodes()
         workers = self.list_workers(nodes)
-        stats = {_text(k): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
+        stats = {as_text(k): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
         depths = self.queue_depths()
         served = {q for n in nodes if n["state"] == "ALIVE" for q in n["queues"].split(",")}
         return {

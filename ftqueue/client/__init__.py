@@ -10,6 +10,5 @@
 """
 
 from .client import Client
-from .records import retries_timeout
 
-__all__ = ["Client", "retries_timeout"]
+__all__ = ["Client"]

@@ -71,5 +71,3 @@ def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
                                    bound)
     return Submission(task_id, options.queue, blob, tuple(deps), fields, function)
 
-
-retries_timeout = timeout_is_retryable   # the name the client exported before policy.py

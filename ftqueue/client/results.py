@@ -12,8 +12,6 @@ from .. import payload
 from ..exceptions import (
     ObjectLostError,
     ObjectReconstructionFailedError,
-    PayloadVerificationError,
-    TaskError,
 )
 from ..spec import TERMINAL_STATES
 from ..store import Store
@@ -83,7 +81,7 @@ class Results:
 
     def _explain(self, object_id: str, record: dict[str, str], error: Exception,
                  deadline: float | None) -> Exception:
-        if isinstance(error, PayloadVerificationError) and not isinstance(error, TaskError):
+        if payload.is_unverifiable(error):
             try:
                 self.calls.run(lambda: self.store.incr_stat("payload_rejected"),
                                grace(deadline), retry=False)

@@ -166,10 +166,6 @@ def retry_across_outage(step: Callable[[], Any], give_up: Callable[[], bool] = l
             failures += 1
 
 
-# The old name, kept while callers move over: "wait and retry" now covers every transient
-# error, not only a lost connection.
-is_connection_error = is_transient
-
 
 def redact(address: str) -> str:
     """The address without its password (in the user part or the query), for messages."""

@@ -61,8 +61,12 @@ class Claimed:
     max_retries: int = 0
 
 
-def _s(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A reply from redis-py (bytes: ftqueue's clients do not decode) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_s = as_text
 
 
 def _b(value: Any) -> bytes:
