@@ -223,6 +223,10 @@ class StateReader:
             pipe.llen(self.keys.queue(name))
         return dict(zip(names, pipe.execute()))
 
+    def unserved_queues(self) -> list[str]:
+        """Queues with work waiting that no live node serves."""
+        return unserved(self.list_nodes(), self.queue_depths())
+
     def status(self, minutes: int = 5) -> dict[str, Any]:
         now_minute = self.store.clock_ms() // 60000
         pipe = self.store.redis.pipeline(transaction=False)
@@ -236,12 +240,11 @@ class StateReader:
         workers = self.list_workers(nodes)
         stats = {as_text(k): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
         depths = self.queue_depths()
-        served = {q for n in nodes if n["state"] == "ALIVE" for q in n["queues"].split(",")}
         return {
             "nodes_alive": sum(1 for n in nodes if n["state"] == "ALIVE"),
             "workers_alive": sum(1 for w in workers if w["state"] == "ALIVE"),
             "queues": depths,
-            "unserved_queues": sorted(q for q, n in depths.items() if n and q not in served),
+            "unserved_queues": unserved(nodes, depths),
             "running": self.store.redis.zcard(self.keys.leases),
             "window_minutes": minutes,
             "recent_retries": {k.split(":", 1)[1]: v for k, v in recent.items()
@@ -250,6 +253,11 @@ class StateReader:
                                 if k.startswith("failed:")},
             "fenced_late_results": stats.get("fenced", 0),
         }
+
+
+def unserved(nodes: list[dict[str, Any]], depths: dict[str, int]) -> list[str]:
+    served = {q for n in nodes if n["state"] == "ALIVE" for q in n["queues"].split(",")}
+    return sorted(q for q, n in depths.items() if n and q not in served)
 
 
 def _shape(row: dict[str, Any], detail: bool) -> dict[str, Any]:

@@ -212,7 +212,7 @@ class Client:
     def _warn_of_unserved_queues(self) -> None:
         """Once per queue: work waits in a queue that no live node serves."""
         try:
-            unserved = StateReader(self.store).status(1)["unserved_queues"]
+            unserved = StateReader(self.store).unserved_queues()
         except Exception as e:  # noqa: BLE001 - a hint, not worth more
             log.debug("ftqueue: checking for unserved queues failed: %s", describe(e))
             return
