@@ -39,6 +39,8 @@ class CommitBatcher:
         self.on_settled = on_settled
         self.on_stalled = on_stalled     # the first retry of a batch: Redis is not taking it
         self.pending: list[Outcome] = []
+        # After a flush that named the next task: does this worker still hold it?
+        self.next_held = True
         self._sleep = sleep
         self._clock = clock
         self._once = LogOnce(log)
@@ -50,10 +52,13 @@ class CommitBatcher:
         """Commit every held outcome (marking `next_task_id` RUNNING with them, if this
         worker still holds it under `next_fence`); returns the per-outcome answers
         ('finished', 'failed', 'retried', 'fenced', 'corrupt')."""
+        self.next_held = True
         if not self.pending:
             return []
         batch = list(self.pending)
         answers = self._commit(batch, next_task_id, next_fence)
+        if next_task_id and answers != ["lost"] * len(batch):
+            self.next_held = self.store.next_task_held
         del self.pending[:len(batch)]
         self.on_settled([o.task_id for o in batch])
         return answers

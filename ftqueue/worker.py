@@ -104,6 +104,13 @@ class Worker:
         task = self.local.popleft()
         # What finished before is in Redis before this task starts (DESIGN invariant 8).
         self.commits.flush(next_task_id=task.task_id, next_fence=task.fence)
+        if not self.commits.next_held:
+            # Swept while this process was frozen, and perhaps running elsewhere under the
+            # same attempt number: starting it here would run it twice.
+            log.warning("task %s is no longer held by this worker; not starting it",
+                        task.task_id)
+            self.tell(protocol.Settled((task.task_id,)))
+            return None
         self.commits.add(self.runner.run(task))
         if not self.local:
             self.commits.flush()

@@ -205,7 +205,16 @@ class Store:
             argv += [task_id, fence, outcome, blob, "1" if retryable else "0", message]
         if next_task_id:
             keys.append(self.keys.task(next_task_id))
-        return [_s(r) for r in self._run("commit", argv, keys)]
+        answers = [_s(r) for r in self._run("commit", argv, keys)]
+        if next_task_id:
+            self._local.next_held = answers.pop() == "next:held"
+        return answers
+
+    @property
+    def next_task_held(self) -> bool:
+        """After a `commit` with `next_task_id` and `worker_id`, on this thread: whether the
+        worker still held that task (a worker that does not must not start it)."""
+        return bool(getattr(self._local, "next_held", True))
 
     def renew(self, node_id: str, lease_timeout_ms: int, running: Sequence[str] = (),
               held: Sequence[str] = ()) -> int:

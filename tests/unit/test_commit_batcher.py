@@ -18,6 +18,7 @@ class FlakyStore:
     def __init__(self, errors: list[BaseException]) -> None:
         self.errors = list(errors)
         self.commits: list[tuple[list[str], str, str]] = []
+        self.next_task_held = True
 
     def commit(self, outcomes, next_task_id="", worker_id="", next_fence=""):
         if self.errors:

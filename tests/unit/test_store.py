@@ -232,3 +232,20 @@ def test_commit_marks_the_next_task_running_only_for_the_worker_holding_it(env):
     assert state(client, "t1") == "SUBMITTED_TO_WORKER"
     store.commit([], "t1", worker_id="w2", next_fence=field(client, "t1", "fence"))
     assert state(client, "t1") == "RUNNING"
+
+
+def test_commit_tells_a_worker_whether_it_still_holds_the_task_it_starts_next(env):
+    store, clock, client = env
+    # w1 prefetches [t2, t1] and freezes past its lease; both are swept, w2 claims them.
+    for task_id in ["t2", "t1"] + [f"f{i:02}" for i in range(14)]:
+        submit(store, task_id)
+    first, prefetched = claim(store, n=2, worker="w1")
+    assert store.commit([], "t1", worker_id="w1", next_fence=prefetched.fence) == []
+    assert store.next_task_held                    # before the freeze: still w1's
+    serve(store, clock, LEASE_MS / 1000 + 1)
+    store.sweep(LEASE_MS)
+    claim(store, n=2, worker="w2", node="n2")
+    # Back, w1 commits t2 and is about to start t1 (same attempt number as w2's run).
+    store.commit([("t2", first.fence, "ok", b"V", False, "")], "t1", worker_id="w1",
+                 next_fence=prefetched.fence)
+    assert not store.next_task_held               # so it must not start t1

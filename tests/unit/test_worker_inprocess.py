@@ -50,3 +50,20 @@ def test_outcome_is_committed_before_the_next_task_starts():
     assert messages[2] == protocol.Settled((ids[0],))   # A settled before B started
     assert not worker.local
     assert client.hget(f"ftq:task:{ids[1]}", "state") == b"FINISHED"   # idle next: flushed
+
+
+def test_a_prefetched_task_taken_over_while_frozen_is_not_started():
+    client = fakeredis.FakeRedis()
+    store = Store(client, "ftq")
+    ids = [f"{i:032x}" for i in range(16)]
+    for task_id in ids:
+        submit(store, task_id)
+    ran: list[str] = []
+    worker = Worker(NodeSettings(address="unused"), "n1", "w1", io.BytesIO(), store)
+    worker.runner.functions._cache[FN] = ran.append
+    worker.step()                                   # claims [A, B], runs A
+    # While this worker was frozen, B was swept and claimed by another worker.
+    client.hset(f"ftq:task:{ids[1]}", mapping={"worker_id": "w2", "node_id": "n2"})
+    assert worker.step() is None
+    assert ran == [ids[0]]                          # B was not run a second time here
+    assert client.hget(f"ftq:task:{ids[0]}", "state") == b"FINISHED"

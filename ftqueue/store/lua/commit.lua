@@ -14,7 +14,8 @@
 -- ARGV[5] fence of next_task_id ('': not checked)
 -- ARGV[6] n, then from ARGV[7] n records of 6:
 --         task_id, fence, outcome ('ok' | 'err' | 'cancelled'), blob, retryable ('1'|'0'), message
--- Returns: per record 'finished' | 'failed' | 'retried' | 'fenced' | 'corrupt'
+-- Returns: per record 'finished' | 'failed' | 'retried' | 'fenced' | 'corrupt', then, when
+--          next_task_id is given, 'next:held' or 'next:lost' (does the worker hold it?)
 local next_id, next_worker, next_fence = ARGV[3], ARGV[4], ARGV[5]
 local n = tonumber(ARGV[6])
 
@@ -58,9 +59,16 @@ if next_id ~= '' then
   local tkey = KEYS[NK + 2 * n + 1]
   local t = guarded('HMGET', tkey, 'as the task a worker starts next', 'state', 'worker_id',
                     'fence')
-  if t and t[1] == 'SUBMITTED_TO_WORKER' and (next_worker == '' or t[2] == next_worker)
-      and (next_fence == '' or t[3] == next_fence) then
+  local held = t and t[2] == next_worker and (next_fence == '' or t[3] == next_fence)
+  if t and t[1] == 'SUBMITTED_TO_WORKER' and (next_worker == '' or held) then
     redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW)
+  end
+  -- Whether the worker still holds the task it is about to start (a task swept while the
+  -- worker was frozen may already run elsewhere, under the same attempt number).
+  if held and (t[1] == 'SUBMITTED_TO_WORKER' or t[1] == 'RUNNING') then
+    out[#out + 1] = 'next:held'
+  else
+    out[#out + 1] = 'next:lost'
   end
 end
 return reply(out)
