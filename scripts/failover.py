@@ -11,9 +11,10 @@ primary is killed with its host's data (host loss); the sentinels promote the re
 a fresh replica joins the new primary (the replacement host: `replicated` needs one to
 acknowledge anything). At the kill the script reads, on the replica about to be promoted,
 what survives: `acknowledged_vanished` (acknowledged submissions it lacks; their driver
-submits them again while it waits on them) and `commits_lost` (bodies that had ended whose
-outcome it lacks; they run again). Reported per mode: `lost` (tasks without their correct
-result at the end), `acknowledged_lost` (the acknowledged ones among them),
+submits them again while it waits on them) and `commits_lost` (acknowledged commits it
+lacks: the worker had moved on to its next body; those tasks run again).
+Reported per mode: `lost` (tasks without their correct result at the end),
+`acknowledged_lost` (the acknowledged ones among them),
 `duplicate_executions` (split: attempts running at the kill / others), `failover_s` (kill
 to the first commit on the new primary), throughput before and after.
 Exits 1 if `replicated` lost anything, lost a commit or an acknowledged submission.
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -45,9 +46,9 @@ LEASE_TIMEOUT_S = 5
 def failover_task(i: int, sleep_ms: int, log_path: str) -> int:
     ctx = ftqueue.get_runtime_context()
     task_id, attempt = ctx.get_task_id(), ctx.get_task_attempt_number()
-    _append(log_path, f"S {task_id} {attempt} {time.time_ns()}\n")
+    _append(log_path, f"S {task_id} {attempt} {os.getpid()} {time.time_ns()}\n")
     time.sleep(sleep_ms / 1000)
-    _append(log_path, f"E {task_id} {attempt} {time.time_ns()}\n")
+    _append(log_path, f"E {task_id} {attempt} {os.getpid()} {time.time_ns()}\n")
     return i * i
 
 
@@ -91,11 +92,21 @@ def run_driver(address: str, first: int, count: int, rate: float, sleep_ms: int,
 
 # -- the orchestrator ------------------------------------------------------------------------
 
-def read_log(log_path: str) -> list[tuple[str, str, str, int]]:
+class Entry(NamedTuple):
+    """One line of the executions log: a body's start (S) or end (E), by worker pid."""
+
+    kind: str
+    task: str
+    attempt: str
+    pid: str
+    at: int
+
+
+def read_log(log_path: str) -> list[Entry]:
     try:
         with open(log_path) as f:
-            return [tuple(line.split()[:3]) + (int(line.split()[3]),)  # type: ignore[misc]
-                    for line in f if line.count(" ") == 3 and line.endswith("\n")]
+            return [Entry(*line.split()[:4], int(line.split()[4]))  # type: ignore[misc]
+                    for line in f if line.count(" ") == 4 and line.endswith("\n")]
     except FileNotFoundError:
         return []
 
@@ -245,26 +256,53 @@ def run_mode(durability: str, tasks: int, sleep_ms: int, binary: str | None,
 
 
 def what_survived(replica: redis.Redis, acks: list[tuple[str, int]],
-                  log: list[tuple[str, str, str, int]], kill_ns: int) -> dict[str, int]:
-    """Read on the replica, before its promotion: what the new primary will start from."""
+                  log: list[Entry], kill_ns: int) -> dict[str, int]:
+    """Read on the replica, before its promotion: what the new primary will start from.
+
+    A commit counts as acknowledged when the worker that ran the body started its next body
+    before the kill: a worker moves on only once its commit returned (with `replicated`,
+    once a replica confirmed it). A body that ended just before the kill may still have its
+    commit in flight; losing that one is allowed (the task runs again)."""
     keys = Keys("ftq")
+    settle_replication(replica)
     acked = [task for task, at in acks if at < kill_ns]
-    ended = list({task for kind, task, _, at in log if kind == "E" and at < kill_ns})
+    ended = {e.task for e in log if e.kind == "E" and e.at < kill_ns}
+    committed = list(acknowledged_commits(log, kill_ns))
     pipe = replica.pipeline(transaction=False)
     for task in acked:
         pipe.exists(keys.task(task))
-    for task in ended:
+    for task in committed:
         pipe.hget(keys.task(task), "state")
     replies = pipe.execute()
     present, states = replies[:len(acked)], replies[len(acked):]
     return {"acknowledged_before_kill": len(acked),
             "acknowledged_vanished": sum(1 for p in present if not p),
             "ended_before_kill": len(ended),
+            "commits_acknowledged_before_kill": len(committed),
             "commits_lost": sum(1 for s in states if s not in (b"FINISHED", b"FAILED"))}
 
 
+def acknowledged_commits(log: list[Entry], kill_ns: int) -> set[str]:
+    by_pid: dict[str, list[Entry]] = {}
+    for e in sorted(log, key=lambda e: e.at):
+        if e.at < kill_ns:
+            by_pid.setdefault(e.pid, []).append(e)
+    return {e.task for entries in by_pid.values() for e, then in zip(entries, entries[1:])
+            if e.kind == "E" and then.kind == "S"}
+
+
+def settle_replication(replica: redis.Redis, timeout_s: float = 5.0) -> None:
+    """The replica may still be applying the tail of the dead primary's stream (bytes already
+    in its socket): wait until it has read to the end and marked the link down."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if replica.info("replication").get("master_link_status") == "down":
+            return
+        time.sleep(0.01)
+
+
 def report(durability: str, tasks: int, kill_ns: int, first_commit_ns: int, promoted_s: float,
-           survived: dict[str, int], log: list[tuple[str, str, str, int]],
+           survived: dict[str, int], log: list[Entry],
            acks: list[tuple[str, int]], outs: list[str]) -> dict[str, Any]:
     results: dict[str, str] = {}
     for path in outs:
@@ -276,15 +314,15 @@ def report(durability: str, tasks: int, kill_ns: int, first_commit_ns: int, prom
     bad = {t for t, r in results.items() if r != "ok" and t not in refused}
     starts: dict[str, list[int]] = {}
     ends: dict[tuple[str, str], int] = {}
-    for kind, task, attempt, at in log:
+    for kind, task, attempt, _, at in log:
         if kind == "S":
             starts.setdefault(task, []).append(at)
         else:
             ends[(task, attempt)] = at
-    running_at_kill = {task for kind, task, attempt, at in log if kind == "S" and at < kill_ns
+    running_at_kill = {task for kind, task, attempt, _, at in log if kind == "S" and at < kill_ns
                        and ends.get((task, attempt), kill_ns) >= kill_ns}
     duplicated = {t: len(s) - 1 for t, s in starts.items() if len(s) > 1}
-    ended = sorted(at for kind, _, _, at in log if kind == "E")
+    ended = sorted(at for kind, _, _, _, at in log if kind == "E")
     before = [at for at in ended if at < kill_ns]
     after = [at for at in ended if at >= first_commit_ns]
 
