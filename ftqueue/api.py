@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import generators, spec, state
 from . import remote_function as _remote_function
-from . import spec, state
 from .client import Client
 from .context import RuntimeContext, current_task
 from .embedded import EmbeddedCluster
@@ -209,5 +209,7 @@ def _flush_before_hex() -> None:
 
 
 spec._before_hex = _flush_before_hex
+spec._future_of = lambda ref: _ensure_client().future(ref)
+generators.bind_client(_ensure_client)
 _remote_function.bind_runtime(_ensure_client)
 state.bind_store(lambda: _ensure_client().store)

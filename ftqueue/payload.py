@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import pickle
 import traceback
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from . import serialization
 from .exceptions import (
@@ -35,7 +35,7 @@ from .exceptions import (
 )
 from .settings import max_payload_bytes
 from .signing import signer
-from .spec import PUT_ID_LENGTH, ArgRef, ErrorType, ObjectRef
+from .spec import PUT_ID_LENGTH, ArgRef, ErrorType, ObjectRef, split_object_id
 
 CORRUPT_RECORD = "CORRUPT_RECORD"   # store.outcomes' error type for a record of the wrong type
 VALUE = b"V"
@@ -66,21 +66,34 @@ def execution_fields(fn_ref: str, max_calls: int, timeout_s: float | None,
             "retry_timeout": "1" if retry_timeout else "0", "max_retries": str(int(max_retries))}
 
 
+class CallArgs(NamedTuple):
+    """What a worker unpickles from a task's signed argument envelope."""
+
+    args: list[Any]
+    kwargs: dict[str, Any]
+    retry_exceptions: bool | tuple[type, ...]
+    num_returns: int | str = 1              # or 'streaming' (a generator)
+    env_vars: dict[str, str] = {}
+
+
 def pack_args(args: Sequence[Any], kwargs: dict[str, Any],
               retry_exceptions: bool | tuple[type, ...], what: str,
-              task_id: str, bound: dict[str, str] | None = None) -> tuple[bytes, list[str]]:
+              task_id: str, bound: dict[str, str] | None = None, *,
+              num_returns: int | str = 1,
+              env_vars: dict[str, str] | None = None) -> tuple[bytes, list[str]]:
     """Pickle a call's arguments behind a header of its execution fields (`bound`), sealed
-    together; top-level ObjectRefs become dependencies."""
+    together; top-level ObjectRefs become dependencies (of the task that makes them)."""
     deps: list[str] = []
 
     def mark(value: Any) -> Any:
         if isinstance(value, ObjectRef):
-            deps.append(value._id)
+            deps.append(split_object_id(value._id)[0])
             return ArgRef(value._id)
         return value
 
     marked = ([mark(a) for a in args], {k: mark(v) for k, v in kwargs.items()})
-    blob = serialization.dumps((marked[0], marked[1], retry_exceptions),
+    extras = {"num_returns": num_returns, "env_vars": dict(env_vars or {})}
+    blob = serialization.dumps((marked[0], marked[1], retry_exceptions, extras),
                                what=f"arguments for a task {what}")
     header = json.dumps(bound or {}, sort_keys=True).encode()
     data = ARGS_MAGIC + len(header).to_bytes(4, "big") + header + blob
@@ -115,14 +128,15 @@ def check_execution_fields(task_id: str, bound: dict[str, str],
             "submitter signed (the record was changed in Redis)")
 
 
-def loads_args(data: bytes) -> tuple[list[Any], dict[str, Any], bool | tuple[type, ...]]:
-    args: tuple[list[Any], dict[str, Any], bool | tuple[type, ...]] = serialization.loads(
-        data, what="task arguments")
-    return args
+def loads_args(data: bytes) -> CallArgs:
+    loaded = serialization.loads(data, what="task arguments")
+    args, kwargs, retry_exceptions = loaded[:3]
+    extras = loaded[3] if len(loaded) > 3 else {}
+    return CallArgs(args, kwargs, retry_exceptions, extras.get("num_returns", 1),
+                    extras.get("env_vars", {}))
 
 
-def unpack_args(blob: bytes, task_id: str) -> tuple[list[Any], dict[str, Any],
-                                                     bool | tuple[type, ...]]:
+def unpack_args(blob: bytes, task_id: str) -> CallArgs:
     return loads_args(open_args(blob, task_id)[1])
 
 
@@ -275,7 +289,8 @@ def outcome_to_result(object_id: str, record: dict[str, str],
     if blob is None:
         return False, ObjectLostError(f"The error of task {object_id} is lost: "
                                       f"{record.get('error_message', '')}")
-    ok, value = _decode(blob, object_id)
+    # The error of a task that had several return values is its own (sealed for its id).
+    ok, value = _decode(blob, split_object_id(object_id)[0])
     if is_unverifiable(value) and record.get("error_message"):
         # The stored error cannot be read here, but the task record says in plain text why
         # the task failed (e.g. its worker refused the function): that is the cause to show.

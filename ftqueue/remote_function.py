@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
 from . import payload
-from .spec import ObjectRef, ResolvedOptions, validate_options
+from .generators import ObjectRefGenerator
+from .spec import STREAMING, ObjectRef, ResolvedOptions, item_id, validate_options
 
 IMPORT_PREFIX = "import:"
 
@@ -48,6 +51,9 @@ class RemoteFunction:
             assert import_path is not None
             self._name = import_path.rpartition(":")[2]
         self._exported: tuple[str, str] | None = None  # (client id, function digest)
+        self._signature = _signature_of(function)
+        self._generator = function is not None and (
+            inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"Remote functions cannot be called directly. Instead of running "
@@ -59,7 +65,9 @@ class RemoteFunction:
     def options(self, **options: Any) -> _BoundOptions:
         return _BoundOptions(self, {**self._options, **validate_options(options)})
 
-    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """An ObjectRef; a list of num_returns refs; or, for a generator function, an
+        ObjectRefGenerator."""
         return self._submit(self._options, args, kwargs)
 
     def _fn_ref(self, client: Runtime) -> str:
@@ -71,13 +79,25 @@ class RemoteFunction:
         return self._exported[1]
 
     def _submit(self, options: dict[str, Any], args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> ObjectRef:
+                kwargs: dict[str, Any]) -> Any:
+        if self._signature is not None:
+            try:    # as Ray: a call that cannot bind fails here, with nothing submitted
+                self._signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{self._name}.remote(): {e}") from None
         if _runtime is None:
             raise RuntimeError("ftqueue is not set up: import ftqueue (its api binds the "
                                "runtime)")
+        resolved = ResolvedOptions.resolve(options)
+        if self._generator and resolved.num_returns == 1:
+            resolved = dataclasses.replace(resolved, num_returns=STREAMING)
         client = _runtime()
-        return client.submit(self._fn_ref(client), self._name, ResolvedOptions.resolve(options),
-                             args, kwargs)
+        ref = client.submit(self._fn_ref(client), self._name, resolved, args, kwargs)
+        if resolved.num_returns == STREAMING:
+            return ObjectRefGenerator(ref)
+        if isinstance(resolved.num_returns, int) and resolved.num_returns > 1:
+            return [ObjectRef(item_id(ref._id, i)) for i in range(resolved.num_returns)]
+        return ref
 
 
 class _BoundOptions:
@@ -85,11 +105,20 @@ class _BoundOptions:
         self._function = function
         self._options = options
 
-    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._function._submit(self._options, args, kwargs)
 
     def options(self, **options: Any) -> _BoundOptions:
         return _BoundOptions(self._function, {**self._options, **validate_options(options)})
+
+
+def _signature_of(function: Callable[..., Any] | None) -> inspect.Signature | None:
+    if function is None:
+        return None
+    try:
+        return inspect.signature(function)
+    except (TypeError, ValueError):    # some builtins and C functions have none
+        return None
 
 
 def remote_function(import_path: str, **options: Any) -> RemoteFunction:

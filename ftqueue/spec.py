@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import uuid
+from collections.abc import Generator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, NamedTuple
 
+from . import resources
 from .settings import default_max_retries
 
 
@@ -43,7 +47,10 @@ class Outcome(NamedTuple):
 
 
 TASK_OPTIONS = frozenset({"max_retries", "retry_exceptions", "max_calls", "name", "queue",
-                          "timeout_s"})
+                          "timeout_s", "num_cpus", "num_gpus", "memory", "resources",
+                          "scheduling_strategy", "runtime_env", "num_returns"})
+RUNTIME_ENV_KEYS = frozenset({"env_vars"})
+STREAMING = "streaming"
 
 
 def validate_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -76,10 +83,80 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
         if key in options and options[key] is not None:
             value = options[key]
             if not isinstance(value, str) or not value or any(
-                    c.isspace() or not c.isprintable() or c in "*?[]{}" for c in value):
-                raise ValueError(f"{key} must be a non-empty string without whitespace or "
-                                 f"glob characters, got {value!r}")
+                    c.isspace() or not c.isprintable() or c in "*?[]{}@" for c in value):
+                raise ValueError(f"{key} must be a non-empty string without whitespace, '@' "
+                                 f"or glob characters, got {value!r}")
+    _validate_ray_options(options)
     return dict(options)
+
+
+def _validate_ray_options(options: dict[str, Any]) -> None:
+    """Ray's resource, placement, environment and return options."""
+    if options.get("num_cpus") is not None:
+        resources.check_amount("num_cpus", options["num_cpus"])
+    if options.get("num_gpus") is not None:
+        resources.check_amount("num_gpus", options["num_gpus"], whole_above_one=True)
+    if options.get("memory") is not None:
+        value = options["memory"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"memory must be a number of bytes >= 0, got {value!r}")
+    if options.get("resources") is not None:
+        resources.check_custom(options["resources"])
+    if options.get("scheduling_strategy") is not None:
+        check_strategy(options["scheduling_strategy"])
+    if options.get("runtime_env") is not None:
+        check_runtime_env(options["runtime_env"])
+    if "num_returns" in options and options["num_returns"] is not None:
+        value = options["num_returns"]
+        if value != STREAMING and (not isinstance(value, int) or isinstance(value, bool)
+                                   or value < 1):
+            raise ValueError(f"num_returns must be an integer >= 1 or 'streaming', "
+                             f"got {value!r}")
+
+
+class NodeAffinitySchedulingStrategy:
+    """Run on the node `node_id`; with `soft=True`, anywhere if that node is dead or unknown
+    (as `ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy`)."""
+
+    def __init__(self, node_id: str, soft: bool, *, _spill_on_unavailable: bool = False,
+                 _fail_on_unavailable: bool = False) -> None:
+        if not isinstance(node_id, str) or not node_id or any(
+                c.isspace() or c in "*?[]{}@" for c in node_id):
+            raise ValueError(f"NodeAffinitySchedulingStrategy needs a node id, got {node_id!r}")
+        self.node_id = node_id
+        self.soft = bool(soft)
+
+    def __repr__(self) -> str:
+        return f"NodeAffinitySchedulingStrategy(node_id={self.node_id!r}, soft={self.soft})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NodeAffinitySchedulingStrategy) and \
+            (other.node_id, other.soft) == (self.node_id, self.soft)
+
+    def __hash__(self) -> int:
+        return hash((self.node_id, self.soft))
+
+
+def check_strategy(value: Any) -> None:
+    if isinstance(value, NodeAffinitySchedulingStrategy) or value in ("DEFAULT", "SPREAD"):
+        return
+    raise ValueError("scheduling_strategy must be 'DEFAULT', 'SPREAD' or a "
+                     f"NodeAffinitySchedulingStrategy, got {value!r}")
+
+
+def check_runtime_env(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"runtime_env must be a dict, got {value!r}")
+    unknown = sorted(set(value) - RUNTIME_ENV_KEYS)
+    if unknown:
+        raise ValueError(f"runtime_env key {unknown[0]!r} is not supported by ftqueue (only "
+                         "'env_vars'): build it into the worker image instead")
+    env_vars = value.get("env_vars", {})
+    if not isinstance(env_vars, dict) or not all(
+            isinstance(k, str) and k and "=" not in k and isinstance(v, str)
+            for k, v in env_vars.items()):
+        raise ValueError("runtime_env['env_vars'] must be a dict of str to str, got "
+                         f"{env_vars!r}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +167,14 @@ class ResolvedOptions:
     name: str | None
     queue: str
     timeout_s: float | None = None
+    demand: tuple[tuple[str, int], ...] = (("CPU", resources.UNIT),)   # resource units
+    strategy: str = "DEFAULT"          # DEFAULT | SPREAD | node:<id> | soft:<id>
+    env_vars: tuple[tuple[str, str], ...] = ()
+    num_returns: int | str = 1
+
+    @property
+    def shape(self) -> str:
+        return resources.shape_of(dict(self.demand))
 
     @classmethod
     def resolve(cls, options: dict[str, Any]) -> ResolvedOptions:
@@ -97,17 +182,33 @@ class ResolvedOptions:
         if max_retries is None:
             max_retries = default_max_retries()
         retry = options.get("retry_exceptions", False)
+        num_cpus = options.get("num_cpus")
+        num_gpus = options.get("num_gpus") or 0
+        demand = resources.demand(1 if num_cpus is None else num_cpus, num_gpus,
+                                  options.get("memory") or 0, options.get("resources") or {})
+        max_calls = options.get("max_calls")
+        if max_calls is None and num_gpus:
+            max_calls = 1   # as Ray: a GPU task's process ends after it, freeing GPU memory
+        strategy = options.get("scheduling_strategy") or "DEFAULT"
+        if isinstance(strategy, NodeAffinitySchedulingStrategy):
+            strategy = ("soft:" if strategy.soft else "node:") + strategy.node_id
+        env = (options.get("runtime_env") or {}).get("env_vars") or {}
         return cls(
             max_retries=max_retries,
             retry_exceptions=retry if isinstance(retry, bool) else tuple(retry),
-            max_calls=options.get("max_calls") or 0,
+            max_calls=max_calls or 0,
             name=options.get("name"),
             queue=options.get("queue") or "default",
             timeout_s=options.get("timeout_s"),
+            demand=tuple(sorted(demand.items())),
+            strategy=strategy,
+            env_vars=tuple(sorted(env.items())),
+            num_returns=options.get("num_returns") or 1,
         )
 
 
 _before_hex: Callable[[], None] | None = None
+_future_of: Callable[[ObjectRef], concurrent.futures.Future[Any]] | None = None
 
 
 def new_id() -> str:
@@ -123,14 +224,37 @@ def new_put_id() -> str:
 PUT_ID_LENGTH = 40
 
 
+ITEM_SEP = "#"   # never in a task id: "<task_id>#<i>" is the i-th value a task returns
+
+
+def item_id(task_id: str, index: int) -> str:
+    """The object id of a task's index-th return value (num_returns, or a generator's yield)."""
+    return f"{task_id}{ITEM_SEP}{index}"
+
+
+def split_object_id(object_id: str) -> tuple[str, int | None]:
+    """(the task that makes it, which of its return values) — (id, None) for the task's own
+    single result or a put object."""
+    base, sep, index = object_id.partition(ITEM_SEP)
+    return (base, int(index)) if sep else (base, None)
+
+
+def _valid_object_id(object_id: object) -> bool:
+    if not isinstance(object_id, str) or not object_id:
+        return False
+    base, sep, index = object_id.partition(ITEM_SEP)
+    if sep and not (index.isdigit() and index.isascii() and str(int(index)) == index):
+        return False
+    return bool(base) and all(c in "0123456789abcdef" for c in base)
+
+
 class ObjectRef:
     """A plain id for a task's result or a put value, usable from any connected process."""
 
     __slots__ = ("_id",)
 
     def __init__(self, object_id: str) -> None:
-        if not isinstance(object_id, str) or not object_id or not all(
-                c in "0123456789abcdef" for c in object_id):
+        if not _valid_object_id(object_id):
             raise ValueError(f"not an ObjectRef id: {object_id!r}")
         self._id = object_id
 
@@ -145,7 +269,17 @@ class ObjectRef:
         return cls(hex_id)
 
     def task_id(self) -> str:
-        return self._id
+        return split_object_id(self._id)[0]
+
+    def future(self) -> concurrent.futures.Future[Any]:
+        """A `concurrent.futures.Future` completed with this ref's value (or error)."""
+        if _future_of is None:
+            raise RuntimeError("ftqueue is not set up: import ftqueue (its api binds futures)")
+        return _future_of(self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        # One listener serves every awaited ref: no thread per await.
+        return asyncio.wrap_future(self.future()).__await__()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObjectRef) and other._id == self._id

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from .. import payload
@@ -24,11 +25,12 @@ from ..exceptions import (
 )
 from ..output import DriverEcho
 from ..settings import Settings
-from ..spec import ObjectRef, ResolvedOptions, new_id, new_put_id
+from ..spec import ObjectRef, ResolvedOptions, item_id, new_id, new_put_id
 from ..state import StateReader
 from ..store import Store, connect, describe
 from .calls import BoundedCalls, DeadlinePassed, as_ftqueue_error, grace
 from .completions import SAFETY_POLL_S, CompletionRouter
+from .futures import FutureResolver
 from .lineage import LineageCache
 from .records import Origin, Submission, build_submission
 from .results import Results
@@ -72,6 +74,7 @@ class Client:
                                        on_reconnect=self.queue.request_epoch_check,
                                        on_tick=self._tick)
         self.results = Results(self.store, self.calls, self.queue, self.router, self.lineage)
+        self.futures = FutureResolver(self)
         try:
             self._echo = DriverEcho(self.store, self.job_id) if log_to_driver else None
         except Exception as e:  # noqa: BLE001 - whatever Redis said, one clear error
@@ -179,6 +182,39 @@ class Client:
                                  lambda todo: self._check(todo, deadline), self.on_block)
         return ready | refused
 
+    def future(self, ref: ObjectRef) -> Future[Any]:
+        return self.futures.future(ref._id)
+
+    def next_value(self, task_id: str, index: int, timeout: float | None) -> ObjectRef | None:
+        """For a generator task's consumer: the ref of its index-th value once it is stored;
+        the task's own ref if it failed first; None if it ended with fewer values."""
+        item = item_id(task_id, index)
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        message = f"the generator's value {index} was not ready after {timeout} s"
+        if not self.queue.flush(grace(deadline)) and deadline is not None:
+            raise GetTimeoutError(message)
+        if not self._await([item], 1, deadline):
+            raise GetTimeoutError(message)
+        if self.router.told(item):
+            return ObjectRef(item)
+        try:
+            record, blob = self.calls.run(lambda: self.store.outcomes([item]), deadline,
+                                          doing="reading a generator")[0]
+            if record.get("state") == "FINISHED" and blob is not None:
+                return ObjectRef(item)
+            if record.get("state") != "FINISHED":
+                return ObjectRef(task_id)     # failed (or unknown): its get says why
+            values = self.results.fetch([task_id], deadline)
+        except DeadlinePassed:
+            raise GetTimeoutError(message) from None
+        count = values[0] if values else 0
+        # A value stored once but lost since (expired, evicted) is rebuilt by its get.
+        return ObjectRef(item) if isinstance(count, int) and index < count else None
+
+    def check(self, ids: list[str], deadline: float | None) -> set[str]:
+        """Which of ids are final, registering us for notices of the others."""
+        return self._check(ids, deadline)
+
     def _check(self, ids: list[str], deadline: float | None) -> set[str]:
         """Ask Redis which ids are final, registering as a waiter on the others. A task of
         ours that Redis no longer knows (it lost recent writes) is submitted again."""
@@ -252,6 +288,7 @@ class Client:
             self.queue.close(CLOSE_STALL_S)
         finally:
             self._closing = True
+            self.futures.stop()
             self.router.stop(JOIN_S)
             if echo is not None:
                 echo.join(JOIN_S)

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Callable
 
+from ..spec import ITEM_SEP, split_object_id
 from ..store import Store, backoff, describe
 from .wakeup import Broadcast
 
@@ -30,6 +31,40 @@ DONE_MEMORY = 100_000
 DONE_MEMORY_BYTES = 64 * 1024 * 1024
 
 Check = Callable[[list[str]], set[str]]
+
+
+class Waiting:
+    """What one waiter waits for: ids move from `pending` to `ready` as notices arrive. An id
+    `<task>#<i>` (one of a task's several values) is ready on its own notice or its task's."""
+
+    __slots__ = ("pending", "ready", "items")
+
+    def __init__(self) -> None:
+        self.pending: set[str] = set()
+        self.ready: set[str] = set()
+        self.items: dict[str, set[str]] = {}     # task id -> its value ids in `pending`
+
+    def add(self, object_ids: Iterable[str]) -> None:
+        for object_id in object_ids:
+            self.pending.add(object_id)
+            task_id, index = split_object_id(object_id)
+            if index is not None:
+                self.items.setdefault(task_id, set()).add(object_id)
+
+    def arrived(self, object_id: str) -> None:
+        if object_id in self.pending:
+            self.pending.discard(object_id)
+            self.ready.add(object_id)
+        for item in self.items.pop(object_id, ()):   # the task ended: its values are final
+            if item in self.pending:
+                self.pending.discard(item)
+                self.ready.add(item)
+
+    def found(self, object_ids: Iterable[str]) -> None:
+        for object_id in object_ids:
+            if object_id in self.pending:
+                self.pending.discard(object_id)
+                self.ready.add(object_id)
 
 
 class CompletionRouter:
@@ -45,7 +80,7 @@ class CompletionRouter:
         self._done: OrderedDict[str, bytes | None] = OrderedDict()
         self._done_bytes = 0
         self._mine: OrderedDict[str, None] = OrderedDict()   # we will be notified of these
-        self._waiting: list[tuple[set[str], set[str]]] = []   # (pending, ready) per getter
+        self._waiting: list[Waiting] = []
         self._broken = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,10 +132,8 @@ class CompletionRouter:
                 old = self._done.pop(task_id, None)
                 self._done_bytes += (len(blob) if blob else 0) - (len(old) if old else 0)
                 self._done[task_id] = blob
-                for pending, ready in self._waiting:
-                    if task_id in pending:
-                        pending.discard(task_id)
-                        ready.add(task_id)
+                for waiting in self._waiting:
+                    waiting.arrived(task_id)
             while len(self._done) > DONE_MEMORY or self._done_bytes > DONE_MEMORY_BYTES:
                 # Forgotten here, such a task is found final by a check instead.
                 task_id, blob = self._done.popitem(last=False)
@@ -139,32 +172,49 @@ class CompletionRouter:
         with self._bc.lock:
             return bool(self._waiting)
 
+    def _is_mine(self, object_id: str) -> bool:
+        """We will be told of it: we submitted its task (call with the lock held)."""
+        return object_id in self._mine or (
+            ITEM_SEP in object_id and split_object_id(object_id)[0] in self._mine)
+
+    def told(self, object_id: str) -> bool:
+        """A notice for this very id arrived (and was not read yet)."""
+        with self._bc.lock:
+            return object_id in self._done
+
+    def is_done(self, object_id: str) -> bool:
+        """We were told it is final (call with the lock held)."""
+        return object_id in self._done or (
+            ITEM_SEP in object_id and split_object_id(object_id)[0] in self._done)
+
     def wait(self, task_ids: Sequence[str], num_ready: int, deadline: float | None,
              check: Check, on_block: Callable[[bool], None] | None = None) -> set[str]:
         """Block until at least num_ready of task_ids are final or the deadline passes;
         return those that are. `check(ids)` asks Redis (registering us as a waiter)."""
         unique = set(task_ids)
         with self._bc.lock:
-            ready = {i for i in unique if i in self._done}
-            unknown = [i for i in task_ids if i not in ready and i not in self._mine]
+            ready = {i for i in unique if self.is_done(i)}
+            unknown = [i for i in task_ids if i not in ready and not self._is_mine(i)]
         if len(ready) < num_ready and unknown:
             ready |= check(list(dict.fromkeys(unknown)))
         # Registered, the listener moves arriving ids from `pending` into `ready` under the
         # lock: a wake-up costs what arrived, not a scan of every id waited for.
+        waiting = Waiting()
         with self._bc.lock:
-            ready |= {i for i in unique if i in self._done}
-            waiting = (unique - ready, ready)
+            ready |= {i for i in unique if self.is_done(i)}
+            waiting.add(unique - ready)
+            waiting.ready |= ready
             self._waiting.append(waiting)
         blocked = False
         try:
             while True:
                 with self._bc.lock:
-                    if len(ready) >= num_ready:
-                        return set(ready)
+                    if len(waiting.ready) >= num_ready:
+                        return set(waiting.ready)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     with self._bc.lock:
-                        return set(ready)
+                        return set(waiting.ready)
                 if not blocked and on_block is not None:
                     on_block(True)
                     blocked = True
@@ -175,16 +225,51 @@ class CompletionRouter:
             if blocked and on_block is not None:
                 on_block(False)
 
-    def _wait_a_while(self, waiting: tuple[set[str], set[str]], num_ready: int,
-                      left: float | None, check: Check) -> None:
+    def _wait_a_while(self, waiting: Waiting, num_ready: int, left: float | None,
+                      check: Check) -> None:
         """Wait for notices up to SAFETY_POLL_S; if none came, ask Redis."""
-        pending, ready = waiting
         wait_s = SAFETY_POLL_S if left is None else min(left, SAFETY_POLL_S)
-        if self._bc.wait_for(lambda: len(ready) >= num_ready, time.monotonic() + wait_s):
+        if self._bc.wait_for(lambda: len(waiting.ready) >= num_ready,
+                             time.monotonic() + wait_s):
             return
         with self._bc.lock:
-            todo = list(pending)
+            todo = list(waiting.pending)
         found = check(todo) if todo else set()
         with self._bc.lock:
-            pending -= found
-            ready |= found
+            waiting.found(found)
+
+    # -- a standing watch (futures) ----------------------------------------------------------
+
+    def open_watch(self) -> Waiting:
+        """A waiting entry that stays registered: ids are added and taken as they end."""
+        waiting = Waiting()
+        with self._bc.lock:
+            self._waiting.append(waiting)
+        return waiting
+
+    def add_to_watch(self, waiting: Waiting, object_ids: Iterable[str]) -> None:
+        with self._bc.lock:
+            for object_id in object_ids:
+                if self.is_done(object_id):
+                    waiting.ready.add(object_id)
+                else:
+                    waiting.add([object_id])
+            self._bc.notify_all()
+
+    def found_for_watch(self, waiting: Waiting, object_ids: Iterable[str]) -> None:
+        with self._bc.lock:
+            waiting.found(object_ids)
+
+    def take_ready(self, waiting: Waiting, deadline: float,
+                   also: Callable[[], bool] = lambda: False) -> set[str]:
+        """Wait until some ids of the watch are final (or `also()`, or the deadline); take
+        them out of it."""
+        self._bc.wait_for(lambda: bool(waiting.ready) or also(), deadline)
+        with self._bc.lock:
+            ready, waiting.ready = waiting.ready, set()
+            return ready
+
+    def poke(self) -> None:
+        """Wake every waiter to re-check (something besides a notice changed)."""
+        with self._bc.lock:
+            self._bc.notify_all()

@@ -68,6 +68,7 @@ def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
     bound = payload.execution_fields(fn_ref, options.max_calls, options.timeout_s,
                                      retry_timeout, options.max_retries)
     blob, deps = payload.pack_args(args, kwargs, options.retry_exceptions, func_name, task_id,
-                                   bound)
+                                   bound, num_returns=options.num_returns,
+                                   env_vars=dict(options.env_vars))
     return Submission(task_id, options.queue, blob, tuple(deps), fields, function)
 

@@ -21,6 +21,7 @@ import redis
 
 from ..keys import Keys
 from ..settings import DEFAULT_LINEAGE_TTL_S, Settings
+from ..spec import item_id, split_object_id
 from .errors import ReplicaWaitTimeout, is_corrupt
 from .scripts import load_scripts
 
@@ -237,9 +238,10 @@ class Store:
                                                 message, "1" if charge else "0"],
                                 node_id=node_id))
 
-    def reconstruct(self, task_id: str) -> str:
+    def reconstruct(self, object_id: str) -> str:
         """Re-run the task behind a lost result (see reconstruct.lua for the answers)."""
-        return _s(self._run("reconstruct", [task_id], task_id=task_id))
+        task_id = split_object_id(object_id)[0]
+        return _s(self._run("reconstruct", [task_id], task_id=task_id, object_id=object_id))
 
     def ensure_epoch(self) -> str:
         """This Redis's data generation: set once, so a Redis that lost everything (restarted
@@ -263,9 +265,21 @@ class Store:
     def watch(self, notify_key: str, object_ids: Sequence[str]) -> list[str]:
         if not object_ids:
             return []
-        keys = [key for i in object_ids
-                for key in (self.keys.task(i), self.keys.result(i), self.keys.waiters(i))]
-        return [_s(r) for r in self._run("watch", [notify_key, *object_ids], keys)]
+        tasks = [split_object_id(i)[0] for i in object_ids]
+        keys = [key for i, t in zip(object_ids, tasks)
+                for key in (self.keys.task(t), self.keys.result(i), self.keys.waiters(t))]
+        return [_s(r) for r in self._run("watch", [notify_key, *tasks], keys)]
+
+    def stream(self, task_id: str, fence: str, values: Sequence[tuple[int, bytes]],
+               tell: bool) -> int | str:
+        """Store values a running attempt returns one by one (see stream.lua): how many were
+        new, or 'fenced' / 'corrupt'."""
+        argv: list[Any] = [task_id, fence, "1" if tell else "0"]
+        for index, blob in values:
+            argv += [index, blob]
+        keys = [self.keys.result(item_id(task_id, index)) for index, _ in values]
+        answer = self._run("stream", argv, keys, task_id=task_id)
+        return answer if isinstance(answer, int) else _s(answer)
 
     def served_now_ms(self) -> int:
         """The served clock (docs/design.md): lease deadlines and heartbeats are on it."""
@@ -301,17 +315,32 @@ class Store:
 
     def outcomes(self, object_ids: Sequence[str]) -> list[tuple[dict[str, str], bytes | None]]:
         """(task record, result blob) per id; the record is empty for a put object. A task
-        key of the wrong type reads as a FAILED record whose message names it."""
+        key of the wrong type reads as a FAILED record whose message names it. For one of a
+        task's several values (`<task>#<i>`): the value once returned (the record reads
+        FINISHED then, even while the task still runs), else the task's own record and
+        error."""
         pipe = self.redis.pipeline(transaction=False)
         for object_id in object_ids:
-            pipe.hmget(self.keys.task(object_id), *_OUTCOME_FIELDS)
+            task_id, index = split_object_id(object_id)
+            pipe.hmget(self.keys.task(task_id), *_OUTCOME_FIELDS)
             pipe.get(self.keys.result(object_id))
+            if index is not None:
+                pipe.get(self.keys.result(task_id))
         raw = pipe.execute(raise_on_error=False)
-        out = []
-        for i, object_id in enumerate(object_ids):
-            fields, blob = raw[2 * i], raw[2 * i + 1]
-            out.append((self._outcome_record(object_id, fields),
-                        None if isinstance(blob, Exception) and is_corrupt(blob)
+        out, at = [], 0
+        for object_id in object_ids:
+            task_id, index = split_object_id(object_id)
+            fields, blob = raw[at], raw[at + 1]
+            at += 2
+            record = self._outcome_record(task_id, fields)
+            if index is not None:
+                own = raw[at]
+                at += 1
+                if blob is not None and not isinstance(blob, Exception):
+                    record = dict(record, state="FINISHED") if record else record
+                elif record.get("state") == "FAILED":
+                    blob = own
+            out.append((record, None if isinstance(blob, Exception) and is_corrupt(blob)
                         else _reply_or_raise(blob)))
         return out
 

@@ -77,7 +77,12 @@ def test_outcome_decoding_for_system_failures():
 @pytest.mark.parametrize("options", [
     {"max_retries": -2}, {"max_retries": 1.5}, {"max_retries": True}, {"retry_exceptions": 1},
     {"retry_exceptions": [int]}, {"max_calls": -1}, {"queue": ""}, {"queue": "a b"},
-    {"name": "x\ny"}, {"num_cpus": 1},
+    {"name": "x\ny"}, {"num_cpu": 1}, {"num_cpus": -1}, {"num_cpus": "1"},
+    {"num_gpus": 1.5}, {"num_gpus": float("nan")}, {"memory": -1},
+    {"resources": {"CPU": 1}}, {"resources": {"GPU": 1}}, {"resources": {"a b": 1}},
+    {"resources": {"x": -1}}, {"resources": [1]}, {"scheduling_strategy": "PACK"},
+    {"runtime_env": {"pip": ["requests"]}}, {"runtime_env": {"env_vars": {"A": 1}}},
+    {"num_returns": 0}, {"num_returns": "dynamic"}, {"queue": "a@b"}, {"num_cpus": 0.00001},
 ])
 def test_bad_options_raise_value_error(options):
     with pytest.raises(ValueError):
@@ -87,6 +92,14 @@ def test_bad_options_raise_value_error(options):
 def test_good_options_pass():
     validate_options({"max_retries": -1, "retry_exceptions": [KeyError], "max_calls": 1,
                       "name": "n", "queue": "q"})
+    validate_options({"num_cpus": 0.5, "num_gpus": 2, "memory": 10**9,
+                      "resources": {"accel": 0.25}, "scheduling_strategy": "SPREAD",
+                      "runtime_env": {"env_vars": {"A": "1"}}, "num_returns": 3})
+
+
+def test_runtime_env_error_names_the_key():
+    with pytest.raises(ValueError, match="'pip'"):
+        validate_options({"runtime_env": {"env_vars": {}, "pip": ["x"]}})
 
 
 def test_serialization_error_is_type_error():

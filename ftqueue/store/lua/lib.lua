@@ -176,9 +176,14 @@ end
 -- Retention starts when a task ends: its result (or error) lives result_ttl_s, its lineage
 -- (record, arguments, attempts, children) lineage_ttl_s, so a lost result can be rebuilt.
 local function set_retention(id)
-  local t = redis.call('HMGET', k_task(id), 'result_ttl_s', 'lineage_ttl_s')
+  local t = redis.call('HMGET', k_task(id), 'result_ttl_s', 'lineage_ttl_s', 'items')
   local result_ttl, lineage_ttl = tonumber(t[1]) or 0, tonumber(t[2]) or 0
-  if result_ttl > 0 then redis.call('EXPIRE', k_result(id), result_ttl) end
+  if result_ttl > 0 then
+    redis.call('EXPIRE', k_result(id), result_ttl)
+    for i = 0, (tonumber(t[3]) or 0) - 1 do   -- values returned one by one (stream.lua)
+      redis.call('EXPIRE', k_result(id .. '#' .. i), result_ttl)
+    end
+  end
   if lineage_ttl > 0 then
     for _, key in ipairs({k_task(id), k_args(id), k_attempts(id), k_children(id)}) do
       redis.call('EXPIRE', key, lineage_ttl)

@@ -5,7 +5,7 @@
 -- KEYS[1] stats
 -- KEYS[2] corrupt
 -- KEYS[3] task(task_id)   the task named; its lost arguments' keys are built at run time
--- KEYS[4] result(task_id)
+-- KEYS[4] result(object_id)  the lost value: the task's result, or one of its values <id>#<i>
 -- KEYS[5] args(task_id)
 -- KEYS[6] attempts(task_id)
 -- ARGV[1] namespace       ARGV[2] now_ms or ''

@@ -4,14 +4,15 @@
 --
 -- KEYS[1] stats
 -- KEYS[2] corrupt
--- KEYS[NK+3i-2], KEYS[NK+3i-1], KEYS[NK+3i]: task(id), result(id), waiters(id) of the i-th id
+-- KEYS[NK+3i-2], KEYS[NK+3i-1], KEYS[NK+3i]: task(t), result(object id), waiters(t) of the
+--   i-th id, t its task (the id itself, or <t> of an id <t>#<i>)
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] notify_key (a done(client_id) list; its name is stored, the list is not touched)
--- ARGV[4..] object ids
+-- ARGV[4..] task ids (t), in the order of their KEYS
 -- Returns: per id 'ready' | 'pending' | 'missing'
 local notify_key = ARGV[3]
 
-local function watch_one(tkey, rkey, wkey)
+local function watch_one(id, tkey, rkey, wkey)
   local t = guarded('HMGET', tkey, 'by a waiter', 'state', 'notify')
   if not t then return 'ready' end
   local state = t[1]
@@ -20,6 +21,9 @@ local function watch_one(tkey, rkey, wkey)
     return 'missing'
   end
   if TERMINAL[state] then return 'ready' end
+  if rkey ~= k_result(id) and redis.call('EXISTS', rkey) == 1 then
+    return 'ready'     -- a value the running task already returned (stream.lua)
+  end
   if t[2] ~= notify_key then safe('SADD', wkey, notify_key) end
   return 'pending'
 end
@@ -27,6 +31,6 @@ end
 local out = {}
 for i = 1, #ARGV - 3 do
   local b = NK + 3 * (i - 1)
-  out[i] = watch_one(KEYS[b + 1], KEYS[b + 2], KEYS[b + 3])
+  out[i] = watch_one(ARGV[3 + i], KEYS[b + 1], KEYS[b + 2], KEYS[b + 3])
 end
 return reply(out)
