@@ -42,10 +42,14 @@ local function take(id, first)
           t[9] or '0'}
 end
 
+-- Strict priority: a later queue is looked at only when every earlier one is empty, and a
+-- worker prefetches from the first queue only, so it never holds a lower-priority task
+-- that it would start after higher-priority work arrived.
 for qi = 1, nq do
   local qkey = KEYS[NK + 2 * qi - 1]
   local len = safe('LLEN', qkey)
   local want = math.max(1, math.min(max_n - #out, math.floor(len / divisor)))
+  if qi > 1 then want = 1 end
   while len > 0 and want > 0 do
     local id = redis.call('RPOP', qkey)
     if not id then break end
@@ -55,8 +59,11 @@ for qi = 1, nq do
       want = want - 1
     end
   end
-  if redis.call('LLEN', qkey) > 0 then ring(ARGV[7 + qi]) end
-  if #out >= max_n then break end
+  if redis.call('LLEN', qkey) > 0 then
+    ring(ARGV[7 + qi])
+    break
+  end
+  if #out > 0 then break end
 end
 if #out == 0 then
   for qi = 1, nq do redis.call('DEL', KEYS[NK + 2 * qi]) end
