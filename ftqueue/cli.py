@@ -405,6 +405,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"nodes alive: {status['nodes_alive']}   workers alive: {status['workers_alive']}   "
           f"running: {status['running']}")
     print(f"queued: {queues}")
+    if status["delayed"]:
+        print("delayed: " + ", ".join(f"{q}={n}" for q, n in status["delayed"].items()))
     if status["unserved_queues"]:
         print(f"WARNING: no live node serves {', '.join(status['unserved_queues'])}: their "
               "tasks wait (start a node with --queues naming them)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any, Callable, NamedTuple
 
@@ -11,6 +12,7 @@ from .settings import default_max_retries
 
 
 class TaskState(str, Enum):
+    DELAYED = "DELAYED"     # waiting for delay_s / eta / a retry delay; holds no worker
     PENDING_ARGS_AVAIL = "PENDING_ARGS_AVAIL"
     PENDING_NODE_ASSIGNMENT = "PENDING_NODE_ASSIGNMENT"
     SUBMITTED_TO_WORKER = "SUBMITTED_TO_WORKER"
@@ -43,7 +45,39 @@ class Outcome(NamedTuple):
 
 
 TASK_OPTIONS = frozenset({"max_retries", "retry_exceptions", "max_calls", "name", "queue",
-                          "timeout_s"})
+                          "timeout_s", "retry_delay_s", "retry_backoff", "retry_max_delay_s",
+                          "delay_s", "eta"})
+
+DEFAULT_RETRY_BACKOFF = 2.0
+DEFAULT_RETRY_MAX_DELAY_S = 300.0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def eta_epoch_s(value: Any) -> float:
+    """`eta` as epoch seconds: a datetime (naive means local time, as datetime.timestamp()
+    says) or a number of epoch seconds."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if _is_number(value) and value >= 0:
+        return float(value)
+    raise ValueError(f"eta must be a datetime or epoch seconds, got {value!r}")
+
+
+def _check_time_options(options: dict[str, Any]) -> None:
+    for key in ("retry_delay_s", "retry_max_delay_s", "delay_s"):
+        value = options.get(key)
+        if value is not None and not (_is_number(value) and value >= 0):
+            raise ValueError(f"{key} must be a number of seconds >= 0, got {value!r}")
+    backoff = options.get("retry_backoff")
+    if backoff is not None and not (_is_number(backoff) and backoff >= 1):
+        raise ValueError(f"retry_backoff must be a number >= 1, got {backoff!r}")
+    if options.get("eta") is not None:
+        if options.get("delay_s") is not None:
+            raise ValueError("give delay_s or eta, not both")
+        eta_epoch_s(options["eta"])
 
 
 def validate_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +106,7 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
         value = options["timeout_s"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"timeout_s must be a positive number of seconds, got {value!r}")
+    _check_time_options(options)
     for key in ("name", "queue"):
         if key in options and options[key] is not None:
             value = options[key]
@@ -90,6 +125,11 @@ class ResolvedOptions:
     name: str | None
     queue: str
     timeout_s: float | None = None
+    retry_delay_s: float = 0.0
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S
+    delay_s: float | None = None
+    eta_s: float | None = None       # epoch seconds
 
     @classmethod
     def resolve(cls, options: dict[str, Any]) -> ResolvedOptions:
@@ -104,6 +144,13 @@ class ResolvedOptions:
             name=options.get("name"),
             queue=options.get("queue") or "default",
             timeout_s=options.get("timeout_s"),
+            retry_delay_s=float(options.get("retry_delay_s") or 0.0),
+            retry_backoff=float(options.get("retry_backoff") or DEFAULT_RETRY_BACKOFF),
+            retry_max_delay_s=float(DEFAULT_RETRY_MAX_DELAY_S
+                                    if options.get("retry_max_delay_s") is None
+                                    else options["retry_max_delay_s"]),
+            delay_s=options.get("delay_s"),
+            eta_s=None if options.get("eta") is None else eta_epoch_s(options["eta"]),
         )
 
 

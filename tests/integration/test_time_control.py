@@ -3,7 +3,11 @@ backoff, idempotent submits, requeue and purge."""
 
 from __future__ import annotations
 
-from conftest import runs
+import os
+import time
+
+import pytest
+from conftest import runs, wait_until
 
 import ftqueue
 
@@ -24,3 +28,60 @@ def test_later_queue_runs_only_when_earlier_is_empty(driver, start_node, tmp_pat
     ftqueue.get(refs, timeout=60)
     order = [tag[0] for tag in runs(path)]
     assert order == ["h"] * 20 + ["d"] * 20, order
+
+
+@ftqueue.remote(max_retries=0)
+def stamp(path: str, tag: str) -> float:
+    now = time.time()
+    with open(path, "a") as f:
+        f.write(f"{tag} {now}\n")
+    return now
+
+
+@ftqueue.remote(max_retries=3, retry_exceptions=True, retry_delay_s=0.5, retry_backoff=2.0)
+def flaky(path: str, fails: int) -> int:
+    with open(path, "a") as f:
+        f.write(f"{time.time()}\n")
+    with open(path) as f:
+        n = len(f.read().split())
+    if n <= fails:
+        raise RuntimeError(f"failure {n}")
+    return n
+
+
+def stamps(path: str) -> dict[str, float]:
+    return {tag: float(t) for tag, t in (line.split() for line in open(path))}
+
+
+def test_delayed_task_waits_without_holding_a_worker_and_can_be_cancelled(cluster, tmp_path):
+    path = str(tmp_path / "stamps")
+    before = time.time()
+    later = stamp.options(delay_s=1.5).remote(path, "later")
+    doomed = stamp.options(eta=before + 60).remote(path, "doomed")
+    assert ftqueue.state.get_task(later.hex())[0]["state"] == "DELAYED"
+    # Both workers stay free: two plain tasks run while the delayed ones wait.
+    assert len(ftqueue.get([stamp.remote(path, f"now{i}") for i in range(2)], timeout=30)) == 2
+    rows = ftqueue.state.list_tasks(filters=[("state", "=", "DELAYED")])
+    assert {r["task_id"] for r in rows} == {later.hex(), doomed.hex()}
+    ftqueue.cancel(doomed)
+    with pytest.raises(ftqueue.exceptions.TaskCancelledError):
+        ftqueue.get(doomed, timeout=10)
+    started = ftqueue.get(later, timeout=30)
+    assert started >= before + 1.5
+    assert "doomed" not in stamps(path)
+
+
+def test_retries_wait_their_backoff_and_hold_no_worker(driver, start_node, tmp_path):
+    path, other = str(tmp_path / "tries"), str(tmp_path / "other")
+    start_node(1, "--lease-timeout", "3")
+    ref = flaky.remote(path, 2)
+    wait_until(lambda: os.path.exists(path), 30, "the first attempt")
+    # The only worker is free during the retry delay: another task runs meanwhile.
+    ftqueue.get(stamp.remote(other, "meanwhile"), timeout=30)
+    assert ftqueue.get(ref, timeout=60) == 3
+    times = [float(t) for t in open(path).read().split()]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[0] >= 0.45 and gaps[1] >= 0.9, gaps
+    assert stamps(other)["meanwhile"] < times[1]
+    attempts = ftqueue.state.get_task(ref.hex())
+    assert [a["attempt_number"] for a in attempts] == [0, 1, 2]

@@ -39,3 +39,135 @@ def test_a_cancelled_queued_task_leaves_the_queue_depth(env):
     assert StateReader(store).queue_depths() == {"default": 1}
     assert state(client, "a1") == "FAILED"
     assert [t.task_id for t in claim(store)] == ["a2"]
+
+
+def submit_with(store, task_id: str, deps=(), queue: str = "default", **extra: str) -> int:
+    fields = {"name": "f", "func": "f", "fn": "digest", "job_id": "00000001",
+              "parent_task_id": "", "max_retries": "5", "notify": "ftq:done:me", **extra}
+    return store.submit([(task_id, queue, b"args", list(deps), fields)])
+
+
+def claim_due(store, queues=("default",)):
+    return store.claim_due("n1", "w1", list(queues), 1, 8, storekit.LEASE_MS)
+
+
+def test_a_delayed_task_waits_in_its_delayed_set_and_starts_when_due(env):
+    store, clock, client = env
+    submit_with(store, "a1", delay_ms="5000")
+    assert state(client, "a1") == "DELAYED"
+    assert client.llen("ftq:queue:default") == 0
+    assert client.zscore("ftq:delayed:default", "a1") == clock.now_ms + 5000
+    assert claim_due(store) == ([], 5000)          # the worker sleeps until then
+    clock.advance(4.9)
+    assert claim_due(store) == ([], 100)
+    clock.advance(0.1)
+    tasks, due_in = claim_due(store)
+    assert [t.task_id for t in tasks] == ["a1"] and due_in is None
+    assert state(client, "a1") == "RUNNING"
+    assert client.zcard("ftq:delayed:default") == 0
+
+
+def test_eta_is_absolute_and_a_past_eta_runs_at_once(env):
+    store, clock, client = env
+    submit_with(store, "later", eta_ms=str(clock.now_ms + 2000))
+    submit_with(store, "past", eta_ms=str(clock.now_ms - 2000))
+    assert (state(client, "later"), state(client, "past")) == ("DELAYED", "PENDING_NODE_ASSIGNMENT")
+    assert [t.task_id for t in claim_due(store)[0]] == ["past"]
+    clock.advance(2)
+    assert [t.task_id for t in claim_due(store)[0]] == ["later"]
+
+
+def test_a_new_earliest_delayed_task_wakes_a_sleeping_worker(env):
+    store, _clock, client = env
+    submit_with(store, "a1", delay_ms="5000")
+    claim_due(store)                                # finds nothing: bells cleared
+    assert client.llen("ftq:bell:default") == 0
+    submit_with(store, "a2", delay_ms="9000")       # not the earliest: no bell
+    assert client.llen("ftq:bell:default") == 0
+    submit_with(store, "a3", delay_ms="100")        # earliest: wake up and learn it
+    assert client.llen("ftq:bell:default") == 1
+    assert claim_due(store) == ([], 100)
+
+
+def test_cancel_and_state_views_while_delayed(env):
+    store, _clock, client = env
+    submit_with(store, "a1", delay_ms="60000")
+    rows = StateReader(store).list_tasks([("state", "=", "DELAYED")])
+    assert [r["task_id"] for r in rows] == ["a1"]
+    assert store.cancel("a1", False, True) == [("a1", "cancelled")]
+    assert (state(client, "a1"), storekit.field(client, "a1", "error_type")) == \
+        ("FAILED", "TASK_CANCELLED")
+    assert client.zcard("ftq:delayed:default") == 0
+    assert client.lrange("ftq:done:me", 0, -1) == [b"a1"]
+
+
+def test_any_sweep_promotes_due_tasks_of_every_queue(env):
+    store, clock, client = env
+    submit_with(store, "a1", queue="nobody_claims", delay_ms="1000")
+    store.sweep(storekit.LEASE_MS)
+    assert state(client, "a1") == "DELAYED"
+    clock.advance(1)
+    store.sweep(storekit.LEASE_MS)
+    assert state(client, "a1") == "PENDING_NODE_ASSIGNMENT"
+    assert client.lrange("ftq:queue:nobody_claims", 0, -1) == [b"a1"]
+
+
+def test_a_delayed_task_whose_arguments_end_early_still_waits(env):
+    store, clock, client = env
+    submit_with(store, "dep")
+    submit_with(store, "a1", deps=["dep"], delay_ms="3000")
+    assert state(client, "a1") == "PENDING_ARGS_AVAIL"
+    (t,) = claim_due(store)[0]
+    store.commit([("dep", t.fence, "ok", b"V", False, "")])
+    assert state(client, "a1") == "DELAYED"
+    clock.advance(3)
+    assert [t.task_id for t in claim_due(store)[0]] == ["a1"]
+
+
+RETRY = {"retry_delay_ms": "1000", "retry_backoff": "2.0", "retry_max_delay_ms": "3000"}
+
+
+def test_charged_retries_back_off_exponentially_up_to_the_cap(env):
+    store, clock, client = env
+    submit_with(store, "a1", **RETRY)
+    waits = []
+    for n in range(4):
+        (t,) = claim_due(store)[0]
+        assert t.attempt == n
+        if n % 2:
+            assert store.commit([("a1", t.fence, "err", b"E", True, "boom")]) == ["retried"]
+        else:   # a crash is charged the same way
+            assert store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "x", True) == \
+                [("a1", "retried")]
+        assert state(client, "a1") == "DELAYED"
+        wait = int(client.zscore("ftq:delayed:default", "a1")) - clock.now_ms
+        waits.append(wait)
+        assert claim_due(store) == ([], wait)     # holds no worker while it waits
+        clock.advance(wait / 1000)
+    for wait, full in zip(waits, [1000, 2000, 3000, 3000]):
+        assert full * 0.9 <= wait <= full, waits
+
+
+def test_uncharged_requeues_and_tasks_without_retry_delay_go_back_at_once(env):
+    store, _clock, client = env
+    submit_with(store, "a1", **RETRY)
+    claim_due(store)
+    store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "stopped on purpose", False)
+    assert state(client, "a1") == "PENDING_NODE_ASSIGNMENT"
+    submit_with(store, "b1")
+    (t,) = claim_due(store)[0]      # a1 first (front)
+    (t,) = claim_due(store)[0]
+    assert t.task_id == "b1"
+    store.commit([("b1", t.fence, "err", b"E", True, "boom")])
+    assert state(client, "b1") == "PENDING_NODE_ASSIGNMENT"
+
+
+def test_jitter_spreads_retries_by_at_most_ten_percent(env):
+    store, clock, client = env
+    for i in range(20):
+        submit_with(store, f"t{i}", **RETRY)
+        (t,) = claim_due(store)[0]
+        store.commit([(t.task_id, t.fence, "err", b"E", True, "boom")])
+    waits = {int(s) - clock.now_ms for _, s in client.zrange("ftq:delayed:default", 0, -1,
+                                                             withscores=True)}
+    assert all(900 <= w <= 1000 for w in waits) and len(waits) > 5, waits

@@ -7,6 +7,7 @@
 -- KEYS[NK+2i-1], KEYS[NK+2i]: task(task_id), args(task_id) of record i
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] n, then from ARGV[4] n records of 5: task_id, queue, args_blob, deps_csv, fields_json
+--         (fields `delay_ms` or `eta_ms` make the record's `due_ms`: DELAYED until then)
 -- Returns: the number of tasks created.
 
 -- How many of deps are not final yet; the task is registered as a dependent of each. A
@@ -25,7 +26,13 @@ end
 
 local function create(tkey, akey, id, queue, blob, deps, fields)
   local flat = {}
-  for key, value in pairs(cjson.decode(fields)) do
+  local given = cjson.decode(fields)
+  -- delay_ms (from now, on Redis's clock) or eta_ms (epoch) become the record's due_ms.
+  local due = tonumber(given.eta_ms)
+  if given.delay_ms then due = NOW + tonumber(given.delay_ms) end
+  given.delay_ms, given.eta_ms = nil, nil
+  if due then given.due_ms = tostring(due) end
+  for key, value in pairs(given) do
     flat[#flat + 1] = key
     flat[#flat + 1] = value
   end
@@ -41,8 +48,7 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
   if pending > 0 then
     redis.call('HSET', tkey, 'state', 'PENDING_ARGS_AVAIL', 'deps', pending)
   else
-    redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')
-    enqueue(id, queue, false)
+    make_ready(id, queue, false)
   end
 end
 
