@@ -12,6 +12,7 @@ from typing import Any, Callable
 from . import views
 from .exceptions import FtqueueError
 from .settings import NodeSettings, Settings, parse_size
+from .spec import is_task_id
 
 
 def _positive_int(text: str) -> int:
@@ -317,7 +318,7 @@ def _reader(args: argparse.Namespace) -> Any:
 
 
 def _task_id(text: str) -> str:
-    if not text or not all(c in "0123456789abcdef" for c in text):
+    if not is_task_id(text):
         raise FtqueueError(f"not a task id: {text!r}")
     return text
 

@@ -46,7 +46,28 @@ class Outcome(NamedTuple):
 
 TASK_OPTIONS = frozenset({"max_retries", "retry_exceptions", "max_calls", "name", "queue",
                           "timeout_s", "retry_delay_s", "retry_backoff", "retry_max_delay_s",
-                          "delay_s", "eta"})
+                          "delay_s", "eta", "task_id"})
+
+TASK_ID_MAX_CHARS = 128
+_TASK_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_task_id(text: object) -> bool:
+    """A task or object id: 1-128 characters of [A-Za-z0-9._:-] (generated ones are hex)."""
+    return (isinstance(text, str) and 0 < len(text) <= TASK_ID_MAX_CHARS
+            and all(c in _TASK_ID_CHARS for c in text))
+
+
+def check_task_id(value: object) -> str:
+    """A `task_id=` option for an idempotent submit, or ValueError."""
+    if not is_task_id(value):
+        raise ValueError(f"task_id must be 1-{TASK_ID_MAX_CHARS} characters of "
+                         f"[A-Za-z0-9._:-], got {value!r}")
+    assert isinstance(value, str)
+    if len(value) == PUT_ID_LENGTH and set(value) <= _HEX:
+        raise ValueError(f"task_id {value!r}: 40 hex digits are the ids of put objects")
+    return value
 
 DEFAULT_RETRY_BACKOFF = 2.0
 DEFAULT_RETRY_MAX_DELAY_S = 300.0
@@ -107,6 +128,8 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"timeout_s must be a positive number of seconds, got {value!r}")
     _check_time_options(options)
+    if options.get("task_id") is not None:
+        check_task_id(options["task_id"])
     for key in ("name", "queue"):
         if key in options and options[key] is not None:
             value = options[key]
@@ -130,6 +153,7 @@ class ResolvedOptions:
     retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S
     delay_s: float | None = None
     eta_s: float | None = None       # epoch seconds
+    task_id: str | None = None       # idempotent submit: this id, not a new one
 
     @classmethod
     def resolve(cls, options: dict[str, Any]) -> ResolvedOptions:
@@ -151,6 +175,7 @@ class ResolvedOptions:
                                     else options["retry_max_delay_s"]),
             delay_s=options.get("delay_s"),
             eta_s=None if options.get("eta") is None else eta_epoch_s(options["eta"]),
+            task_id=options.get("task_id"),
         )
 
 
@@ -176,8 +201,7 @@ class ObjectRef:
     __slots__ = ("_id",)
 
     def __init__(self, object_id: str) -> None:
-        if not isinstance(object_id, str) or not object_id or not all(
-                c in "0123456789abcdef" for c in object_id):
+        if not is_task_id(object_id):
             raise ValueError(f"not an ObjectRef id: {object_id!r}")
         self._id = object_id
 

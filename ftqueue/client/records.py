@@ -60,7 +60,7 @@ def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
                      args: Sequence[Any], kwargs: dict[str, Any], origin: Origin,
                      function: str | None) -> Submission:
     """The task's record fields, then its arguments pickled and sealed for it."""
-    task_id = new_id()
+    task_id = options.task_id or new_id()
     func_name = "".join(c if c.isprintable() and not c.isspace() else "_" for c in func_name)
     parent = current_task()
     fields = {

@@ -4,10 +4,13 @@ backoff, idempotent submits, requeue and purge."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
-from conftest import runs, wait_until
+from conftest import child_env, mark, runs, wait_for_file, wait_until
 
 import ftqueue
 
@@ -85,3 +88,51 @@ def test_retries_wait_their_backoff_and_hold_no_worker(driver, start_node, tmp_p
     assert stamps(other)["meanwhile"] < times[1]
     attempts = ftqueue.state.get_task(ref.hex())
     assert [a["attempt_number"] for a in attempts] == [0, 1, 2]
+
+
+
+@ftqueue.remote(max_retries=0)
+def gated_run(path: str, gate: str, value: int) -> int:
+    mark(path)
+    wait_for_file(gate)
+    return value
+
+
+def test_idempotent_submit_from_another_process_returns_the_same_ref(cluster, redis_url,
+                                                                    rclient, tmp_path):
+    path, gate = str(tmp_path / "runs"), str(tmp_path / "gate")
+    first = gated_run.options(task_id="order-42").remote(path, gate, 1)
+    wait_until(lambda: runs(path), 30, "the first submission to start")
+    # A retried web request submits the same id again while the task runs: nothing new,
+    # and that process gets the first one's result.
+    code = f"""
+import ftqueue
+ftqueue.init(address={redis_url!r})
+@ftqueue.remote
+def handler(x):
+    return -x
+ref = handler.options(task_id="order-42").remote(2)
+print(ref.hex(), flush=True)
+print(ftqueue.get(ref, timeout=60))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=child_env(), start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "order-42"
+        assert rclient.smembers("ftq:waiters:order-42"), "the second submitter is not waiting"
+        open(gate, "w").close()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert out.strip() == "1"
+    assert first.hex() == "order-42" and ftqueue.get(first, timeout=30) == 1
+    assert len(runs(path)) == 1
+    assert len(ftqueue.state.list_tasks(filters=[("task_id", "=", "order-42")])) == 1
+    # Submitted again after it ended (its lineage kept): same ref, same result, nothing runs.
+    again = gated_run.options(task_id="order-42").remote(path, gate, 3)
+    assert again == first and ftqueue.get(again, timeout=30) == 1 and len(runs(path)) == 1

@@ -171,3 +171,47 @@ def test_jitter_spreads_retries_by_at_most_ten_percent(env):
     waits = {int(s) - clock.now_ms for _, s in client.zrange("ftq:delayed:default", 0, -1,
                                                              withscores=True)}
     assert all(900 <= w <= 1000 for w in waits) and len(waits) > 5, waits
+
+
+def test_a_second_submit_of_an_id_submits_nothing_and_its_submitter_is_notified(env):
+    store, _clock, client = env
+    assert submit_with(store, "order-42") == 1
+    assert submit_with(store, "order-42", notify="ftq:done:other") == 0
+    assert client.llen("ftq:queue:default") == 1
+    (t,) = claim_due(store)[0]
+    store.commit([("order-42", t.fence, "ok", b"V", False, "")])
+    assert client.lrange("ftq:done:other", 0, -1) == [b"order-42"]
+    # Submitted again once it ended (its lineage kept): nothing runs, the notice comes now.
+    assert submit_with(store, "order-42", notify="ftq:done:third") == 0
+    assert client.lrange("ftq:done:third", 0, -1) == [b"order-42"]
+    assert claim_due(store) == ([], None)
+
+
+def test_task_id_option_is_validated():
+    import pytest
+
+    import ftqueue
+
+    @ftqueue.remote
+    def f() -> None: ...
+
+    put_like = "0123456789abcdef" * 2 + "01234567"
+    for bad in ["", "x" * 129, "has space", "a/b", "é", 42, put_like]:
+        with pytest.raises(ValueError, match="task_id"):
+            f.options(task_id=bad)
+    f.options(task_id="Order-42:v1.2_x")
+    assert ftqueue.ObjectRef("Order-42:v1.2_x").task_id() == "Order-42:v1.2_x"
+
+
+def test_time_options_are_validated():
+    import pytest
+
+    import ftqueue
+
+    @ftqueue.remote
+    def f() -> None: ...
+
+    for bad in [{"retry_delay_s": -1}, {"retry_backoff": 0.5}, {"retry_max_delay_s": "x"},
+                {"delay_s": True}, {"eta": "tomorrow"}, {"delay_s": 1, "eta": 5.0}]:
+        with pytest.raises(ValueError):
+            f.options(**bad)

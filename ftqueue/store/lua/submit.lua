@@ -1,4 +1,5 @@
--- Submit a batch of tasks (idempotent: a task id that exists is left alone).
+-- Submit a batch of tasks (idempotent: a task id that exists is left alone; its new
+-- submitter is registered for its completion notice).
 --
 -- KEYS[1] queues
 -- KEYS[2] task_index
@@ -52,12 +53,28 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
   end
 end
 
+-- A task id that exists (an idempotent submit, `task_id=`): nothing is submitted, but this
+-- submitter is told when it ends, as if it had submitted it.
+local function attach(tkey, id, fields)
+  local n = cjson.decode(fields).notify
+  local t = guarded('HMGET', tkey, 'by a submit of the same id', 'state', 'notify')
+  if not t or not n or n == '' or n == t[2] then return end
+  if TERMINAL[t[1]] then
+    safe('RPUSH', n, id)
+    redis.call('EXPIRE', n, NOTIFY_TTL_S)
+  else
+    safe('SADD', k_waiters(id), n)
+  end
+end
+
 local created = 0
 for i = 1, tonumber(ARGV[3]) do
   local b, k = 4 + (i - 1) * 5, NK + 2 * i - 1
   if redis.call('EXISTS', KEYS[k]) == 0 then
     create(KEYS[k], KEYS[k + 1], ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4])
     created = created + 1
+  else
+    attach(KEYS[k], ARGV[b], ARGV[b + 4])
   end
 end
 return reply(created)
