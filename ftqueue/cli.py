@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any, Callable
 
-from . import views
+from . import admin_cli, views
 from .exceptions import FtqueueError
 from .settings import NodeSettings, Settings, parse_size
 from .spec import is_task_id
@@ -155,6 +155,8 @@ def build_parser(env: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="kill the worker running it")
     p.add_argument("--no-recursive", action="store_true", help="leave its children alone")
     p.set_defaults(func=cmd_cancel)
+
+    admin_cli.add_commands(sub, env)
 
     p = sub.add_parser("health", help="exit 0 only if the local node is registered and "
                                       "heartbeating (a container healthcheck)")

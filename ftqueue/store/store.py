@@ -260,6 +260,16 @@ class Store:
         return _pairs(self._run("cancel", [task_id, "1" if force else "0",
                                            "1" if recursive else "0"], task_id=task_id))
 
+    def requeue(self, task_id: str) -> str:
+        """Run a FAILED task again with a fresh retry budget (see requeue.lua's answers)."""
+        return _s(self._run("requeue", [task_id], task_id=task_id))
+
+    def purge_batch(self, queue: str, batch: int) -> tuple[int, int]:
+        """Cancel up to `batch` queued and `batch` DELAYED tasks of `queue`: (cancelled,
+        ids left)."""
+        cancelled, left = self._run("purge", [queue, batch], queue=queue)
+        return int(cancelled), int(left)
+
     def pop_cancel_requests(self, node_id: str, max_n: int = 100) -> list[tuple[str, bool]]:
         """(task id, forced) for each cancel relayed to this node."""
         items = self.redis.lpop(self.keys.cancel(node_id), max_n) or []

@@ -3,6 +3,7 @@ backoff, idempotent submits, requeue and purge."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -136,3 +137,67 @@ print(ftqueue.get(ref, timeout=60))
     # Submitted again after it ended (its lineage kept): same ref, same result, nothing runs.
     again = gated_run.options(task_id="order-42").remote(path, gate, 3)
     assert again == first and ftqueue.get(again, timeout=30) == 1 and len(runs(path)) == 1
+
+
+def cli(redis_url, *args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "ftqueue", *args, "--address", redis_url],
+                          capture_output=True, text=True, timeout=60, env=child_env())
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@ftqueue.remote(max_retries=0)
+def fragile(flag: str, x: int) -> int:
+    if os.path.exists(flag):
+        raise ConnectionError("the service is down")
+    return x
+
+
+@ftqueue.remote(max_retries=0)
+def hopeless(x: int) -> int:
+    raise KeyError(x)
+
+
+def test_dead_letter_workflow_requeue_failed_and_purge(cluster, redis_url, tmp_path):
+    flag = str(tmp_path / "down")
+    open(flag, "w").close()
+    refs = [fragile.remote(flag, i) for i in range(3)]
+    other = hopeless.remote(7)
+    for ref in refs:
+        with pytest.raises(ConnectionError):
+            ftqueue.get(ref, timeout=30)
+    with pytest.raises(KeyError):
+        ftqueue.get(other, timeout=30)
+    listed = cli(redis_url, "list", "tasks", "-f", "state=FAILED", "--format", "json").stdout
+    assert {r["task_id"] for r in json.loads(listed)} == {r.hex() for r in [*refs, other]}
+    os.unlink(flag)     # the service is back: run again what failed because of it
+    out = cli(redis_url, "requeue", "--failed", "-f", "func_or_class_name=fragile").stdout
+    assert "requeued 3 task(s)" in out
+    assert ftqueue.get(refs, timeout=30) == [0, 1, 2]          # the same refs, new outcome
+    attempts = ftqueue.state.get_task(refs[0].hex())
+    assert [(a["attempt_number"], a["state"]) for a in attempts] == [(0, "FAILED"),
+                                                                     (1, "FINISHED")]
+    with pytest.raises(KeyError):
+        ftqueue.get(other, timeout=30)
+    # A task id that has not failed is refused with one line, exit code 1.
+    proc = cli(redis_url, "requeue", refs[0].hex(), check=False)
+    assert proc.returncode == 1 and "is FINISHED, not FAILED" in proc.stdout
+    with pytest.raises(ValueError, match="not FAILED"):
+        ftqueue.requeue(refs[0])
+    # From Python: the ref sees the new outcome.
+    ftqueue.requeue(other)
+    with pytest.raises(KeyError):
+        ftqueue.get(other, timeout=30)
+    assert len(ftqueue.state.get_task(other.hex())) == 2
+    # Purge: a queue nobody serves; each task is recorded as cancelled.
+    parked = [fragile.options(queue="parked").remote(flag, i) for i in range(4)]
+    parked.append(fragile.options(queue="parked", delay_s=60).remote(flag, 9))
+    ftqueue.flush_submissions()
+    assert "purged 5 task(s)" in cli(redis_url, "purge", "parked").stdout
+    for ref in parked:
+        with pytest.raises(ftqueue.exceptions.TaskCancelledError):
+            ftqueue.get(ref, timeout=30)
+    assert ftqueue.purge("parked") == 0
+    status = json.loads(cli(redis_url, "status", "--format", "json").stdout)
+    assert status["queues"]["parked"] == 0 and "parked" not in status["delayed"]

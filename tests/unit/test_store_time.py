@@ -215,3 +215,49 @@ def test_time_options_are_validated():
                 {"delay_s": True}, {"eta": "tomorrow"}, {"delay_s": 1, "eta": 5.0}]:
         with pytest.raises(ValueError):
             f.options(**bad)
+
+
+def test_requeue_runs_a_failed_task_again_with_a_fresh_budget(env):
+    store, _clock, client = env
+    submit_with(store, "a1", max_retries="0")
+    (t,) = claim_due(store)[0]
+    assert store.commit([("a1", t.fence, "err", b"Eboom", True, "ValueError: boom")]) == \
+        ["failed"]
+    assert store.requeue("a1") == "requeued"
+    assert (state(client, "a1"), storekit.field(client, "a1", "attempt"),
+            storekit.field(client, "a1", "retries")) == ("PENDING_NODE_ASSIGNMENT", "1", "0")
+    assert client.get("ftq:result:a1") is None and client.ttl("ftq:task:a1") == -1
+    assert [a["error_type"] for a in storekit.attempts(client, "a1")] == \
+        ["TASK_EXECUTION_EXCEPTION"]
+    assert store.requeue("a1") == "PENDING_NODE_ASSIGNMENT"     # only FAILED tasks
+    assert store.requeue("nope") == "missing"
+    (t,) = claim_due(store)[0]
+    assert t.attempt == 1
+    store.commit([("a1", t.fence, "ok", b"V", False, "")])
+    assert state(client, "a1") == "FINISHED"
+    assert store.requeue("a1") == "FINISHED"
+
+
+def test_purge_cancels_queued_and_delayed_tasks_in_batches(env):
+    store, _clock, client = env
+    from ftqueue import dead_letter
+
+    submit_with(store, "run")
+    claim_due(store)
+    for i in range(5):
+        submit_with(store, f"q{i}")
+    for i in range(3):
+        submit_with(store, f"d{i}", delay_ms="60000")
+    submit_with(store, "other", queue="elsewhere")
+    dead_letter.PURGE_BATCH, before = 2, dead_letter.PURGE_BATCH
+    try:
+        assert dead_letter.purge(store, "default") == 8
+    finally:
+        dead_letter.PURGE_BATCH = before
+    for tid in [f"q{i}" for i in range(5)] + [f"d{i}" for i in range(3)]:
+        assert (state(client, tid), storekit.field(client, tid, "error_type")) == \
+            ("FAILED", "TASK_CANCELLED")
+    assert (state(client, "run"), state(client, "other")) == \
+        ("RUNNING", "PENDING_NODE_ASSIGNMENT")
+    assert client.llen("ftq:queue:default") == 0 and client.zcard("ftq:delayed:default") == 0
+    assert len(client.lrange("ftq:done:me", 0, -1)) == 8
