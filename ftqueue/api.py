@@ -185,6 +185,18 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     _ensure_client().cancel(ref, force=force, recursive=recursive)
 
 
+def requeue(ref: ObjectRef | str) -> None:
+    """Run a FAILED task again: same task id, a fresh retry budget, attempt numbers
+    continuing; refs to it then see the new outcome. ValueError if it has not failed."""
+    _ensure_client().requeue(ref)
+
+
+def purge(queue: str) -> int:
+    """Cancel every queued and DELAYED task of `queue` (each ends FAILED / TASK_CANCELLED);
+    returns how many."""
+    return _ensure_client().purge(queue)
+
+
 def put(value: Any) -> ObjectRef:
     return _ensure_client().put(value)
 

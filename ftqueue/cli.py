@@ -9,9 +9,10 @@ import signal
 import sys
 from typing import Any, Callable
 
-from . import views
+from . import admin_cli, views
 from .exceptions import FtqueueError
 from .settings import NodeSettings, Settings, parse_size
+from .spec import is_task_id
 
 
 def _positive_int(text: str) -> int:
@@ -154,6 +155,8 @@ def build_parser(env: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="kill the worker running it")
     p.add_argument("--no-recursive", action="store_true", help="leave its children alone")
     p.set_defaults(func=cmd_cancel)
+
+    admin_cli.add_commands(sub, env)
 
     p = sub.add_parser("health", help="exit 0 only if the local node is registered and "
                                       "heartbeating (a container healthcheck)")
@@ -317,7 +320,7 @@ def _reader(args: argparse.Namespace) -> Any:
 
 
 def _task_id(text: str) -> str:
-    if not text or not all(c in "0123456789abcdef" for c in text):
+    if not is_task_id(text):
         raise FtqueueError(f"not a task id: {text!r}")
     return text
 
@@ -405,6 +408,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"nodes alive: {status['nodes_alive']}   workers alive: {status['workers_alive']}   "
           f"running: {status['running']}")
     print(f"queued: {queues}")
+    if status["delayed"]:
+        print("delayed: " + ", ".join(f"{q}={n}" for q, n in status["delayed"].items()))
     if status["unserved_queues"]:
         print(f"WARNING: no live node serves {', '.join(status['unserved_queues'])}: their "
               "tasks wait (start a node with --queues naming them)")

@@ -41,6 +41,7 @@ PER_ID: dict[str, str] = {
     "waiters": "waiters",
     "queue": "queue",
     "bell": "bell",
+    "delayed": "delayed",
     "function": "fn",
     "done": "done",
     "node": "node",
@@ -116,6 +117,10 @@ class Keys:
 
     def bell(self, name: str) -> str:
         return self._per_id("bell", name)
+
+    def delayed(self, name: str) -> str:
+        """A queue's DELAYED tasks: task id -> due time (Redis ms)."""
+        return self._per_id("delayed", name)
 
     def function(self, digest: str) -> str:
         return self._per_id("function", digest)

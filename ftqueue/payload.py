@@ -265,7 +265,7 @@ def outcome_to_result(object_id: str, record: dict[str, str],
     """(True, value) or (False, exception) for a final task record and its result blob."""
     if not record:  # a put object, or a task whose record expired
         if blob is None:
-            if len(object_id) == PUT_ID_LENGTH:
+            if len(object_id) == PUT_ID_LENGTH and set(object_id) <= set("0123456789abcdef"):
                 return False, ObjectLostError(f"Object {object_id} is lost (it was put, so it "
                                               "has no lineage to rebuild it from)")
             return False, ObjectReconstructionFailedError(

@@ -7,6 +7,7 @@ import concurrent.futures
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any, Callable, NamedTuple
 
@@ -15,6 +16,7 @@ from .settings import default_max_retries
 
 
 class TaskState(str, Enum):
+    DELAYED = "DELAYED"     # waiting for delay_s / eta / a retry delay; holds no worker
     PENDING_ARGS_AVAIL = "PENDING_ARGS_AVAIL"
     PENDING_NODE_ASSIGNMENT = "PENDING_NODE_ASSIGNMENT"
     SUBMITTED_TO_WORKER = "SUBMITTED_TO_WORKER"
@@ -48,9 +50,63 @@ class Outcome(NamedTuple):
 
 TASK_OPTIONS = frozenset({"max_retries", "retry_exceptions", "max_calls", "name", "queue",
                           "timeout_s", "num_cpus", "num_gpus", "memory", "resources",
-                          "scheduling_strategy", "runtime_env", "num_returns"})
+                          "scheduling_strategy", "runtime_env", "num_returns",
+                          "retry_delay_s", "retry_backoff", "retry_max_delay_s",
+                          "delay_s", "eta", "task_id"})
 RUNTIME_ENV_KEYS = frozenset({"env_vars"})
 STREAMING = "streaming"
+
+TASK_ID_MAX_CHARS = 128
+_TASK_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_task_id(text: object) -> bool:
+    """A task or object id: 1-128 characters of [A-Za-z0-9._:-] (generated ones are hex)."""
+    return (isinstance(text, str) and 0 < len(text) <= TASK_ID_MAX_CHARS
+            and all(c in _TASK_ID_CHARS for c in text))
+
+
+def check_task_id(value: object) -> str:
+    """A `task_id=` option for an idempotent submit, or ValueError."""
+    if not is_task_id(value):
+        raise ValueError(f"task_id must be 1-{TASK_ID_MAX_CHARS} characters of "
+                         f"[A-Za-z0-9._:-], got {value!r}")
+    assert isinstance(value, str)
+    if len(value) == PUT_ID_LENGTH and set(value) <= _HEX:
+        raise ValueError(f"task_id {value!r}: 40 hex digits are the ids of put objects")
+    return value
+
+DEFAULT_RETRY_BACKOFF = 2.0
+DEFAULT_RETRY_MAX_DELAY_S = 300.0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def eta_epoch_s(value: Any) -> float:
+    """`eta` as epoch seconds: a datetime (naive means local time, as datetime.timestamp()
+    says) or a number of epoch seconds."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if _is_number(value) and value >= 0:
+        return float(value)
+    raise ValueError(f"eta must be a datetime or epoch seconds, got {value!r}")
+
+
+def _check_time_options(options: dict[str, Any]) -> None:
+    for key in ("retry_delay_s", "retry_max_delay_s", "delay_s"):
+        value = options.get(key)
+        if value is not None and not (_is_number(value) and value >= 0):
+            raise ValueError(f"{key} must be a number of seconds >= 0, got {value!r}")
+    backoff = options.get("retry_backoff")
+    if backoff is not None and not (_is_number(backoff) and backoff >= 1):
+        raise ValueError(f"retry_backoff must be a number >= 1, got {backoff!r}")
+    if options.get("eta") is not None:
+        if options.get("delay_s") is not None:
+            raise ValueError("give delay_s or eta, not both")
+        eta_epoch_s(options["eta"])
 
 
 def validate_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +135,9 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
         value = options["timeout_s"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"timeout_s must be a positive number of seconds, got {value!r}")
+    _check_time_options(options)
+    if options.get("task_id") is not None:
+        check_task_id(options["task_id"])
     for key in ("name", "queue"):
         if key in options and options[key] is not None:
             value = options[key]
@@ -167,6 +226,12 @@ class ResolvedOptions:
     name: str | None
     queue: str
     timeout_s: float | None = None
+    retry_delay_s: float = 0.0
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S
+    delay_s: float | None = None
+    eta_s: float | None = None       # epoch seconds
+    task_id: str | None = None       # idempotent submit: this id, not a new one
     demand: tuple[tuple[str, int], ...] = (("CPU", resources.UNIT),)   # resource units
     strategy: str = "DEFAULT"          # DEFAULT | SPREAD | node:<id> | soft:<id>
     env_vars: tuple[tuple[str, str], ...] = ()
@@ -204,6 +269,14 @@ class ResolvedOptions:
             strategy=strategy,
             env_vars=tuple(sorted(env.items())),
             num_returns=options.get("num_returns") or 1,
+            retry_delay_s=float(options.get("retry_delay_s") or 0.0),
+            retry_backoff=float(options.get("retry_backoff") or DEFAULT_RETRY_BACKOFF),
+            retry_max_delay_s=float(DEFAULT_RETRY_MAX_DELAY_S
+                                    if options.get("retry_max_delay_s") is None
+                                    else options["retry_max_delay_s"]),
+            delay_s=options.get("delay_s"),
+            eta_s=None if options.get("eta") is None else eta_epoch_s(options["eta"]),
+            task_id=options.get("task_id"),
         )
 
 
@@ -245,7 +318,7 @@ def _valid_object_id(object_id: object) -> bool:
     base, sep, index = object_id.partition(ITEM_SEP)
     if sep and not (index.isdigit() and index.isascii() and str(int(index)) == index):
         return False
-    return bool(base) and all(c in "0123456789abcdef" for c in base)
+    return is_task_id(base)
 
 
 class ObjectRef:

@@ -223,6 +223,14 @@ class StateReader:
             pipe.llen(self.keys.queue(name))
         return dict(zip(names, pipe.execute()))
 
+    def delayed_counts(self) -> dict[str, int]:
+        """Per queue, how many tasks are DELAYED (waiting for their time, in no queue)."""
+        names = sorted(as_text(n) for n in self.store.redis.smembers(self.keys.queues))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.zcard(self.keys.delayed(name))
+        return {name: n for name, n in zip(names, pipe.execute()) if n}
+
     def unserved_queues(self) -> list[str]:
         """Queues with work waiting that no live node serves."""
         return unserved(self.list_nodes(), self.queue_depths())
@@ -244,6 +252,7 @@ class StateReader:
             "nodes_alive": sum(1 for n in nodes if n["state"] == "ALIVE"),
             "workers_alive": sum(1 for w in workers if w["state"] == "ALIVE"),
             "queues": depths,
+            "delayed": self.delayed_counts(),
             "unserved_queues": unserved(nodes, depths),
             "running": self.store.redis.zcard(self.keys.leases),
             "window_minutes": minutes,

@@ -29,6 +29,7 @@ from .store import Claimed, Store, describe, is_transient, retry_across_outage
 log = logging.getLogger("ftqueue.worker")
 
 BELL_WAIT_S = 1.0
+MIN_WAIT_S = 0.001     # Redis's blocking timeout resolution; 0 would mean "forever"
 IDLE_ERROR_PAUSE_S = 1.0
 
 
@@ -55,6 +56,7 @@ class Worker:
         self.stopping = False
         self.pid = os.getpid()
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
+        self._next_due_s: float | None = None
         self._once = LogOnce(log)
 
     def later(self, message: protocol.WorkerMessage) -> None:
@@ -91,7 +93,7 @@ class Worker:
                 return 0
             claimed = self._claim()
             if not claimed:
-                self._wait_for_work()
+                self._wait_for_work(self._next_due_s)
                 return None
             self.local.extend(claimed)
             self.claimed_at = time.monotonic()
@@ -182,8 +184,10 @@ class Worker:
 
     def _claim(self) -> list[Claimed]:
         try:
-            claimed = self.store.claim(self.node_id, self.worker_id, self.settings.queues,
-                                       self.settings.prefetch, 8, self.lease_timeout_ms)
+            claimed, due_in_ms = self.store.claim_due(
+                self.node_id, self.worker_id, self.settings.queues, self.settings.prefetch, 8,
+                self.lease_timeout_ms)
+            self._next_due_s = None if due_in_ms is None else due_in_ms / 1000
             self._once.clear("claim", "claiming works again")
             return claimed
         except Exception as e:  # noqa: BLE001 - classified: a worker never dies of Redis
@@ -198,9 +202,14 @@ class Worker:
                 time.sleep(IDLE_ERROR_PAUSE_S)
             return []
 
-    def _wait_for_work(self) -> None:
+    def _wait_for_work(self, next_due_s: float | None = None) -> None:
+        """Sleep until a bell rings, or until the next DELAYED task is due (the claim that
+        found nothing promotes it then)."""
+        wait_s = BELL_WAIT_S if next_due_s is None else min(BELL_WAIT_S, next_due_s)
+        if wait_s < MIN_WAIT_S:
+            return      # due now (more than one claim's batch was due): claim again
         try:
-            self.store.wait_for_bell(self.settings.queues, BELL_WAIT_S)
+            self.store.wait_for_bell(self.settings.queues, wait_s)
         except Exception as e:  # noqa: BLE001 - a bell is a hint; poll instead
             if not is_transient(e):
                 self._once.start("bell", f"waiting for work failed ({describe(e)}); polling",

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from .. import payload
+from .. import dead_letter, payload
 from ..exceptions import (
     FtqueueConnectionError,
     FtqueueError,
@@ -25,7 +25,7 @@ from ..exceptions import (
 )
 from ..output import DriverEcho
 from ..settings import Settings
-from ..spec import ObjectRef, ResolvedOptions, item_id, new_id, new_put_id
+from ..spec import ObjectRef, ResolvedOptions, is_task_id, item_id, new_id, new_put_id
 from ..state import StateReader
 from ..store import Store, connect, describe
 from .calls import BoundedCalls, DeadlinePassed, as_ftqueue_error, grace
@@ -266,6 +266,24 @@ class Client:
         self.queue.flush(None)
         self.calls.run(lambda: self.store.cancel(ref._id, force, recursive), None,
                        doing="cancelling a task")
+
+    def requeue(self, ref: ObjectRef | str) -> None:
+        task_id = ref._id if isinstance(ref, ObjectRef) else ref
+        if not is_task_id(task_id):
+            raise ValueError(f"requeue() expects an ObjectRef or a task id, got {ref!r}")
+        self.queue.flush(None)
+        answer = self.calls.run(lambda: dead_letter.requeue(self.store, [task_id])[task_id],
+                                None, doing="requeueing a task")
+        if answer != dead_letter.REQUEUED:
+            raise ValueError(dead_letter.refusal(task_id, answer))
+        self.router.forget([task_id])
+
+    def purge(self, queue: str) -> int:
+        if not isinstance(queue, str) or not queue:
+            raise ValueError(f"purge() expects a queue name, got {queue!r}")
+        self.queue.flush(None)
+        return int(self.calls.run(lambda: dead_letter.purge(self.store, queue), None,
+                                  doing="purging a queue"))
 
     def put(self, value: Any) -> ObjectRef:
         if isinstance(value, ObjectRef):

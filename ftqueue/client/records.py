@@ -40,11 +40,27 @@ class Origin:
     lineage_ttl_s: int
 
 
+def time_fields(options: ResolvedOptions) -> dict[str, str]:
+    """Retry delays (kept on the record for the Lua that decides retries) and the start time:
+    `delay_ms` counts from the submit on Redis's clock, `eta_ms` is epoch time (submit.lua
+    turns either into `due_ms`)."""
+    fields: dict[str, str] = {}
+    if options.retry_delay_s > 0:
+        fields.update(retry_delay_ms=str(int(options.retry_delay_s * 1000)),
+                      retry_backoff=repr(float(options.retry_backoff)),
+                      retry_max_delay_ms=str(int(options.retry_max_delay_s * 1000)))
+    if options.delay_s:
+        fields["delay_ms"] = str(int(options.delay_s * 1000))
+    elif options.eta_s is not None:
+        fields["eta_ms"] = str(int(options.eta_s * 1000))
+    return fields
+
+
 def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
                      args: Sequence[Any], kwargs: dict[str, Any], origin: Origin,
                      function: str | None) -> Submission:
     """The task's record fields, then its arguments pickled and sealed for it."""
-    task_id = new_id()
+    task_id = options.task_id or new_id()
     func_name = "".join(c if c.isprintable() and not c.isspace() else "_" for c in func_name)
     parent = current_task()
     fields = {
@@ -56,6 +72,7 @@ def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
     }
     if options.max_calls:
         fields["max_calls"] = str(options.max_calls)
+    fields.update(time_fields(options))
     # Decided here, where the allowlist's classes live, so a supervisor that has to kill a
     # task past its timeout knows whether that may be retried.
     retry_timeout = bool(options.timeout_s) and timeout_is_retryable(options.retry_exceptions)

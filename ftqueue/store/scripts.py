@@ -31,6 +31,9 @@ FORGET_AFTER_MS = 3600 * 1000
 FORGET_BATCH = 100
 BELL_MAX = 1000
 RECONSTRUCT_DEPTH_MAX = 100
+# Due DELAYED tasks a claim or sweep moves to a queue per call (a claim that leaves more due
+# reports "due now", so its worker claims again at once).
+PROMOTE_BATCH = 100
 
 LUA_CONSTANTS: dict[str, int] = {
     "NOTIFY_TTL_S": settings.DEFAULT_NOTIFY_TTL_S,
@@ -44,6 +47,7 @@ LUA_CONSTANTS: dict[str, int] = {
     "FORGET_BATCH": FORGET_BATCH,
     "BELL_MAX": BELL_MAX,
     "RECONSTRUCT_DEPTH_MAX": RECONSTRUCT_DEPTH_MAX,
+    "PROMOTE_BATCH": PROMOTE_BATCH,
 }
 
 _KEY_LINE = re.compile(r"^-- KEYS\[(\d+)\] ([a-z_]+)(?:\(([a-z_]+)\))?(?:\s|$)")

@@ -187,10 +187,19 @@ class Store:
 
     def claim(self, node_id: str, worker_id: str, queues: Sequence[str], max_n: int,
               batch_divisor: int, lease_timeout_ms: int) -> list[Claimed]:
-        keys = [key for q in queues for key in (self.keys.queue(q), self.keys.bell(q))]
-        rows = self._run("claim", [lease_timeout_ms, node_id, worker_id, max_n, batch_divisor,
-                                   *queues], keys, node_id=node_id)
-        return [_claimed(r) for r in rows]
+        return self.claim_due(node_id, worker_id, queues, max_n, batch_divisor,
+                              lease_timeout_ms)[0]
+
+    def claim_due(self, node_id: str, worker_id: str, queues: Sequence[str], max_n: int,
+                  batch_divisor: int, lease_timeout_ms: int,
+                  ) -> tuple[list[Claimed], int | None]:
+        """Claim (see claim.lua), after moving due DELAYED tasks of `queues` to their fronts;
+        also ms until the next DELAYED task of `queues` is due (None: there is none)."""
+        keys = [key for q in queues
+                for key in (self.keys.queue(q), self.keys.bell(q), self.keys.delayed(q))]
+        rows, due_in = self._run("claim", [lease_timeout_ms, node_id, worker_id, max_n,
+                                           batch_divisor, *queues], keys, node_id=node_id)
+        return [_claimed(r) for r in rows], None if int(due_in) < 0 else int(due_in)
 
     def commit(self, outcomes: Sequence[tuple[str, str, str, bytes, bool, str]],
                next_task_id: str = "", *, worker_id: str = "",
@@ -252,6 +261,16 @@ class Store:
     def cancel(self, task_id: str, force: bool, recursive: bool) -> list[tuple[str, str]]:
         return _pairs(self._run("cancel", [task_id, "1" if force else "0",
                                            "1" if recursive else "0"], task_id=task_id))
+
+    def requeue(self, task_id: str) -> str:
+        """Run a FAILED task again with a fresh retry budget (see requeue.lua's answers)."""
+        return _s(self._run("requeue", [task_id], task_id=task_id))
+
+    def purge_batch(self, queue: str, batch: int) -> tuple[int, int]:
+        """Cancel up to `batch` queued and `batch` DELAYED tasks of `queue`: (cancelled,
+        ids left)."""
+        cancelled, left = self._run("purge", [queue, batch], queue=queue)
+        return int(cancelled), int(left)
 
     def pop_cancel_requests(self, node_id: str, max_n: int = 100) -> list[tuple[str, bool]]:
         """(task id, forced) for each cancel relayed to this node."""

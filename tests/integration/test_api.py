@@ -271,8 +271,11 @@ def test_object_ref_hex_roundtrip_and_pickle():
     ref = ftqueue.ObjectRef("ab" * 16)
     assert ftqueue.ObjectRef.from_hex(ref.hex()) == ref
     assert pickle.loads(pickle.dumps(ref)) == ref
-    with pytest.raises(ValueError):
-        ftqueue.ObjectRef.from_hex("not-hex")
+    for bad in ("not a ref", "", "x" * 129, "t#", "t#01", "#1", "t#1#2", "t#-1"):
+        with pytest.raises(ValueError):
+            ftqueue.ObjectRef.from_hex(bad)
+    assert ftqueue.ObjectRef("my-task:1").task_id() == "my-task:1"
+    assert ftqueue.ObjectRef("my-task:1#2").task_id() == "my-task:1"
 
 
 def test_init_twice_and_ignore_reinit(redis_url):

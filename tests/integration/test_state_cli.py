@@ -108,7 +108,7 @@ def test_filters_equal_not_equal_and_combined(workload, redis_url):
     (["list", "tasks", "-f", "colour=red"], "invalid filter key 'colour'"),
     (["list", "tasks", "-f", "state=SLEEPING"], "unknown state 'SLEEPING'"),
     (["list", "tasks", "-f", "nonsense"], "expected KEY=VALUE"),
-    (["get", "task", "not-hex"], "not a task id"),
+    (["get", "task", "not/an id"], "not a task id"),
     (["get", "task", "ab" * 16], "not found"),
     (["cancel", "ab" * 16], "not found"),
 ])

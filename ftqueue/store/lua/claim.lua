@@ -10,18 +10,29 @@
 -- KEYS[4] stats
 -- KEYS[5] corrupt
 -- KEYS[6] node_tasks(node_id)
--- KEYS[NK+2i-1], KEYS[NK+2i]: queue(name), bell(name) of the i-th queue, in preference order
+-- KEYS[NK+3i-2], KEYS[NK+3i-1], KEYS[NK+3i]: queue(name), bell(name), delayed(name) of the
+--         i-th queue, in preference order (strict priority)
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] lease_ms        ARGV[4] node_id     ARGV[5] worker_id
 -- ARGV[6] max_n           ARGV[7] batch_divisor
 -- ARGV[8..] queue names, in the order of their KEYS
--- Returns: {{task_id, fence, fn, func, attempt, job_id, max_calls, args_blob, timeout_s,
---            retry_timeout, max_retries}, ...}
+-- Due DELAYED tasks of these queues are moved to their queues' fronts first.
+-- Returns: {{{task_id, fence, fn, func, attempt, job_id, max_calls, args_blob, timeout_s,
+--            retry_timeout, max_retries}, ...}, ms until the next DELAYED task of these queues
+--           is due (-1: none)}
 local deadline = served_now() + tonumber(ARGV[3])
 local node, worker = ARGV[4], ARGV[5]
 local max_n, divisor = tonumber(ARGV[6]), tonumber(ARGV[7])
 local nq = #ARGV - 7
 local out = {}
+
+local due_in = -1
+for qi = 1, nq do
+  local dkey = KEYS[NK + 3 * qi]
+  promote(ARGV[7 + qi], dkey, PROMOTE_BATCH)
+  local wait = next_due_in(dkey)
+  if wait and (due_in < 0 or wait < due_in) then due_in = wait end
+end
 
 -- The claimed row for a queued id, or nil if it is not queued any more (cancelled, already
 -- final, unknown: its record says why) or its record is corrupt.
@@ -42,10 +53,14 @@ local function take(id, first)
           t[9] or '0'}
 end
 
+-- Strict priority: a later queue is looked at only when every earlier one is empty, and a
+-- worker prefetches from the first queue only, so it never holds a lower-priority task
+-- that it would start after higher-priority work arrived.
 for qi = 1, nq do
-  local qkey = KEYS[NK + 2 * qi - 1]
+  local qkey = KEYS[NK + 3 * qi - 2]
   local len = safe('LLEN', qkey)
   local want = math.max(1, math.min(max_n - #out, math.floor(len / divisor)))
+  if qi > 1 then want = 1 end
   while len > 0 and want > 0 do
     local id = redis.call('RPOP', qkey)
     if not id then break end
@@ -55,10 +70,13 @@ for qi = 1, nq do
       want = want - 1
     end
   end
-  if redis.call('LLEN', qkey) > 0 then ring(ARGV[7 + qi]) end
-  if #out >= max_n then break end
+  if redis.call('LLEN', qkey) > 0 then
+    ring(ARGV[7 + qi])
+    break
+  end
+  if #out > 0 then break end
 end
 if #out == 0 then
-  for qi = 1, nq do redis.call('DEL', KEYS[NK + 2 * qi]) end
+  for qi = 1, nq do redis.call('DEL', KEYS[NK + 3 * qi - 1]) end
 end
-return reply(out)
+return reply({out, due_in})

@@ -14,6 +14,7 @@ if not NOW then
 end
 local TERMINAL = {FINISHED = true, FAILED = true}
 local ACTIVE = {SUBMITTED_TO_WORKER = true, RUNNING = true}
+local JITTER_MAX = 0.1
 
 -- Corrupt records ------------------------------------------------------------------------
 -- A key holding a type ftqueue never writes there must not fail the script (that killed
@@ -114,6 +115,64 @@ local function enqueue(id, queue, front)
   if safe(cmd, k_queue(queue), id) == 1 then ring(queue) end
 end
 
+-- Delayed tasks (docs/design.md, "Time") -----------------------------------------------------
+-- A task waiting for its time (delay_s, eta, a retry delay) is DELAYED, in its queue's
+-- delayed set (due time, Redis ms) and in no queue: it holds no worker. Whoever claims from
+-- that queue or sweeps moves the due ones to the queue's front, each in O(log n), atomically.
+
+local function delay(id, queue, due_ms)
+  redis.call('HSET', k_task(id), 'state', 'DELAYED', 'due_ms', due_ms)
+  local dkey = k_delayed(queue)
+  safe('ZADD', dkey, due_ms, id)
+  -- The earliest due now: a sleeping worker wakes, learns it, sleeps until then.
+  if redis.call('ZRANGE', dkey, 0, 0)[1] == id then ring(queue) end
+end
+
+-- Queued now, or DELAYED when its record says it is not due yet.
+local function make_ready(id, queue, front)
+  local due = tonumber(redis.call('HGET', k_task(id), 'due_ms'))
+  if due and due > NOW then
+    delay(id, queue, due)
+    return
+  end
+  redis.call('HSET', k_task(id), 'state', 'PENDING_NODE_ASSIGNMENT')
+  enqueue(id, queue, front)
+end
+
+-- Due tasks of one queue to its front (at most `limit`); the number moved.
+local function promote(queue, dkey, limit)
+  local due = safe('ZRANGEBYSCORE', dkey, '-inf', NOW, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', dkey, id)
+    local t = guarded('HMGET', k_task(id), 'in ' .. dkey .. '; dropped from it', 'state')
+    if t and t[1] == 'DELAYED' then
+      redis.call('HSET', k_task(id), 'state', 'PENDING_NODE_ASSIGNMENT')
+      enqueue(id, queue, true)
+    end
+  end
+  return #due
+end
+
+-- Milliseconds until the earliest task of a delayed set is due, or nil when it is empty.
+local function next_due_in(dkey)
+  local first = safe('ZRANGE', dkey, 0, 0, 'WITHSCORES')
+  if #first == 0 then return nil end
+  return math.max(0, tonumber(first[2]) - NOW)
+end
+
+-- A charged retry waits min(max, base * backoff^(n-1)) ms (n: its retry number), less up to
+-- 10 % jitter derived from the task id and attempt, so retries of many tasks spread out.
+local function retry_delay_ms(id, n)
+  local t = redis.call('HMGET', k_task(id), 'retry_delay_ms', 'retry_backoff',
+                       'retry_max_delay_ms', 'attempt')
+  local base = tonumber(t[1]) or 0
+  if base <= 0 then return 0 end
+  local wait = math.min(tonumber(t[3]) or base, base * (tonumber(t[2]) or 1) ^ (n - 1))
+  local seed, text = 0, id .. ':' .. (t[4] or '')
+  for i = 1, #text do seed = (seed * 31 + string.byte(text, i)) % 1000003 end
+  return math.floor(wait * (1 - JITTER_MAX * (seed % 1000) / 1000))
+end
+
 -- Transitions ------------------------------------------------------------------------------
 -- The helpers below take ids whose task hash the caller has read (so it is a hash).
 
@@ -166,8 +225,7 @@ local function release_dependents(id)
     local dk = k_task(d)
     local t = guarded('HMGET', dk, 'among the dependents of ' .. id, 'state', 'queue')
     if t and redis.call('HINCRBY', dk, 'deps', -1) <= 0 and t[1] == 'PENDING_ARGS_AVAIL' then
-      redis.call('HSET', dk, 'state', 'PENDING_NODE_ASSIGNMENT')
-      enqueue(d, t[2], false)
+      make_ready(d, t[2], false)
     end
   end
   if #deps > 0 then redis.call('DEL', dkey) end
@@ -217,17 +275,23 @@ local function budget_left(id)
   return max_retries == -1 or (tonumber(t[2]) or 0) < max_retries
 end
 
--- Back to the queue's front for a new attempt; `charge` says whether it uses the retry budget.
+-- Back to the queue's front for a new attempt (after its retry delay, when charged);
+-- `charge` says whether it uses the retry budget.
 local function retry(id, error_type, message, charge)
   local tkey = k_task(id)
   local t = redis.call('HMGET', tkey, 'node_id', 'queue')
   record_attempt(id, 'FAILED', error_type, message)
   release_lease(id, t[1])
+  local wait = 0
+  if charge then wait = retry_delay_ms(id, redis.call('HINCRBY', tkey, 'retries', 1)) end
   redis.call('HINCRBY', tkey, 'attempt', 1)
-  if charge then redis.call('HINCRBY', tkey, 'retries', 1) end
-  redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')
   redis.call('HDEL', tkey, 'node_id', 'worker_id', 'start_ms', 'error_type', 'error_message')
-  enqueue(id, t[2], true)
+  if wait > 0 then
+    delay(id, t[2], NOW + wait)
+  else
+    redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')
+    enqueue(id, t[2], true)
+  end
   redis.call('HINCRBY', K.stats, 'retries:' .. error_type, 1)
   redis.call('ZADD', K.failed_index, NOW, id)    -- it has a FAILED attempt row now
   count_recent('retries:' .. error_type)

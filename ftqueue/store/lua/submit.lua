@@ -1,4 +1,5 @@
--- Submit a batch of tasks (idempotent: a task id that exists is left alone).
+-- Submit a batch of tasks (idempotent: a task id that exists is left alone; its new
+-- submitter is registered for its completion notice).
 --
 -- KEYS[1] queues
 -- KEYS[2] task_index
@@ -7,6 +8,7 @@
 -- KEYS[NK+2i-1], KEYS[NK+2i]: task(task_id), args(task_id) of record i
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] n, then from ARGV[4] n records of 5: task_id, queue, args_blob, deps_csv, fields_json
+--         (fields `delay_ms` or `eta_ms` make the record's `due_ms`: DELAYED until then)
 -- Returns: the number of tasks created.
 
 -- How many of deps are not final yet; the task is registered as a dependent of each. A
@@ -25,7 +27,13 @@ end
 
 local function create(tkey, akey, id, queue, blob, deps, fields)
   local flat = {}
-  for key, value in pairs(cjson.decode(fields)) do
+  local given = cjson.decode(fields)
+  -- delay_ms (from now, on Redis's clock) or eta_ms (epoch) become the record's due_ms.
+  local due = tonumber(given.eta_ms)
+  if given.delay_ms then due = NOW + tonumber(given.delay_ms) end
+  given.delay_ms, given.eta_ms = nil, nil
+  if due then given.due_ms = tostring(due) end
+  for key, value in pairs(given) do
     flat[#flat + 1] = key
     flat[#flat + 1] = value
   end
@@ -41,8 +49,21 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
   if pending > 0 then
     redis.call('HSET', tkey, 'state', 'PENDING_ARGS_AVAIL', 'deps', pending)
   else
-    redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')
-    enqueue(id, queue, false)
+    make_ready(id, queue, false)
+  end
+end
+
+-- A task id that exists (an idempotent submit, `task_id=`): nothing is submitted, but this
+-- submitter is told when it ends, as if it had submitted it.
+local function attach(tkey, id, fields)
+  local n = cjson.decode(fields).notify
+  local t = guarded('HMGET', tkey, 'by a submit of the same id', 'state', 'notify')
+  if not t or not n or n == '' or n == t[2] then return end
+  if TERMINAL[t[1]] then
+    safe('RPUSH', n, id)
+    redis.call('EXPIRE', n, NOTIFY_TTL_S)
+  else
+    safe('SADD', k_waiters(id), n)
   end
 end
 
@@ -52,6 +73,8 @@ for i = 1, tonumber(ARGV[3]) do
   if redis.call('EXISTS', KEYS[k]) == 0 then
     create(KEYS[k], KEYS[k + 1], ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4])
     created = created + 1
+  else
+    attach(KEYS[k], ARGV[b], ARGV[b + 4])
   end
 end
 return reply(created)

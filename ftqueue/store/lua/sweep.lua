@@ -3,6 +3,7 @@
 -- time as DEAD. Idempotent; any process may run it. Also trims the listing indexes of
 -- entries older than index_ttl_ms (their records have expired by then) and forgets dead
 -- workers and nodes whose records expired. A leased id whose record is corrupt is dropped.
+-- Promotes due DELAYED tasks of every queue (also those no live worker is claiming from).
 --
 -- KEYS[1] clock
 -- KEYS[2] leases          task id -> lease deadline (served ms)
@@ -13,6 +14,7 @@
 -- KEYS[7] workers
 -- KEYS[8] node_index
 -- KEYS[9] corrupt
+-- KEYS[10] queues         every queue's due DELAYED tasks are moved to its front
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] lease_ms        ARGV[4] limit (expired leases handled per call)
 -- ARGV[5] index_ttl_ms
@@ -39,6 +41,10 @@ for _, node in ipairs(dead) do
   redis.call('ZREM', K.nodes, node)
   safe('HSET', k_node(node), 'state', 'DEAD', 'end_ms', NOW)
   redis.call('EXPIRE', k_node(node), DEAD_NODE_TTL_S)
+end
+
+for _, queue in ipairs(safe('SMEMBERS', K.queues)) do
+  promote(queue, k_delayed(queue), PROMOTE_BATCH)
 end
 
 local horizon = NOW - index_ttl_ms
