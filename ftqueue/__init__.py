@@ -1,14 +1,17 @@
 """ftqueue: Ray's task fault tolerance on a plain Redis queue."""
 
-from . import exceptions, state
+from . import exceptions, state, util
 from .api import (
     ClusterInfo,
+    available_resources,
     cancel,
+    cluster_resources,
     flush_submissions,
     get,
     get_runtime_context,
     init,
     is_initialized,
+    nodes,
     purge,
     put,
     remote,
@@ -16,6 +19,8 @@ from .api import (
     shutdown,
     wait,
 )
+from .context import get_gpu_ids
+from .generators import ObjectRefGenerator
 from .remote_function import RemoteFunction, remote_function
 from .spec import ObjectRef
 
@@ -23,15 +28,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClusterInfo",
+    "available_resources",
+    "cluster_resources",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "cancel",
     "exceptions",
     "flush_submissions",
     "get",
+    "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "nodes",
     "purge",
     "put",
     "remote",
@@ -39,5 +49,6 @@ __all__ = [
     "requeue",
     "shutdown",
     "state",
+    "util",
     "wait",
 ]

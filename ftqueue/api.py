@@ -206,6 +206,34 @@ def get_runtime_context() -> RuntimeContext:
     return RuntimeContext(client.job_id if client else None, current_task())
 
 
+def nodes() -> list[dict[str, Any]]:
+    """As `ray.nodes()`: one dict per node, alive and recently dead."""
+    return [{"NodeID": n["node_id"], "Alive": n["state"] == "ALIVE",
+             "NodeManagerHostname": n["host"], "NodeManagerAddress": n["host"],
+             "Resources": n["resources_total"], "Queues": n["queues"].split(","),
+             "NumWorkers": n["num_workers"], "GPUIDs": n["gpu_ids"]}
+            for n in state.list_nodes()]
+
+
+def cluster_resources() -> dict[str, float]:
+    """The resources of the live nodes, summed (as `ray.cluster_resources()`)."""
+    return _summed("resources_total")
+
+
+def available_resources() -> dict[str, float]:
+    """What the live nodes have free now, summed (as `ray.available_resources()`)."""
+    return _summed("resources_free")
+
+
+def _summed(field: str) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for n in state.list_nodes():
+        if n["state"] == "ALIVE":
+            for name, amount in n[field].items():
+                total[name] = total.get(name, 0) + amount
+    return total
+
+
 def flush_submissions(timeout: float | None = None) -> bool:
     """Make sure every `.remote()` so far has reached Redis (get/wait do this themselves);
     False if `timeout` (seconds) ran out first."""

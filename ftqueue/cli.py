@@ -4,14 +4,16 @@ usage errors), never a traceback."""
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import signal
 import sys
 from typing import Any, Callable
 
-from . import admin_cli, views
+from . import admin_cli, resources, views
 from .exceptions import FtqueueError
-from .settings import NodeSettings, Settings, parse_size
+from .settings import NodeSettings, Settings, parse_size, visible_gpu_ids
 from .spec import is_task_id
 
 
@@ -68,8 +70,19 @@ def _add_common(p: argparse.ArgumentParser, env: Settings) -> None:
 
 def _add_node(p: argparse.ArgumentParser, env: Settings) -> None:
     """A node's flags; each default is the matching FTQUEUE_* setting (settings.py)."""
-    p.add_argument("--num-workers", type=_positive_int, default=env.workers,
-                   help="worker processes (default: $FTQUEUE_NUM_WORKERS or the CPU count)")
+    p.add_argument("--num-workers", type=_positive_int, default=None,
+                   help="worker processes (default: enough for --num-cpus, else "
+                        "$FTQUEUE_NUM_WORKERS or the CPU count)")
+    p.set_defaults(env_workers=env.workers)
+    p.add_argument("--num-cpus", type=_amount, default=None,
+                   help="CPUs this node offers to tasks (default: --num-workers)")
+    p.add_argument("--num-gpus", type=_amount, default=None,
+                   help="GPUs it offers (default: those in CUDA_VISIBLE_DEVICES, else 0)")
+    p.add_argument("--memory", type=_size, default=None,
+                   help="memory it offers to tasks' `memory=` demands, e.g. 8G "
+                        "(default: the node's memory)")
+    p.add_argument("--resources", type=_custom_resources, default={},
+                   help='custom resources it offers, as JSON: \'{"accel": 2}\'')
     p.add_argument("--queues", type=_queues, default=env.queues,
                    help="queues to serve, highest priority first (default: default)")
     p.add_argument("--lease-timeout", type=_seconds, default=env.lease_timeout_s,
@@ -174,9 +187,50 @@ def build_parser(env: Settings | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _amount(text: str) -> float:
+    try:
+        return resources.check_amount("the amount", float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _custom_resources(text: str) -> dict[str, float]:
+    try:
+        return resources.check_custom(json.loads(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--resources {text!r}: {e}") from None
+
+
+def resolve_node_resources(args: argparse.Namespace) -> None:
+    """Fill in what the node offers (CONTRACT.md defaults) and how many workers it runs:
+    enough for its CPUs when only --num-cpus is given."""
+    if args.num_workers is None:
+        args.num_workers = (max(1, math.ceil(args.num_cpus)) if args.num_cpus
+                            else args.env_workers)
+    if args.num_cpus is None:
+        args.num_cpus = args.num_workers
+    visible = visible_gpu_ids()
+    if args.num_gpus is None:
+        args.num_gpus = len(visible)
+    if args.num_gpus != int(args.num_gpus):
+        raise FtqueueError(f"--num-gpus must be a whole number, got {args.num_gpus}")
+    args.gpu_ids = (visible or tuple(str(i) for i in range(int(args.num_gpus))))[
+        :int(args.num_gpus)]
+    if len(args.gpu_ids) < args.num_gpus:
+        raise FtqueueError(f"--num-gpus {int(args.num_gpus)}: only {len(args.gpu_ids)} GPU(s) "
+                           f"in CUDA_VISIBLE_DEVICES ({','.join(args.gpu_ids)})")
+    if args.memory is None:
+        import psutil
+
+        args.memory = psutil.virtual_memory().total
+
+
 def _node_settings(args: argparse.Namespace, address: str) -> NodeSettings:
     env = Settings.from_env()
+    resolve_node_resources(args)
+    offered = resources.demand(args.num_cpus, args.num_gpus, args.memory, args.resources)
     return NodeSettings(address=address, namespace=args.namespace, num_workers=args.num_workers,
+                        resources=tuple(sorted(offered.items())), gpu_ids=args.gpu_ids,
                         queues=args.queues, lease_timeout_s=args.lease_timeout,
                         grace_period_s=args.grace_period, prefetch=args.prefetch,
                         max_memory_per_worker_bytes=args.max_memory_per_worker,
@@ -410,6 +464,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"queued: {queues}")
     if status["delayed"]:
         print("delayed: " + ", ".join(f"{q}={n}" for q, n in status["delayed"].items()))
+    for demand in status["infeasible"]:
+        lacks = ", ".join(f"{k}={v}" for k, v in demand["missing"].items())
+        print(f"WARNING: {demand['tasks']} task(s) of queue {demand['queue']} need "
+              f"{demand['shape']}, which no live node has (missing {lacks}); they wait for "
+              "a node that fits")
     if status["unserved_queues"]:
         print(f"WARNING: no live node serves {', '.join(status['unserved_queues'])}: their "
               "tasks wait (start a node with --queues naming them)")

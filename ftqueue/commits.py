@@ -53,14 +53,17 @@ class CommitBatcher:
         worker still holds it under `next_fence`); returns the per-outcome answers
         ('finished', 'failed', 'retried', 'fenced', 'corrupt')."""
         self.next_held = True
-        if not self.pending:
+        if not self.pending and not next_task_id:
             return []
+        # With nothing to commit, the call still starts the next task: marks it RUNNING and
+        # reserves its resources (or says the worker no longer holds it).
         batch = list(self.pending)
         answers = self._commit(batch, next_task_id, next_fence)
-        if next_task_id and answers != ["lost"] * len(batch):
+        if next_task_id and (not batch or answers != ["lost"] * len(batch)):
             self.next_held = self.store.next_task_held
         del self.pending[:len(batch)]
-        self.on_settled([o.task_id for o in batch])
+        if batch:
+            self.on_settled([o.task_id for o in batch])
         return answers
 
     def _commit(self, batch: list[Outcome], next_task_id: str, next_fence: str) -> list[str]:

@@ -20,6 +20,7 @@ class TaskContext:
     node_id: str
     worker_id: str
     func_name: str
+    gpu_ids: tuple[str, ...] = ()
 
 
 _current: ContextVar[TaskContext | None] = ContextVar("ftqueue_current_task")
@@ -79,3 +80,14 @@ class RuntimeContext:
 
     def get_task_attempt_number(self) -> int:
         return self.attempt_number
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        return {"GPU": list(self._task.gpu_ids) if self._task else []}
+
+
+def get_gpu_ids() -> list[int | str]:
+    """Inside a task, the GPU ids it holds (its CUDA_VISIBLE_DEVICES); [] elsewhere."""
+    task = current_task()
+    if task is None:
+        return []
+    return [int(g) if g.isdigit() else g for g in task.gpu_ids]

@@ -11,7 +11,8 @@ from typing import Iterable, Mapping
 
 from redis.typing import EncodableT, FieldT
 
-from .settings import DEAD_NODE_TTL_S, NodeSettings
+from . import resources
+from .settings import NodeSettings
 from .store import Store, redact
 from .workerpool import WorkerHandle
 
@@ -33,18 +34,27 @@ class NodeRecord:
             "num_workers": self.settings.num_workers, "queues": ",".join(self.settings.queues),
             "started_ms": self.store.clock_ms(), "state": "ALIVE",
             "lease_timeout_s": self.settings.lease_timeout_s,
+            "resources": json.dumps(dict(self.settings.resources)),
+            "gpu_ids": ",".join(self.settings.gpu_ids),
         })
+        self.offer_resources()
         self.store.redis.zadd(self.keys.node_index, {self.node_id: self.store.clock_ms()})
         self.epoch = self.store.ensure_epoch()
         self.store.renew(self.node_id, self.lease_timeout_ms)
 
-    def deregister(self) -> None:
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.node(self.node_id), mapping={"state": "DEAD",
-                                                         "end_ms": self.store.clock_ms()})
-        pipe.zrem(self.keys.nodes, self.node_id)
-        pipe.expire(self.keys.node(self.node_id), DEAD_NODE_TTL_S)
+    def offer_resources(self) -> None:
+        """All of what the node offers is free (at start, and after Redis lost its data)."""
+        free: dict[FieldT, EncodableT] = {name: units for name, units in self.settings.resources}
+        per_gpu = resources.UNIT
+        free.update({f"gpu:{gpu}": per_gpu for gpu in self.settings.gpu_ids})
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.delete(self.keys.node_free(self.node_id))
+        if free:
+            pipe.hset(self.keys.node_free(self.node_id), mapping=free)
         pipe.execute()
+
+    def deregister(self) -> None:
+        self.store.deregister(self.node_id)
 
     def redis_was_reset(self) -> bool:
         """Redis lost its data since we registered (a new epoch)."""

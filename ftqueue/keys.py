@@ -27,6 +27,7 @@ SINGLE: dict[str, str] = {
     "job_counter": "job_counter",
     "clock": "clock",
     "corrupt": "corrupt",
+    "spread": "spread",
 }
 
 # Keys of which there is one per id: method name -> segment; the key is
@@ -51,7 +52,25 @@ PER_ID: dict[str, str] = {
     "log_channel": "logs",
     "stats_minute": "stats:minute",
     "quarantine": "quarantine",
+    "node_free": "node_free",
+    "shapes": "shapes",
+    "pins": "pins",
 }
+
+DEFAULT_SHAPE = "CPU=1"
+
+
+def queue_slot(queue: str, shape: str = DEFAULT_SHAPE, pin: str = "") -> str:
+    """The list a ready task waits in, named after its queue: one per resource shape
+    (`default@GPU=1`; the default shape `CPU=1` keeps the bare name) and, for a task pinned
+    to a node (node affinity, SPREAD), one per node (`default@node=<id>`). Queue names have
+    no '@'. lib.lua's `queue_slot` builds the same names."""
+    name = queue
+    if pin:
+        name += f"@node={pin}"
+    if shape and shape != DEFAULT_SHAPE:
+        name += f"@{shape}"
+    return name
 
 # `log` is the one key with two ids: "<namespace>:log:<task_id>:<attempt>".
 LOG_SEGMENT = "log"
@@ -150,6 +169,18 @@ class Keys:
         """Where a script moves a list or set that held something else (docs/redis-layout.md)."""
         return self._per_id("quarantine", key)
 
+    def node_free(self, node_id: str) -> str:
+        """A node's free resources (units of 1/10000; memory in bytes; `gpu:<i>` per GPU)."""
+        return self._per_id("node_free", node_id)
+
+    def shapes(self, queue: str) -> str:
+        """The resource shapes other than the default that tasks of a queue were sent with."""
+        return self._per_id("shapes", queue)
+
+    def pins(self, node_id: str) -> str:
+        """The queue slots holding tasks pinned to a node (moved or failed when it dies)."""
+        return self._per_id("pins", node_id)
+
     def log(self, task_id: str, attempt: int) -> str:
         return f"{self.prefix}:{LOG_SEGMENT}:{task_id}:{attempt}"
 
@@ -199,6 +230,11 @@ class Keys:
     def clock(self) -> str:
         """The served clock: time during which Redis served its clients (docs/design.md)."""
         return self._single("clock")
+
+    @property
+    def spread(self) -> str:
+        """Round-robin counter placing SPREAD tasks on the live nodes in turn."""
+        return self._single("spread")
 
     @property
     def corrupt(self) -> str:

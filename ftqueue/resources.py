@@ -13,16 +13,18 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-UNIT = 10_000                  # amounts are stored as integers of 1/UNIT
-RESERVED = ("CPU", "GPU", "memory")
-DEFAULT_SHAPE = "CPU=1"
+UNIT = 10_000                  # amounts are stored as integers of 1/UNIT (memory: bytes)
 
 
-def to_units(amount: float) -> int:
+def to_units(amount: float, name: str = "") -> int:
+    if name == "memory":
+        return int(amount)
     return int(round(amount * UNIT))
 
 
-def from_units(units: int) -> float:
+def from_units(units: int, name: str = "") -> float:
+    if name == "memory":
+        return units
     value = units / UNIT
     return int(value) if value == int(value) else value
 
@@ -60,25 +62,26 @@ def demand(num_cpus: float, num_gpus: float, memory: float,
            custom: Mapping[str, float]) -> dict[str, int]:
     """A task's demand in units, zero amounts left out."""
     amounts = {"CPU": to_units(num_cpus), "GPU": to_units(num_gpus),
-               "memory": int(memory) * UNIT, **{k: to_units(v) for k, v in custom.items()}}
+               "memory": int(memory), **{k: to_units(v) for k, v in custom.items()}}
     return {k: v for k, v in amounts.items() if v}
 
 
+NO_DEMAND = "none"     # the shape of a task that needs nothing (num_cpus=0)
+
+
 def shape_of(units: Mapping[str, int]) -> str:
-    """Canonical text of a demand: `CPU=1,GPU=0.5` (names sorted; '' for nothing)."""
-    return ",".join(f"{k}={_fmt(v)}" for k, v in sorted(units.items()))
+    """Canonical text of a demand: `CPU=1,GPU=0.5` (names sorted)."""
+    return ",".join(f"{k}={from_units(v, k)!r}" for k, v in sorted(units.items())) or NO_DEMAND
 
 
 def parse_shape(shape: str) -> dict[str, int]:
-    out = {}
+    out: dict[str, int] = {}
+    if shape == NO_DEMAND:
+        return out
     for part in filter(None, shape.split(",")):
         name, _, amount = part.partition("=")
-        out[name] = to_units(float(amount))
+        out[name] = to_units(float(amount), name)
     return out
-
-
-def _fmt(units: int) -> str:
-    return repr(from_units(units))
 
 
 def fits(need: Mapping[str, int], free: Mapping[str, int]) -> bool:
@@ -87,9 +90,10 @@ def fits(need: Mapping[str, int], free: Mapping[str, int]) -> bool:
 
 def missing(need: Mapping[str, int], total: Mapping[str, int]) -> dict[str, float]:
     """What a node of `total` lacks for `need` (empty: it fits an idle node)."""
-    return {k: from_units(v - total.get(k, 0)) for k, v in need.items() if total.get(k, 0) < v}
+    return {k: from_units(v - total.get(k, 0), k) for k, v in need.items()
+            if total.get(k, 0) < v}
 
 
 def as_amounts(units: Mapping[str, int]) -> dict[str, float]:
     """Units back to Ray's numbers (memory in bytes)."""
-    return {k: (v // UNIT if k == "memory" else from_units(v)) for k, v in units.items()}
+    return {k: from_units(v, k) for k, v in units.items()}

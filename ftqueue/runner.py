@@ -140,7 +140,7 @@ class TaskRunner:
         self.tell(protocol.Started(task.task_id, task.fence, task.timeout_s, task.retry_timeout,
                                    task.func_name))
         set_current_task(TaskContext(task.task_id, task.attempt, task.job_id, self.node_id,
-                                     self.worker_id, task.func_name))
+                                     self.worker_id, task.func_name, task.gpu_ids))
         if self.output is not None:
             self.output.start(task.task_id, task.attempt, task.job_id, task.func_name,
                               self.result_ttl_s)
@@ -218,7 +218,10 @@ class TaskRunner:
                 raise KeyboardInterrupt
             self.interruptible = True
             try:
-                with task_env(call.env_vars):
+                env = dict(call.env_vars)
+                if task.gpu_ids:     # the GPUs it holds, as Ray sets them
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(task.gpu_ids)
+                with task_env(env):
                     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
                         return self._run_async(task, fn(*call.args, **call.kwargs))
                     value = fn(*call.args, **call.kwargs)

@@ -80,11 +80,20 @@ class NodeSettings:
     lineage_ttl_s: int = DEFAULT_LINEAGE_TTL_S
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     import_allow: tuple[str, ...] = ()
+    # What the node offers (resources.py units: 1/10000, memory in bytes), and its GPU ids.
+    resources: tuple[tuple[str, int], ...] = ()
+    gpu_ids: tuple[str, ...] = ()
 
     @property
     def renew_interval_s(self) -> float:
         # Several renewals per lease so one slow round trip never expires a live lease.
         return max(0.05, min(1.0, self.lease_timeout_s / 4))
+
+
+def visible_gpu_ids() -> tuple[str, ...]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES lists them (none if unset)."""
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return tuple(g.strip() for g in raw.split(",") if g.strip() and g.strip() != "-1")
 
 
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2,

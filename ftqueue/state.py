@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterable, Sequence
 
+from . import resources
+from .keys import DEFAULT_SHAPE, queue_slot
 from .spec import TaskState
 from .store import Store, as_text
 
 TASK_FIELDS = ("task_id", "attempt_number", "name", "state", "job_id", "actor_id", "type",
                "func_or_class_name", "parent_task_id", "node_id", "worker_id", "error_type")
 DETAIL_FIELDS = TASK_FIELDS + ("error_message", "start_time", "end_time", "creation_time",
-                               "queue")
+                               "queue", "required_resources")
 DEFAULT_LIMIT = 100
 SCAN_CHUNK = 500
 _STATES = {s.value for s in TaskState}
@@ -46,6 +48,13 @@ def _check_filter(key: str, op: str, value: Any) -> tuple[str, str, str]:
     return key, op, value
 
 
+def _units(text: str) -> dict[str, int]:
+    try:
+        return {str(k): int(v) for k, v in json.loads(text or "{}").items()}
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
 def _ms_to_s(value: Any) -> float | None:
     return int(value) / 1000 if value not in (None, "") else None
 
@@ -57,7 +66,9 @@ def _rows_for(task_id: str, record: dict[str, str], past: Iterable[str],
         "actor_id": "", "type": "NORMAL_TASK", "func_or_class_name": record.get("func", ""),
         "parent_task_id": record.get("parent_task_id", ""),
     }
-    extra = {"creation_time": _ms_to_s(record.get("created_ms")), "queue": record.get("queue", "")}
+    extra = {"creation_time": _ms_to_s(record.get("created_ms")), "queue": record.get("queue", ""),
+             "required_resources": resources.as_amounts(resources.parse_shape(
+                 record.get("shape") or DEFAULT_SHAPE))}
     rows = []
     for raw in past:
         a = json.loads(raw)
@@ -196,8 +207,22 @@ class StateReader:
                          "host": r.get("host", ""), "pid": int(r.get("pid", 0) or 0),
                          "num_workers": int(r.get("num_workers", 0) or 0),
                          "queues": r.get("queues", ""),
-                         "heartbeat_age_s": round(age_s, 1) if age_s is not None else None})
+                         "heartbeat_age_s": round(age_s, 1) if age_s is not None else None,
+                         "resources_total": _units(r.get("resources", "")),
+                         "gpu_ids": [g for g in r.get("gpu_ids", "").split(",") if g]})
+        self._add_free(rows)
         return rows
+
+    def _add_free(self, nodes: list[dict[str, Any]]) -> None:
+        """Each node's free resources (what its running tasks do not hold)."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        for n in nodes:
+            pipe.hgetall(self.keys.node_free(n["node_id"]))
+        for n, raw in zip(nodes, pipe.execute()):
+            free = {as_text(k): int(v) for k, v in raw.items()
+                    if not as_text(k).startswith("gpu:") and as_text(k) != "blocked"}
+            n["resources_free"] = resources.as_amounts(free) if n["state"] == "ALIVE" else {}
+            n["resources_total"] = resources.as_amounts(n["resources_total"])
 
     def list_workers(self, nodes: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Worker processes; a worker of a dead (or forgotten) node is dead with it."""
@@ -217,11 +242,55 @@ class StateReader:
         return rows
 
     def queue_depths(self) -> dict[str, int]:
+        """Per queue, the tasks ready to run (every resource shape, pinned ones too)."""
+        depths: dict[str, int] = {}
+        for (queue, _), n in self.slot_depths().items():
+            depths[queue] = depths.get(queue, 0) + n
+        return depths
+
+    def slot_depths(self) -> dict[tuple[str, str], int]:
+        """Per (queue, shape): how many ready tasks wait (pinned ones counted in too)."""
         names = sorted(as_text(n) for n in self.store.redis.smembers(self.keys.queues))
         pipe = self.store.redis.pipeline(transaction=False)
         for name in names:
-            pipe.llen(self.keys.queue(name))
-        return dict(zip(names, pipe.execute()))
+            pipe.smembers(self.keys.shapes(name))
+        for node in self.store.redis.zrange(self.keys.nodes, 0, -1):
+            pipe.smembers(self.keys.pins(as_text(node)))
+        replies = pipe.execute()
+        slots: list[tuple[str, str, str]] = []    # (queue, shape, slot name)
+        for name, shapes in zip(names, replies):
+            for shape in [DEFAULT_SHAPE, *sorted(as_text(s) for s in shapes)]:
+                slots.append((name, shape, queue_slot(name, shape)))
+        for pinned in replies[len(names):]:
+            for slot in (as_text(p) for p in pinned):
+                queue, _, rest = slot.partition("@node=")
+                _, _, shape = rest.partition("@")
+                slots.append((queue, shape or DEFAULT_SHAPE, slot))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for _, _, slot in slots:
+            pipe.llen(self.keys.queue(slot))
+        depths: dict[tuple[str, str], int] = {(name, DEFAULT_SHAPE): 0 for name in names}
+        for (queue, shape, _), n in zip(slots, pipe.execute()):
+            depths[(queue, shape)] = depths.get((queue, shape), 0) + int(n)
+        return depths
+
+    def infeasible(self, nodes: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Ready tasks that no live node serving their queue can ever fit, per queue and
+        shape, with what the closest node lacks."""
+        nodes = [n for n in (nodes if nodes is not None else self.list_nodes())
+                 if n["state"] == "ALIVE"]
+        out = []
+        for (queue, shape), n in sorted(self.slot_depths().items()):
+            if not n:
+                continue
+            need = resources.parse_shape(shape)
+            hosts = [{k: resources.to_units(v, k) for k, v in node["resources_total"].items()}
+                     for node in nodes if queue in node["queues"].split(",")]
+            if not hosts or any(resources.fits(need, total) for total in hosts):
+                continue
+            lacks = min((resources.missing(need, total) for total in hosts), key=len)
+            out.append({"queue": queue, "shape": shape, "tasks": int(n), "missing": lacks})
+        return out
 
     def delayed_counts(self) -> dict[str, int]:
         """Per queue, how many tasks are DELAYED (waiting for their time, in no queue)."""
@@ -254,6 +323,7 @@ class StateReader:
             "queues": depths,
             "delayed": self.delayed_counts(),
             "unserved_queues": unserved(nodes, depths),
+            "infeasible": self.infeasible(nodes),
             "running": self.store.redis.zcard(self.keys.leases),
             "window_minutes": minutes,
             "recent_retries": {k.split(":", 1)[1]: v for k, v in recent.items()
@@ -317,3 +387,8 @@ def list_workers() -> list[dict[str, Any]]:
 
 def queue_depths() -> dict[str, int]:
     return _reader().queue_depths()
+
+
+def list_infeasible() -> list[dict[str, Any]]:
+    """Ready tasks that no live node can ever fit: queue, shape, count, what is missing."""
+    return _reader().infeasible()

@@ -36,7 +36,19 @@ def for_people(row: dict[str, Any]) -> dict[str, Any]:
             out[key] = iso(out[key])
     if "start_time" in row:
         out["duration_s"] = round(end - start, 3) if start and end else None
+    for key, value in row.items():
+        if isinstance(value, dict):       # resource amounts: CPU=2 GPU=1 memory=16G
+            out[key] = " ".join(f"{k}={size(v) if k == 'memory' else v}"
+                                for k, v in value.items())
     return out
+
+
+def size(n: float) -> str:
+    """Bytes for people: 512M, 15.6G."""
+    for unit, scale in (("T", 1024 ** 4), ("G", 1024 ** 3), ("M", 1024 ** 2), ("K", 1024)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(int(n))
 
 
 def render_data(data: Any, fmt: str) -> str:

@@ -24,6 +24,7 @@ from .output import OutputCapture
 from .policy import EXIT_RECYCLE
 from .runner import TaskRunner
 from .settings import NodeSettings
+from .shapes import ShapeChooser
 from .store import Claimed, Store, describe, is_transient, retry_across_outage
 
 log = logging.getLogger("ftqueue.worker")
@@ -44,6 +45,7 @@ class Worker:
         self.store = store
         self._outbox: list[protocol.WorkerMessage] = []
         self._tell_lock = threading.Lock()
+        self.shapes = ShapeChooser(dict(settings.resources), settings.queues, store.shapes)
         self.commits = CommitBatcher(store, worker_id,
                                      lambda ids: self.later(protocol.Settled(tuple(ids))),
                                      on_stalled=lambda: self.tell(protocol.Ended()))
@@ -186,7 +188,7 @@ class Worker:
         try:
             claimed, due_in_ms = self.store.claim_due(
                 self.node_id, self.worker_id, self.settings.queues, self.settings.prefetch, 8,
-                self.lease_timeout_ms)
+                self.lease_timeout_ms, self.shapes.for_claim())
             self._next_due_s = None if due_in_ms is None else due_in_ms / 1000
             self._once.clear("claim", "claiming works again")
             return claimed
@@ -209,7 +211,8 @@ class Worker:
         if wait_s < MIN_WAIT_S:
             return      # due now (more than one claim's batch was due): claim again
         try:
-            self.store.wait_for_bell(self.settings.queues, wait_s)
+            # Its node's bell rings when room it lacked for a task frees up.
+            self.store.wait_for_bell([*self.settings.queues, "@" + self.node_id], wait_s)
         except Exception as e:  # noqa: BLE001 - a bell is a hint; poll instead
             if not is_transient(e):
                 self._once.start("bell", f"waiting for work failed ({describe(e)}); polling",
@@ -241,6 +244,8 @@ def _read_settings(fd: int) -> NodeSettings:
     raw = json.loads(b"".join(chunks))
     raw["queues"] = tuple(raw["queues"])
     raw["import_allow"] = tuple(raw["import_allow"])
+    raw["resources"] = tuple((name, int(units)) for name, units in raw["resources"])
+    raw["gpu_ids"] = tuple(raw["gpu_ids"])
     return NodeSettings(**raw)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import payload
 from ..context import current_task
+from ..keys import DEFAULT_SHAPE
 from ..policy import timeout_is_retryable
 from ..spec import ResolvedOptions, new_id
 
@@ -72,6 +73,10 @@ def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
     }
     if options.max_calls:
         fields["max_calls"] = str(options.max_calls)
+    if options.shape != DEFAULT_SHAPE:
+        fields["shape"] = options.shape
+    if options.strategy != "DEFAULT":
+        fields["strategy"] = options.strategy
     fields.update(time_fields(options))
     # Decided here, where the allowlist's classes live, so a supervisor that has to kill a
     # task past its timeout knows whether that may be retried.

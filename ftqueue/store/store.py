@@ -13,13 +13,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import redis
 
-from ..keys import Keys
+from ..keys import DEFAULT_SHAPE, Keys, queue_slot
 from ..settings import DEFAULT_LINEAGE_TTL_S, Settings
 from ..spec import item_id, split_object_id
 from .errors import ReplicaWaitTimeout, is_corrupt
@@ -60,6 +60,7 @@ class Claimed:
     timeout_s: float | None = None
     retry_timeout: bool = False
     max_retries: int = 0
+    gpu_ids: tuple[str, ...] = ()      # the GPUs it holds on this node
 
 
 def as_text(value: Any) -> str:
@@ -82,7 +83,8 @@ def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
 def _claimed(row: Sequence[Any]) -> Claimed:
     return Claimed(_s(row[0]), _s(row[1]), _s(row[2]), _s(row[3]), int(row[4]), _s(row[5]),
                    int(row[6] or 0), bytes(row[7]), float(row[8]) if row[8] else None,
-                   row[9] == b"1", int(row[10] or 0))
+                   row[9] == b"1", int(row[10] or 0),
+                   tuple(_s(row[11]).split(",")) if len(row) > 11 and row[11] else ())
 
 
 # The error_type a task shows when its own record cannot be read (a key of the wrong type).
@@ -186,19 +188,30 @@ class Store:
         return int(self._run("submit", argv, keys))
 
     def claim(self, node_id: str, worker_id: str, queues: Sequence[str], max_n: int,
-              batch_divisor: int, lease_timeout_ms: int) -> list[Claimed]:
+              batch_divisor: int, lease_timeout_ms: int,
+              shapes: Mapping[str, Sequence[str]] | None = None) -> list[Claimed]:
         return self.claim_due(node_id, worker_id, queues, max_n, batch_divisor,
-                              lease_timeout_ms)[0]
+                              lease_timeout_ms, shapes)[0]
 
     def claim_due(self, node_id: str, worker_id: str, queues: Sequence[str], max_n: int,
                   batch_divisor: int, lease_timeout_ms: int,
+                  shapes: Mapping[str, Sequence[str]] | None = None,
                   ) -> tuple[list[Claimed], int | None]:
         """Claim (see claim.lua), after moving due DELAYED tasks of `queues` to their fronts;
-        also ms until the next DELAYED task of `queues` is due (None: there is none)."""
-        keys = [key for q in queues
-                for key in (self.keys.queue(q), self.keys.bell(q), self.keys.delayed(q))]
-        rows, due_in = self._run("claim", [lease_timeout_ms, node_id, worker_id, max_n,
-                                           batch_divisor, *queues], keys, node_id=node_id)
+        also ms until the next DELAYED task of `queues` is due (None: there is none).
+        `shapes`: per queue, the resource shapes to take, in order (default: the default
+        shape only)."""
+        keys: list[str] = []
+        argv: list[Any] = [lease_timeout_ms, node_id, worker_id, max_n, batch_divisor,
+                           len(queues)]
+        for q in queues:
+            wanted = list(shapes.get(q, ()) if shapes is not None else (DEFAULT_SHAPE,))
+            argv += [q, len(wanted), *wanted]
+            keys += [self.keys.bell(q), self.keys.delayed(q)]
+            for shape in wanted:
+                keys += [self.keys.queue(queue_slot(q, shape, node_id)),
+                         self.keys.queue(queue_slot(q, shape))]
+        rows, due_in = self._run("claim", argv, keys, node_id=node_id)
         return [_claimed(r) for r in rows], None if int(due_in) < 0 else int(due_in)
 
     def commit(self, outcomes: Sequence[tuple[str, str, str, bytes, bool, str]],
@@ -246,6 +259,10 @@ class Store:
         return _pairs(self._run("worker_lost", [node_id, worker_id, running_task_id, error_type,
                                                 message, "1" if charge else "0"],
                                 node_id=node_id))
+
+    def deregister(self, node_id: str) -> None:
+        """The node leaves on purpose (see deregister.lua)."""
+        self._run("deregister", [node_id], node_id=node_id)
 
     def reconstruct(self, object_id: str) -> str:
         """Re-run the task behind a lost result (see reconstruct.lua for the answers)."""
@@ -388,6 +405,14 @@ class Store:
             task_id, sep, blob = _b(item).partition(b"\n")
             out.append((task_id.decode(), blob if sep else None))
         return out
+
+    def shapes(self, queues: Sequence[str]) -> dict[str, list[str]]:
+        """Per queue, the resource shapes other than the default its tasks were sent with."""
+        pipe = self.redis.pipeline(transaction=False)
+        for q in queues:
+            pipe.smembers(self.keys.shapes(q))
+        return {q: sorted(_s(m) for m in members)
+                for q, members in zip(queues, pipe.execute())}
 
     def wait_for_bell(self, queues: Sequence[str], timeout_s: float) -> None:
         self.redis.blpop([self.keys.bell(q) for q in queues], timeout=timeout_s)

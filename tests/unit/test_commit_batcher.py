@@ -37,8 +37,15 @@ def batcher(store, settled, pauses, clock=lambda: 0.0):
 
 def test_nothing_to_flush_is_free():
     store, settled, pauses = FlakyStore([]), [], []
-    assert batcher(store, settled, pauses).flush("next") == []
+    assert batcher(store, settled, pauses).flush() == []
     assert store.commits == [] and settled == []
+
+
+def test_starting_the_next_task_is_a_commit_even_with_no_outcomes():
+    """It marks the task RUNNING and reserves its resources (or says it is not held)."""
+    store, settled, pauses = FlakyStore([]), [], []
+    assert batcher(store, settled, pauses).flush("next") == []
+    assert store.commits == [([], "next", "w1")] and settled == []
 
 
 def test_outcomes_and_the_next_task_go_in_one_commit():

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from ftqueue.cli import build_parser
+from ftqueue.cli import build_parser, resolve_node_resources
 from ftqueue.settings import ENV, SECRET_ENV, Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,10 +41,23 @@ def test_node_flags_default_to_the_settings():
                              "FTQUEUE_LEASE_TIMEOUT_S": "7", "FTQUEUE_NUM_WORKERS": "5",
                              "FTQUEUE_MAX_MEMORY_PER_WORKER": "1M"})
     args = build_parser(env).parse_args(["worker"])
+    resolve_node_resources(args)
     assert (args.queues, args.prefetch, args.lease_timeout, args.num_workers,
             args.max_memory_per_worker) == (("high", "low"), 3, 7.0, 5, 2 ** 20)
     assert build_parser(Settings()).parse_args(["worker"]).grace_period == \
         Settings().grace_period_s
+
+
+def test_node_resources_default_as_the_contract_says():
+    def resolved(*flags):
+        args = build_parser(Settings(num_workers=3)).parse_args(["worker", *flags])
+        resolve_node_resources(args)
+        return args.num_workers, args.num_cpus, args.num_gpus, args.gpu_ids
+
+    assert resolved() == (3, 3, 0, ())
+    assert resolved("--num-cpus", "2.5") == (3, 2.5, 0, ())        # enough workers for it
+    assert resolved("--num-workers", "2", "--num-cpus", "8") == (2, 8, 0, ())
+    assert resolved("--num-gpus", "2") == (3, 3, 2, ("0", "1"))
 
 
 def test_bad_values_name_the_variable():

@@ -45,7 +45,9 @@ local function cancel_one(id)
     return 'requested', true
   end
   -- Out of its queue now, so queue depths count only what will run (O(queue length)).
-  if state == 'PENDING_NODE_ASSIGNMENT' and t[3] then safe('LREM', k_queue(t[3]), 1, id) end
+  if state == 'PENDING_NODE_ASSIGNMENT' and t[3] then
+    safe('LREM', k_queue(slot_of(id, t[3])), 1, id)
+  end
   if state == 'DELAYED' and t[3] then safe('ZREM', k_delayed(t[3]), id) end
   finish(id, 'FAILED', 'TASK_CANCELLED', 'cancelled before it ran')
   return 'cancelled', true

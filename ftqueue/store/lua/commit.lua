@@ -58,10 +58,21 @@ end
 if next_id ~= '' then
   local tkey = KEYS[NK + 2 * n + 1]
   local t = guarded('HMGET', tkey, 'as the task a worker starts next', 'state', 'worker_id',
-                    'fence')
+                    'fence', 'node_id', 'shape')
   local held = t and t[2] == next_worker and (next_fence == '' or t[3] == next_fence)
   if t and t[1] == 'SUBMITTED_TO_WORKER' and (next_worker == '' or held) then
-    redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW)
+    -- A prefetched task reserves its shape when it starts; with no room left on its node
+    -- (another worker took it meanwhile) it goes back to its queue, not started.
+    local fkey = k_node_free(t[4] or '')
+    local need = shape_units(t[5])
+    local fits, gpus = can_reserve(fkey, need)
+    if fits then
+      reserve(next_id, t[4], fkey, need, gpus)
+      redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW)
+    else
+      requeue_unstarted(next_id)
+      held = false
+    end
   end
   -- Whether the worker still holds the task it is about to start (a task swept while the
   -- worker was frozen may already run elsewhere, under the same attempt number).

@@ -107,12 +107,149 @@ local function ring(queue)
   redis.call('LTRIM', bell, 0, BELL_MAX - 1)
 end
 
+-- Resources (docs/design.md, "Resources") ---------------------------------------------------
+-- A task's shape (field 'shape', `CPU=1,GPU=0.5`; none: DEFAULT_SHAPE) and the node it is
+-- pinned to (field 'pin': node affinity, SPREAD) name the list it waits in, its slot: one per
+-- queue and shape (and node). keys.py's queue_slot builds the same names. A node's free
+-- capacity is the hash node_free(node): per resource, units of 1/UNIT (memory: bytes), and
+-- per GPU id 'gpu:<id>'. A task reserves its shape when it starts on a node (field 'held')
+-- and gives it back when its attempt ends, whichever way it ends (release_lease).
+
+local function queue_slot(queue, shape, pin)
+  local name = queue
+  if pin and pin ~= '' then name = name .. '@node=' .. pin end
+  if shape and shape ~= '' and shape ~= DEFAULT_SHAPE then name = name .. '@' .. shape end
+  return name
+end
+
+local function slot_of(id, queue)
+  local t = redis.call('HMGET', k_task(id), 'shape', 'pin')
+  return queue_slot(queue, t[1], t[2])
+end
+
+local function shape_units(shape)
+  local out = {}
+  if not shape or shape == '' then shape = DEFAULT_SHAPE end
+  if shape == NO_DEMAND then return out end
+  for name, amount in string.gmatch(shape, '([^,=]+)=([^,]+)') do
+    if name == 'memory' then
+      out[name] = tonumber(amount)
+    else
+      out[name] = math.floor(tonumber(amount) * UNIT + 0.5)
+    end
+  end
+  return out
+end
+
+-- The GPU ids `units` of GPU would take from free hash `fkey`, or nil: a fraction shares one
+-- id (the fullest that still fits, so whole ids stay free); whole GPUs take unused ids.
+local function pick_gpus(fkey, units)
+  local flat = redis.call('HGETALL', fkey)
+  local ids = {}
+  for i = 1, #flat, 2 do
+    local gid = string.match(flat[i], '^gpu:(.+)$')
+    if gid then ids[#ids + 1] = {gid, tonumber(flat[i + 1]) or 0} end
+  end
+  table.sort(ids, function(a, b) return a[1] < b[1] end)
+  if units < UNIT then
+    local best
+    for _, g in ipairs(ids) do
+      if g[2] >= units and (not best or g[2] < best[2]) then best = g end
+    end
+    if best then return {best[1]} end
+    return nil
+  end
+  local want, picked = math.floor(units / UNIT), {}
+  for _, g in ipairs(ids) do
+    if #picked < want and g[2] >= UNIT then picked[#picked + 1] = g[1] end
+  end
+  if #picked < want then return nil end
+  return picked
+end
+
+-- Whether the node whose free hash is `fkey` can start a task of demand `need` now (a node
+-- that declared nothing, e.g. not registered yet, counts nothing), and the GPU ids it takes.
+local function can_reserve(fkey, need)
+  if redis.call('EXISTS', fkey) == 0 then return true, nil end
+  local names = {}
+  for name in pairs(need) do names[#names + 1] = name end
+  if #names == 0 then return true, nil end
+  local have = redis.call('HMGET', fkey, unpack(names))
+  for i, name in ipairs(names) do
+    if (tonumber(have[i]) or 0) < need[name] then return false, nil end
+  end
+  if need.GPU then
+    local gpus = pick_gpus(fkey, need.GPU)
+    if not gpus then return false, nil end
+    return true, gpus
+  end
+  return true, nil
+end
+
+local function reserve(id, node, fkey, need, gpus)
+  if redis.call('EXISTS', fkey) == 0 then return '' end
+  for name, units in pairs(need) do redis.call('HINCRBY', fkey, name, -units) end
+  local ids = ''
+  if gpus then
+    local per = math.min(need.GPU, UNIT)
+    for _, gid in ipairs(gpus) do redis.call('HINCRBY', fkey, 'gpu:' .. gid, -per) end
+    ids = table.concat(gpus, ',')
+  end
+  redis.call('HSET', k_task(id), 'held', node, 'gpu_ids', ids)
+  return ids
+end
+
+local function release_resources(id)
+  local tkey = k_task(id)
+  local t = redis.call('HMGET', tkey, 'held', 'shape', 'gpu_ids')
+  if not t[1] then return end
+  redis.call('HDEL', tkey, 'held')
+  local fkey = k_node_free(t[1])
+  if redis.call('EXISTS', fkey) == 0 then return end     -- the node is gone
+  local need = shape_units(t[2])
+  for name, units in pairs(need) do redis.call('HINCRBY', fkey, name, units) end
+  if need.GPU and t[3] and t[3] ~= '' then
+    local per = math.min(need.GPU, UNIT)
+    for gid in string.gmatch(t[3], '[^,]+') do redis.call('HINCRBY', fkey, 'gpu:' .. gid, per) end
+  end
+  -- A worker of that node found work it had no room for: wake it (its node's bell).
+  if redis.call('HDEL', fkey, 'blocked') == 1 then ring('@' .. t[1]) end
+end
+
 -- A queue that already held work has no idle worker to wake: a worker only sleeps after a
 -- claim found its queues empty, and a claim that leaves work behind rings for the next one.
+-- A task pinned to a node that is gone (its free hash with it): a soft pin is dropped; a
+-- hard one stays, and the first node to claim the task fails it (claim.lua).
 local function enqueue(id, queue, front)
   local cmd = 'LPUSH'
   if front then cmd = 'RPUSH' end
-  if safe(cmd, k_queue(queue), id) == 1 then ring(queue) end
+  local tkey = k_task(id)
+  local t = redis.call('HMGET', tkey, 'shape', 'pin', 'pin_soft')
+  local pin = t[2]
+  if pin and redis.call('EXISTS', k_node_free(pin)) == 0 then
+    if t[3] == '1' then redis.call('HDEL', tkey, 'pin', 'pin_soft') end
+    pin = nil
+  end
+  local slot = queue_slot(queue, t[1], pin)
+  if pin then safe('SADD', k_pins(pin), slot) end
+  if safe(cmd, k_queue(slot), id) == 1 then ring(queue) end
+end
+
+-- A node is gone: the tasks waiting in its pinned slots go where enqueue now puts them.
+local function unpin(node)
+  redis.call('DEL', k_node_free(node))
+  local pkey = k_pins(node)
+  for _, slot in ipairs(safe('SMEMBERS', pkey)) do
+    local qkey = k_queue(slot)
+    local ids = safe('LRANGE', qkey, 0, -1)
+    redis.call('DEL', qkey)
+    for i = #ids, 1, -1 do     -- oldest first (a list's tail is its head)
+      local t = guarded('HMGET', k_task(ids[i]), 'in ' .. qkey .. '; dropped from it',
+                        'state', 'queue')
+      if t and t[1] == 'PENDING_NODE_ASSIGNMENT' then enqueue(ids[i], t[2], false) end
+    end
+  end
+  redis.call('DEL', pkey)
 end
 
 -- Delayed tasks (docs/design.md, "Time") -----------------------------------------------------
@@ -195,6 +332,7 @@ end
 local function release_lease(id, node_id)
   redis.call('ZREM', K.leases, id)
   if node_id and node_id ~= '' then safe('SREM', k_node_tasks(node_id), id) end
+  release_resources(id)
 end
 
 -- The submitter's notice of a small successful result carries the result itself

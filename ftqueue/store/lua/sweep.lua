@@ -41,6 +41,7 @@ for _, node in ipairs(dead) do
   redis.call('ZREM', K.nodes, node)
   safe('HSET', k_node(node), 'state', 'DEAD', 'end_ms', NOW)
   redis.call('EXPIRE', k_node(node), DEAD_NODE_TTL_S)
+  unpin(node)
 end
 
 for _, queue in ipairs(safe('SMEMBERS', K.queues)) do
