@@ -7,6 +7,7 @@
     │   ├── NodeDiedError                   the whole node was lost (lease expired)
     │   └── OutOfMemoryError                the memory watchdog killed the worker
     ├── TaskCancelledError                  the task was cancelled
+    ├── TaskUnschedulableError              no live node may run it (hard node affinity)
     ├── GetTimeoutError                     get(timeout=) ran out (also a TimeoutError)
     ├── ObjectLostError                     a stored value is gone and has no lineage
     │   └── ObjectReconstructionFailedError a lost result could not be rebuilt
@@ -137,6 +138,10 @@ class TaskCancelledError(FtqueueError):
     def __init__(self, task_id: str | None = None, message: str | None = None) -> None:
         self.task_id = task_id
         super().__init__(message or f"Task {task_id} was cancelled")
+
+
+class TaskUnschedulableError(FtqueueError):
+    """The task must run on a node that is gone or cannot fit it (NodeAffinity, soft=False)."""
 
 
 class GetTimeoutError(FtqueueError, TimeoutError):

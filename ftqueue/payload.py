@@ -30,6 +30,7 @@ from .exceptions import (
     SerializationError,
     TaskCancelledError,
     TaskError,
+    TaskUnschedulableError,
     UnserializableException,
     WorkerCrashedError,
 )
@@ -257,6 +258,7 @@ _SYSTEM_ERRORS = {
     ErrorType.WORKER_DIED.value: WorkerCrashedError,
     ErrorType.NODE_DIED.value: NodeDiedError,
     ErrorType.OUT_OF_MEMORY.value: OutOfMemoryError,
+    ErrorType.TASK_UNSCHEDULABLE_ERROR.value: TaskUnschedulableError,
 }
 
 

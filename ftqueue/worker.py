@@ -148,6 +148,16 @@ class Worker:
             rss = psutil.Process().memory_info().rss
         return rss > limit
 
+    def on_block(self, blocked: bool) -> None:
+        """The running task waits in get (or goes on): its CPUs are lent to the node meanwhile
+        (before the supervisor starts a stand-in worker, which may need them)."""
+        if self.runner.current:
+            try:
+                self.store.lend(self.runner.current, blocked)
+            except Exception as e:  # noqa: BLE001 - lending is an optimisation; go on
+                log.debug("lending the CPUs of %s failed: %s", self.runner.current, describe(e))
+        self.tell(protocol.Blocked(blocked))
+
     def on_inbox(self, signum: int, frame: Any) -> None:
         """SIGUSR1 from the supervisor: read its requests; interrupt the current task if one
         names it (and only while that task's own code runs)."""
@@ -290,8 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
-    _attach_worker_client(settings.address, settings.namespace,
-                          lambda blocked: worker.tell(protocol.Blocked(blocked)))
+    _attach_worker_client(settings.address, settings.namespace, worker.on_block)
     code = worker.run()
     # Everything is committed or handed back: leave now. The interpreter's own exit would
     # wait for any non-daemon thread a task left running, and hold the node's slot (and the

@@ -23,6 +23,7 @@ from ..exceptions import (
     FtqueueError,
     GetTimeoutError,
 )
+from ..keys import DEFAULT_SHAPE
 from ..output import DriverEcho
 from ..settings import Settings
 from ..spec import ObjectRef, ResolvedOptions, is_task_id, item_id, new_id, new_put_id
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 2.0
 UNSERVED_CHECK_S = 5.0   # a driver waiting this long looks for queues nobody serves
+INFEASIBLE_CHECK_S = 1.0  # how often a waiting driver looks for tasks no node can fit
 CLOSE_STALL_S = 3.0     # shutdown gives up sending after this long without progress
 JOIN_S = 0.5
 
@@ -67,6 +69,9 @@ class Client:
         self._last_sweep = self._last_epoch_check = 0.0
         self._last_queue_check = time.monotonic()
         self._warned_queues: set[str] = set()
+        self._shapes_sent: dict[tuple[str, str], set[str]] = {}
+        self._warned_functions: set[str] = set()
+        self._last_fit_check = 0.0
         self.calls = BoundedCalls(give_up=lambda: self._closing)
         self.lineage = LineageCache(env.driver_lineage_bytes)
         self.queue = SubmitQueue(self.store, self.lineage, self, epoch)
@@ -99,6 +104,8 @@ class Client:
                args: Sequence[Any], kwargs: dict[str, Any]) -> ObjectRef:
         function = fn_ref if self.lineage.has_function(fn_ref) else None
         sub = build_submission(fn_ref, func_name, options, args, kwargs, self.origin, function)
+        if options.shape != DEFAULT_SHAPE:
+            self._shapes_sent.setdefault((options.queue, options.shape), set()).add(func_name)
         self.queue.submit(sub)
         return ObjectRef(sub.task_id)
 
@@ -244,6 +251,25 @@ class Client:
         if now - self._last_queue_check >= UNSERVED_CHECK_S:
             self._last_queue_check = now
             self._warn_of_unserved_queues()
+        if self._shapes_sent and now - self._last_fit_check >= INFEASIBLE_CHECK_S:
+            self._last_fit_check = now
+            self._warn_of_infeasible()
+
+    def _warn_of_infeasible(self) -> None:
+        """Once per function: its tasks need more than any live node has (as Ray warns)."""
+        try:
+            demands = StateReader(self.store).infeasible()
+        except Exception as e:  # noqa: BLE001 - a hint, not worth more
+            log.debug("ftqueue: checking for infeasible tasks failed: %s", describe(e))
+            return
+        for demand in demands:
+            for func in sorted(self._shapes_sent.get((demand["queue"], demand["shape"]), ())):
+                if func not in self._warned_functions:
+                    self._warned_functions.add(func)
+                    lacks = ", ".join(f"{k}={v}" for k, v in demand["missing"].items())
+                    log.warning("ftqueue: tasks of %s need %s, which no live node serving queue "
+                                "%r has (missing %s); they wait until a node that fits joins",
+                                func, demand["shape"], demand["queue"], lacks)
 
     def _warn_of_unserved_queues(self) -> None:
         """Once per queue: work waits in a queue that no live node serves."""

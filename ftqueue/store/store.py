@@ -260,6 +260,10 @@ class Store:
                                                 message, "1" if charge else "0"],
                                 node_id=node_id))
 
+    def lend(self, task_id: str, blocked: bool) -> str:
+        """A running task blocked in get lends its CPUs to its node (see lend.lua)."""
+        return _s(self._run("lend", [task_id, "1" if blocked else "0"], task_id=task_id))
+
     def deregister(self, node_id: str) -> None:
         """The node leaves on purpose (see deregister.lua)."""
         self._run("deregister", [node_id], node_id=node_id)

@@ -201,12 +201,13 @@ end
 
 local function release_resources(id)
   local tkey = k_task(id)
-  local t = redis.call('HMGET', tkey, 'held', 'shape', 'gpu_ids')
+  local t = redis.call('HMGET', tkey, 'held', 'shape', 'gpu_ids', 'lent')
   if not t[1] then return end
-  redis.call('HDEL', tkey, 'held')
+  redis.call('HDEL', tkey, 'held', 'lent')
   local fkey = k_node_free(t[1])
   if redis.call('EXISTS', fkey) == 0 then return end     -- the node is gone
   local need = shape_units(t[2])
+  if t[4] then need.CPU = nil end    -- lent while it waited in get (lend.lua): free already
   for name, units in pairs(need) do redis.call('HINCRBY', fkey, name, units) end
   if need.GPU and t[3] and t[3] ~= '' then
     local per = math.min(need.GPU, UNIT)

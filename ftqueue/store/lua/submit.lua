@@ -7,6 +7,8 @@
 -- KEYS[4] corrupt
 -- KEYS[5] nodes           live nodes, for scheduling strategies
 -- KEYS[6] spread          round-robin counter of SPREAD
+-- KEYS[7] leases          (a task that cannot be placed fails at once: finish touches these)
+-- KEYS[8] failed_index
 -- KEYS[NK+2i-1], KEYS[NK+2i]: task(task_id), args(task_id) of record i
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] n, then from ARGV[4] n records of 5: task_id, queue, args_blob, deps_csv, fields_json
