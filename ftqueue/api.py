@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import json
+import math
 import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import generators, spec, state
+from . import generators, resources, spec, state
 from . import remote_function as _remote_function
 from .client import Client
 from .context import RuntimeContext, current_task
@@ -21,7 +23,7 @@ from .spec import ObjectRef
 # Ray's init arguments that mean nothing for ftqueue are accepted and ignored, so ported
 # scripts run; anything else is a mistake.
 _IGNORED_RAY_INIT_ARGS = frozenset({
-    "num_gpus", "resources", "object_store_memory", "local_mode", "include_dashboard",
+    "object_store_memory", "local_mode", "include_dashboard",
     "dashboard_host", "dashboard_port", "logging_level", "logging_format",
     "runtime_env", "configure_logging", "_temp_dir", "_system_config", "storage",
 })
@@ -53,6 +55,8 @@ def init(address: str | None = None, *, num_workers: int | None = None,
     """Connect to a cluster at `address`, or start an embedded one when there is none."""
     global _client, _cluster, _info, _atexit_registered
     num_cpus = kw.pop("num_cpus", None)
+    num_gpus = kw.pop("num_gpus", None)
+    custom = kw.pop("resources", None)
     unknown = sorted(set(kw) - _IGNORED_RAY_INIT_ARGS)
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
@@ -72,8 +76,17 @@ def init(address: str | None = None, *, num_workers: int | None = None,
         assert namespace is not None
         cluster = None
         if address is None:
-            workers = num_workers or num_cpus or os.cpu_count() or 1
-            cluster = EmbeddedCluster.start(int(workers), namespace)
+            # As Ray's init(num_cpus=, num_gpus=, resources=): what the local node offers.
+            workers = num_workers or (math.ceil(num_cpus) if num_cpus else None) \
+                or os.cpu_count() or 1
+            flags = []
+            if num_cpus is not None:
+                flags += ["--num-cpus", str(resources.check_amount("num_cpus", num_cpus))]
+            if num_gpus is not None:
+                flags += ["--num-gpus", str(int(resources.check_amount("num_gpus", num_gpus)))]
+            if custom:
+                flags += ["--resources", json.dumps(resources.check_custom(custom))]
+            cluster = EmbeddedCluster.start(int(workers), namespace, flags)
             address = cluster.address
         try:
             client = Client(address, namespace, log_to_driver=log_to_driver)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .exceptions import FtqueueError
@@ -213,14 +214,15 @@ class EmbeddedCluster:
         self.address = address
 
     @classmethod
-    def start(cls, num_workers: int, namespace: str) -> EmbeddedCluster:
+    def start(cls, num_workers: int, namespace: str,
+              node_flags: Sequence[str] = ()) -> EmbeddedCluster:
         env = dict(os.environ)
         # The workers import the driver's modules as the driver does.
         env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd()] + sys.path if p)
         cmd = [sys.executable, "-m", "ftqueue", "start", "--unix-socket", "--num-workers",
                str(num_workers), "--namespace", namespace, "--grace-period", "0",
                "--no-task-output-copy",   # the driver echoes task output itself
-               "--exit-with-parent", str(os.getpid())]
+               "--exit-with-parent", str(os.getpid()), *node_flags]
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    env=env, start_new_session=True, text=True)
         deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S

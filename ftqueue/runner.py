@@ -225,9 +225,9 @@ class TaskRunner:
                     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
                         return self._run_async(task, fn(*call.args, **call.kwargs))
                     value = fn(*call.args, **call.kwargs)
-                    if inspect.isgenerator(value):
-                        return self._stream(task, value)
-                    return value
+                    if inspect.isgeneratorfunction(fn):   # as Ray: only a generator function
+                        return self._stream(task, value)  # streams; a returned generator
+                    return value                          # object is a value (unpicklable)
             finally:
                 self.interruptible = False
         except SystemExit as e:

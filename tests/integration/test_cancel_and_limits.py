@@ -49,6 +49,11 @@ def pid():
     return os.getpid()
 
 
+@ftqueue.remote
+def pid_after(*deps):
+    return os.getpid()
+
+
 def final_row(task_id):
     return ftqueue.state.get_task(task_id)[-1]
 
@@ -114,7 +119,7 @@ def test_recursive_cancel_reaches_children_and_dependents_fail(cluster, rclient,
     ref = parent.remote(path)
     wait_until(lambda: len(rclient.smembers(f"ftq:children:{ref.hex()}")) == 2, 30,
                "the parent to submit its children")
-    dependent = pid.remote(ref)
+    dependent = pid_after.remote(ref)
     ftqueue.cancel(ref)
     with pytest.raises(TaskCancelledError):
         ftqueue.get(ref, timeout=30)
