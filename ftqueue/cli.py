@@ -410,6 +410,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"queued: {queues}")
     if status["delayed"]:
         print("delayed: " + ", ".join(f"{q}={n}" for q, n in status["delayed"].items()))
+    busy = {k: v for k, v in status["limits"].items() if v["running"] or v["waiting"]}
+    if busy:
+        print("limits: " + ", ".join(f"{k} running={v['running']} waiting={v['waiting']}"
+                                     for k, v in busy.items()))
     if status["unserved_queues"]:
         print(f"WARNING: no live node serves {', '.join(status['unserved_queues'])}: their "
               "tasks wait (start a node with --queues naming them)")

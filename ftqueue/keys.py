@@ -27,6 +27,7 @@ SINGLE: dict[str, str] = {
     "job_counter": "job_counter",
     "clock": "clock",
     "corrupt": "corrupt",
+    "limit_keys": "limit_keys",
 }
 
 # Keys of which there is one per id: method name -> segment; the key is
@@ -42,6 +43,9 @@ PER_ID: dict[str, str] = {
     "queue": "queue",
     "bell": "bell",
     "delayed": "delayed",
+    "limit_running": "limit:running",
+    "limit_waiting": "limit:waiting",
+    "limit_starts": "limit:starts",
     "function": "fn",
     "done": "done",
     "node": "node",
@@ -122,6 +126,18 @@ class Keys:
         """A queue's DELAYED tasks: task id -> due time (Redis ms)."""
         return self._per_id("delayed", name)
 
+    def limit_running(self, limit_key: str) -> str:
+        """Tasks holding one of the limit key's max_concurrency slots."""
+        return self._per_id("limit_running", limit_key)
+
+    def limit_waiting(self, limit_key: str) -> str:
+        """Tasks held back by the limit key's max_concurrency, until a slot frees."""
+        return self._per_id("limit_waiting", limit_key)
+
+    def limit_starts(self, limit_key: str) -> str:
+        """The limit key's latest start times (ms), for max_rate."""
+        return self._per_id("limit_starts", limit_key)
+
     def function(self, digest: str) -> str:
         return self._per_id("function", digest)
 
@@ -199,6 +215,11 @@ class Keys:
     def clock(self) -> str:
         """The served clock: time during which Redis served its clients (docs/design.md)."""
         return self._single("clock")
+
+    @property
+    def limit_keys(self) -> str:
+        """Every limit key that held a task back (for `ftqueue status` and purge)."""
+        return self._single("limit_keys")
 
     @property
     def corrupt(self) -> str:

@@ -10,13 +10,17 @@
 -- KEYS[4] stats
 -- KEYS[5] corrupt
 -- KEYS[6] node_tasks(node_id)
+-- KEYS[7] limit_keys      limit keys that held a task back
 -- KEYS[NK+3i-2], KEYS[NK+3i-1], KEYS[NK+3i]: queue(name), bell(name), delayed(name) of the
 --         i-th queue, in preference order (strict priority)
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] lease_ms        ARGV[4] node_id     ARGV[5] worker_id
 -- ARGV[6] max_n           ARGV[7] batch_divisor
 -- ARGV[8..] queue names, in the order of their KEYS
--- Due DELAYED tasks of these queues are moved to their queues' fronts first.
+-- Due DELAYED tasks of these queues are moved to their queues' fronts first. A task with a
+-- limit_key is claimed only first (never prefetched, so it holds no slot idle) and only
+-- within its limits: else it is held back out of the queue (max_concurrency: the key's
+-- waiting list; max_rate: DELAYED until its reserved start) and the claim goes on.
 -- Returns: {{{task_id, fence, fn, func, attempt, job_id, max_calls, args_blob, timeout_s,
 --            retry_timeout, max_retries}, ...}, ms until the next DELAYED task of these queues
 --           is due (-1: none)}
@@ -36,11 +40,50 @@ end
 
 -- The claimed row for a queued id, or nil if it is not queued any more (cancelled, already
 -- final, unknown: its record says why) or its record is corrupt.
+-- Whether a limited task may start now; if not it is held back (see the header). max_rate
+-- is a sliding window: a start is allowed when the n-th latest start (reserved ones
+-- included) is at least a period ago; a task over the rate reserves the next free start
+-- time and waits DELAYED until then, so the tasks of a busy key spread out at the rate.
+local function admit(id, tkey, key, max, rate_n, rate_ms, reserved, queue)
+  if max and safe('SCARD', k_limit_running(key)) >= max then
+    safe('LPUSH', k_limit_waiting(key), id)
+    redis.call('SADD', K.limit_keys, key)
+    return false
+  end
+  if rate_n and rate_ms and not reserved then
+    local skey = k_limit_starts(key)
+    local start = NOW
+    if safe('LLEN', skey) >= rate_n then
+      start = math.max(NOW, tonumber(redis.call('LINDEX', skey, -rate_n)) + rate_ms)
+    end
+    redis.call('RPUSH', skey, start)
+    redis.call('LTRIM', skey, -rate_n, -1)
+    redis.call('PEXPIRE', skey, start - NOW + rate_ms)
+    if start > NOW then
+      redis.call('HSET', tkey, 'rate_reserved', '1')
+      redis.call('SADD', K.limit_keys, key)
+      delay(id, queue, start)
+      return false
+    end
+  end
+  redis.call('HDEL', tkey, 'rate_reserved')
+  if max then safe('SADD', k_limit_running(key), id) end
+  return true
+end
+
 local function take(id, first)
   local tkey = k_task(id)
   local t = guarded('HMGET', tkey, 'in a queue; dropped from it', 'state', 'fn', 'func',
-                    'attempt', 'job_id', 'max_calls', 'timeout_s', 'retry_timeout', 'max_retries')
+                    'attempt', 'job_id', 'max_calls', 'timeout_s', 'retry_timeout', 'max_retries',
+                    'limit_key', 'max_concurrency', 'rate_n', 'rate_ms', 'rate_reserved', 'queue')
   if not t or t[1] ~= 'PENDING_NODE_ASSIGNMENT' then return nil end
+  if t[10] then
+    if not first then return 'later' end
+    if not admit(id, tkey, t[10], tonumber(t[11]), tonumber(t[12]), tonumber(t[13]), t[14],
+                 t[15]) then
+      return 'held'
+    end
+  end
   -- Unreadable arguments reach the worker as none, so the task fails where its caller sees it.
   local args = guarded('GET', k_args(id), 'as the arguments of a queued task') or ''
   local fence = redis.call('HINCRBY', tkey, 'fence', 1)
@@ -61,11 +104,17 @@ for qi = 1, nq do
   local len = safe('LLEN', qkey)
   local want = math.max(1, math.min(max_n - #out, math.floor(len / divisor)))
   if qi > 1 then want = 1 end
-  while len > 0 and want > 0 do
+  local held = 0
+  while len > 0 and want > 0 and held < HOLD_MAX do
     local id = redis.call('RPOP', qkey)
     if not id then break end
     local row = take(id, #out == 0)
-    if row then
+    if row == 'later' then
+      redis.call('RPUSH', qkey, id)    -- back to the front, for the next claim
+      break
+    elseif row == 'held' then
+      held = held + 1
+    elseif row then
       out[#out + 1] = row
       want = want - 1
     end

@@ -192,9 +192,39 @@ local function count_recent(field)
   redis.call('EXPIRE', key, STATS_MINUTE_TTL_S)
 end
 
+-- Limits (docs/design.md, "Limits") ---------------------------------------------------------
+-- A task with a limit_key and max_concurrency holds a slot (its id in the key's running set)
+-- from its claim until its lease is released, however that happens (commit, retry, crash,
+-- node loss, cancel). Tasks held back wait in the key's waiting list, out of their queue;
+-- whenever a task of the key ends and a slot is free, the oldest goes back to its queue.
+
+local function wake_limited(key)
+  local wkey = k_limit_waiting(key)
+  while true do
+    local id = safe('RPOP', wkey)
+    if not id then return end
+    local t = guarded('HMGET', k_task(id), 'in ' .. wkey .. '; dropped from it', 'state',
+                      'queue')
+    if t and t[1] == 'PENDING_NODE_ASSIGNMENT' then
+      enqueue(id, t[2], true)
+      return
+    end
+  end
+end
+
+local function release_limit(id)
+  local t = redis.call('HMGET', k_task(id), 'limit_key', 'max_concurrency')
+  local key, max = t[1], tonumber(t[2])
+  if not key or not max then return end
+  local rkey = k_limit_running(key)
+  safe('SREM', rkey, id)
+  if safe('SCARD', rkey) < max then wake_limited(key) end
+end
+
 local function release_lease(id, node_id)
   redis.call('ZREM', K.leases, id)
   if node_id and node_id ~= '' then safe('SREM', k_node_tasks(node_id), id) end
+  release_limit(id)
 end
 
 -- The submitter's notice of a small successful result carries the result itself
