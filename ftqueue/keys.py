@@ -28,6 +28,7 @@ SINGLE: dict[str, str] = {
     "clock": "clock",
     "corrupt": "corrupt",
     "limit_keys": "limit_keys",
+    "schedules": "schedules",
 }
 
 # Keys of which there is one per id: method name -> segment; the key is
@@ -43,6 +44,7 @@ PER_ID: dict[str, str] = {
     "queue": "queue",
     "bell": "bell",
     "delayed": "delayed",
+    "schedule": "schedule",
     "limit_running": "limit:running",
     "limit_waiting": "limit:waiting",
     "limit_starts": "limit:starts",
@@ -125,6 +127,10 @@ class Keys:
     def delayed(self, name: str) -> str:
         """A queue's DELAYED tasks: task id -> due time (Redis ms)."""
         return self._per_id("delayed", name)
+
+    def schedule(self, name: str) -> str:
+        """A schedule: its timing, function, sealed arguments and next tick."""
+        return self._per_id("schedule", name)
 
     def limit_running(self, limit_key: str) -> str:
         """Tasks holding one of the limit key's max_concurrency slots."""
@@ -215,6 +221,11 @@ class Keys:
     def clock(self) -> str:
         """The served clock: time during which Redis served its clients (docs/design.md)."""
         return self._single("clock")
+
+    @property
+    def schedules(self) -> str:
+        """Schedule name -> its next tick (epoch ms), for the nodes that fire them."""
+        return self._single("schedules")
 
     @property
     def limit_keys(self) -> str:

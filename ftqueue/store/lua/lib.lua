@@ -355,3 +355,48 @@ local function fail_attempt(id, started, error_type, message, charge)
   finish(id, 'FAILED', error_type, message)
   return 'failed'
 end
+
+-- Submitting (submit, and a schedule's tick) -------------------------------------------------
+-- Needs K.task_index and K.queues.
+
+-- How many of deps are not final yet; the task is registered as a dependent of each. A
+-- corrupt dependency counts as final: the task then fails on reading it, where it is seen.
+local function wait_for(id, deps)
+  local pending = 0
+  for dep in string.gmatch(deps, '[^,]+') do
+    local state = guarded('HGET', k_task(dep), 'as a dependency of ' .. id, 'state')
+    if state and not TERMINAL[state] then
+      safe('SADD', k_dependents(dep), id)
+      pending = pending + 1
+    end
+  end
+  return pending
+end
+
+local function create(tkey, akey, id, queue, blob, deps, fields)
+  local flat = {}
+  local given = cjson.decode(fields)
+  -- delay_ms (from now, on Redis's clock) or eta_ms (epoch) become the record's due_ms.
+  local due = tonumber(given.eta_ms)
+  if given.delay_ms then due = NOW + tonumber(given.delay_ms) end
+  given.delay_ms, given.eta_ms = nil, nil
+  if due then given.due_ms = tostring(due) end
+  for key, value in pairs(given) do
+    flat[#flat + 1] = key
+    flat[#flat + 1] = value
+  end
+  redis.call('HSET', tkey, 'attempt', 0, 'retries', 0, 'fence', 0, 'queue', queue,
+             'created_ms', NOW, unpack(flat))
+  redis.call('SET', akey, blob)
+  redis.call('ZADD', K.task_index, NOW, id)
+  local parent = redis.call('HGET', tkey, 'parent_task_id')
+  if parent and parent ~= '' then safe('SADD', k_children(parent), id) end
+  redis.call('SADD', K.queues, queue)
+  if deps ~= '' then redis.call('HSET', tkey, 'dep_ids', deps) end
+  local pending = wait_for(id, deps)
+  if pending > 0 then
+    redis.call('HSET', tkey, 'state', 'PENDING_ARGS_AVAIL', 'deps', pending)
+  else
+    make_ready(id, queue, false)
+  end
+end
