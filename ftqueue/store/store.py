@@ -410,6 +410,13 @@ class Store:
     def wait_for_bell(self, queues: Sequence[str], timeout_s: float) -> None:
         self.redis.blpop([self.keys.bell(q) for q in queues], timeout=timeout_s)
 
+    def take_bell(self, queues: Sequence[str]) -> bool:
+        """Whether a bell of these queues rang (one is taken), without blocking."""
+        pipe = self.redis.pipeline(transaction=False)
+        for q in queues:
+            pipe.lpop(self.keys.bell(q))
+        return any(r is not None for r in pipe.execute())
+
     def next_job_id(self) -> str:
         return f"{int(self.redis.incr(self.keys.job_counter)):08x}"
 
