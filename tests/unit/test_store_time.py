@@ -378,3 +378,11 @@ def test_status_shows_delayed_tasks_and_limits(env):
     status = StateReader(store).status()
     assert status["delayed"] == {"default": 1}
     assert status["limits"] == {"A": {"running": 1, "waiting": 2}}
+
+
+def test_a_claim_reports_the_reserved_start_of_a_task_it_held_back_by_rate(env):
+    store, _clock, _client = env
+    limited(store, "a0", max_rate="1/s", rate_n="1", rate_ms="1000")
+    limited(store, "a1", max_rate="1/s", rate_n="1", rate_ms="1000")
+    assert [t.task_id for t in claim_due(store)[0]] == ["a0"]
+    assert claim_due(store) == ([], 1000)    # a1 held back: the worker sleeps until its start

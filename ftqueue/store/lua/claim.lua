@@ -30,16 +30,8 @@ local max_n, divisor = tonumber(ARGV[6]), tonumber(ARGV[7])
 local nq = #ARGV - 7
 local out = {}
 
-local due_in = -1
-for qi = 1, nq do
-  local dkey = KEYS[NK + 3 * qi]
-  promote(ARGV[7 + qi], dkey, PROMOTE_BATCH)
-  local wait = next_due_in(dkey)
-  if wait and (due_in < 0 or wait < due_in) then due_in = wait end
-end
+for qi = 1, nq do promote(ARGV[7 + qi], KEYS[NK + 3 * qi], PROMOTE_BATCH) end
 
--- The claimed row for a queued id, or nil if it is not queued any more (cancelled, already
--- final, unknown: its record says why) or its record is corrupt.
 -- Whether a limited task may start now; if not it is held back (see the header). max_rate
 -- is a sliding window: a start is allowed when the n-th latest start (reserved ones
 -- included) is at least a period ago; a task over the rate reserves the next free start
@@ -71,6 +63,9 @@ local function admit(id, tkey, key, max, rate_n, rate_ms, reserved, queue)
   return true
 end
 
+-- The claimed row for a queued id, or nil if it is not queued any more (cancelled, already
+-- final, unknown: its record says why) or its record is corrupt; 'later' (a limited task is
+-- claimed only first) or 'held' (held back by its limits).
 local function take(id, first)
   local tkey = k_task(id)
   local t = guarded('HMGET', tkey, 'in a queue; dropped from it', 'state', 'fn', 'func',
@@ -127,5 +122,11 @@ for qi = 1, nq do
 end
 if #out == 0 then
   for qi = 1, nq do redis.call('DEL', KEYS[NK + 3 * qi - 1]) end
+end
+-- After the loop: a task held back by max_rate may have become the earliest due.
+local due_in = -1
+for qi = 1, nq do
+  local wait = next_due_in(KEYS[NK + 3 * qi])
+  if wait and (due_in < 0 or wait < due_in) then due_in = wait end
 end
 return reply({out, due_in})

@@ -115,7 +115,7 @@ local function enqueue(id, queue, front)
   if safe(cmd, k_queue(queue), id) == 1 then ring(queue) end
 end
 
--- Delayed tasks (docs/design.md, "Time") -----------------------------------------------------
+-- Delayed tasks (docs/design.md, "Time and flow control") -------------------------------------
 -- A task waiting for its time (delay_s, eta, a retry delay) is DELAYED, in its queue's
 -- delayed set (due time, Redis ms) and in no queue: it holds no worker. Whoever claims from
 -- that queue or sweeps moves the due ones to the queue's front, each in O(log n), atomically.
@@ -192,7 +192,7 @@ local function count_recent(field)
   redis.call('EXPIRE', key, STATS_MINUTE_TTL_S)
 end
 
--- Limits (docs/design.md, "Limits") ---------------------------------------------------------
+-- Limits (docs/design.md, "Time and flow control") ----------------------------------------
 -- A task with a limit_key and max_concurrency holds a slot (its id in the key's running set)
 -- from its claim until its lease is released, however that happens (commit, retry, crash,
 -- node loss, cancel). Tasks held back wait in the key's waiting list, out of their queue;
