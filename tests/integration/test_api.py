@@ -271,8 +271,10 @@ def test_object_ref_hex_roundtrip_and_pickle():
     ref = ftqueue.ObjectRef("ab" * 16)
     assert ftqueue.ObjectRef.from_hex(ref.hex()) == ref
     assert pickle.loads(pickle.dumps(ref)) == ref
-    with pytest.raises(ValueError):
-        ftqueue.ObjectRef.from_hex("not-hex")
+    assert ftqueue.ObjectRef.from_hex("order-42").hex() == "order-42"   # a task_id= id
+    for bad in ["not a ref", "", "x" * 129]:
+        with pytest.raises(ValueError):
+            ftqueue.ObjectRef.from_hex(bad)
 
 
 def test_init_twice_and_ignore_reinit(redis_url):
