@@ -210,6 +210,25 @@ def purge(queue: str) -> int:
     return _ensure_client().purge(queue)
 
 
+def schedule(name: str, fn: Any, *args: Any, cron: str | None = None,
+             every_s: float | None = None, queue: str | None = None, catchup: str = "latest",
+             **kwargs: Any) -> dict[str, Any]:
+    """Run `fn(*args, **kwargs)` on every tick of `cron` (UTC) or every `every_s` seconds,
+    once per tick for the whole cluster, fired by the live nodes; the same name replaces it.
+    `fn` is a remote function (or its `.options()`) or "package.module:function"."""
+    return _ensure_client().schedule(name, fn, args, kwargs, cron, every_s, queue, catchup)
+
+
+def unschedule(name: str) -> bool:
+    """Remove a schedule; False if there was none of that name."""
+    return _ensure_client().unschedule(name)
+
+
+def list_schedules() -> list[dict[str, Any]]:
+    """Every schedule: name, func, queue, cron or every_s, catchup, next_run, last_run."""
+    return _ensure_client().list_schedules()
+
+
 def put(value: Any) -> ObjectRef:
     return _ensure_client().put(value)
 

@@ -454,7 +454,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _reader(args).status(args.minutes)
+    from . import schedules
+
+    reader = _reader(args)
+    status = reader.status(args.minutes)
+    status["schedules"] = [admin_cli.schedule_row(s)
+                           for s in schedules.list_schedules(reader.store)]
     if args.format != "table":
         print(views.render_data(status, args.format))
         return 0
@@ -469,6 +474,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"WARNING: {demand['tasks']} task(s) of queue {demand['queue']} need "
               f"{demand['shape']}, which no live node has (missing {lacks}); they wait for "
               "a node that fits")
+    busy = {k: v for k, v in status["limits"].items() if v["running"] or v["waiting"]}
+    if busy:
+        print("limits: " + ", ".join(f"{k} running={v['running']} waiting={v['waiting']}"
+                                     for k, v in busy.items()))
     if status["unserved_queues"]:
         print(f"WARNING: no live node serves {', '.join(status['unserved_queues'])}: their "
               "tasks wait (start a node with --queues naming them)")
@@ -476,6 +485,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(status[key].items())) or "none"
         print(f"{label} in the last {status['window_minutes']} min: {counts}")
     print(f"late results fenced (all time): {status['fenced_late_results']}")
+    for row in status["schedules"]:
+        print(f"schedule {row['name']}: {row['func']} {row['when']} on {row['queue']}, next "
+              f"{row['next_run']}, last {row['last_run']}")
     return 0
 
 

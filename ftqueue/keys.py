@@ -28,6 +28,8 @@ SINGLE: dict[str, str] = {
     "clock": "clock",
     "corrupt": "corrupt",
     "spread": "spread",
+    "limit_keys": "limit_keys",
+    "schedules": "schedules",
 }
 
 # Keys of which there is one per id: method name -> segment; the key is
@@ -43,6 +45,10 @@ PER_ID: dict[str, str] = {
     "queue": "queue",
     "bell": "bell",
     "delayed": "delayed",
+    "schedule": "schedule",
+    "limit_running": "limit:running",
+    "limit_waiting": "limit:waiting",
+    "limit_starts": "limit:starts",
     "function": "fn",
     "done": "done",
     "node": "node",
@@ -141,6 +147,22 @@ class Keys:
         """A queue's DELAYED tasks: task id -> due time (Redis ms)."""
         return self._per_id("delayed", name)
 
+    def schedule(self, name: str) -> str:
+        """A schedule: its timing, function, sealed arguments and next tick."""
+        return self._per_id("schedule", name)
+
+    def limit_running(self, limit_key: str) -> str:
+        """Tasks holding one of the limit key's max_concurrency slots."""
+        return self._per_id("limit_running", limit_key)
+
+    def limit_waiting(self, limit_key: str) -> str:
+        """Tasks held back by the limit key's max_concurrency, until a slot frees."""
+        return self._per_id("limit_waiting", limit_key)
+
+    def limit_starts(self, limit_key: str) -> str:
+        """The limit key's latest start times (ms), for max_rate."""
+        return self._per_id("limit_starts", limit_key)
+
     def function(self, digest: str) -> str:
         return self._per_id("function", digest)
 
@@ -235,6 +257,16 @@ class Keys:
     def spread(self) -> str:
         """Round-robin counter placing SPREAD tasks on the live nodes in turn."""
         return self._single("spread")
+
+    @property
+    def schedules(self) -> str:
+        """Schedule name -> its next tick (epoch ms), for the nodes that fire them."""
+        return self._single("schedules")
+
+    @property
+    def limit_keys(self) -> str:
+        """Every limit key that held a task back (for `ftqueue status` and purge)."""
+        return self._single("limit_keys")
 
     @property
     def corrupt(self) -> str:

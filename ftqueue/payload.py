@@ -102,6 +102,12 @@ def pack_args(args: Sequence[Any], kwargs: dict[str, Any],
         list(dict.fromkeys(deps))
 
 
+def reseal_args(blob: bytes, from_id: str, to_id: str) -> bytes:
+    """An argument envelope sealed for `from_id` (a schedule), verified and sealed again for
+    `to_id` (one tick's task); nothing is unpickled."""
+    return signer().seal("args", to_id, signer().open("args", from_id, blob))
+
+
 def open_args(blob: bytes, task_id: str) -> tuple[dict[str, str], bytes]:
     """Verify an argument envelope (nothing unpickled): (its execution fields, the pickle)."""
     data = signer().open("args", task_id, blob)

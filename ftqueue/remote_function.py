@@ -70,6 +70,19 @@ class RemoteFunction:
         ObjectRefGenerator."""
         return self._submit(self._options, args, kwargs)
 
+    def stored_ref(self, store_function: Callable[[bytes, str], None]) -> str:
+        """The function reference a task record carries; a pickled function is stored
+        (once, by digest) through `store_function(blob, digest)` first."""
+        if self._import_path is not None:
+            return IMPORT_PREFIX + self._import_path
+        blob, digest = payload.pack_function(self._function, self._name)
+        store_function(blob, digest)
+        return digest
+
+    @property
+    def name(self) -> str:
+        return self._name
+
     def _fn_ref(self, client: Runtime) -> str:
         if self._import_path is not None:
             return IMPORT_PREFIX + self._import_path
@@ -98,6 +111,18 @@ class RemoteFunction:
         if isinstance(resolved.num_returns, int) and resolved.num_returns > 1:
             return [ObjectRef(item_id(ref._id, i)) for i in range(resolved.num_returns)]
         return ref
+
+
+def definition(fn: Any) -> tuple[RemoteFunction, dict[str, Any]]:
+    """(the remote function, its options) of a remote function, an `.options()` of one, or
+    a "package.module:function" import path."""
+    if isinstance(fn, str):
+        fn = remote_function(fn)
+    if isinstance(fn, RemoteFunction):
+        return fn, dict(fn._options)
+    if isinstance(fn, _BoundOptions):
+        return fn._function, dict(fn._options)
+    raise TypeError(f"expected a remote function or 'package.module:function', got {fn!r}")
 
 
 class _BoundOptions:

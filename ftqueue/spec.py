@@ -53,9 +53,35 @@ TASK_OPTIONS = frozenset({"max_retries", "retry_exceptions", "max_calls", "name"
                           "timeout_s", "num_cpus", "num_gpus", "memory", "resources",
                           "scheduling_strategy", "runtime_env", "num_returns",
                           "retry_delay_s", "retry_backoff", "retry_max_delay_s",
-                          "delay_s", "eta", "task_id"})
+                          "delay_s", "eta", "task_id", "limit_key", "max_concurrency",
+                          "max_rate"})
 RUNTIME_ENV_KEYS = frozenset({"env_vars"})
 STREAMING = "streaming"
+
+RATE_PERIODS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def parse_rate(text: object) -> tuple[int, int]:
+    """`max_rate` ("10/s", "100/m", "5/h") as (starts, period in ms), or ValueError."""
+    count, _, unit = str(text).partition("/") if isinstance(text, str) else ("", "", "")
+    if not count.isdigit() or int(count) < 1 or unit not in RATE_PERIODS_MS:
+        raise ValueError(f"max_rate must look like '10/s', '100/m' or '5/h', got {text!r}")
+    return int(count), RATE_PERIODS_MS[unit]
+
+
+def _check_limit_options(options: dict[str, Any]) -> None:
+    concurrency, rate = options.get("max_concurrency"), options.get("max_rate")
+    if concurrency is not None and (not isinstance(concurrency, int)
+                                    or isinstance(concurrency, bool) or concurrency < 1):
+        raise ValueError(f"max_concurrency must be an integer >= 1, got {concurrency!r}")
+    if rate is not None:
+        parse_rate(rate)
+    key = options.get("limit_key")
+    if key is None and (concurrency is not None or rate is not None):
+        raise ValueError("max_concurrency and max_rate need a limit_key (the tasks sharing "
+                         "it share the limit)")
+    if key is not None and concurrency is None and rate is None:
+        raise ValueError("limit_key needs max_concurrency or max_rate")
 
 TASK_ID_MAX_CHARS = 128
 _TASK_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
@@ -137,9 +163,10 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"timeout_s must be a positive number of seconds, got {value!r}")
     _check_time_options(options)
+    _check_limit_options(options)
     if options.get("task_id") is not None:
         check_task_id(options["task_id"])
-    for key in ("name", "queue"):
+    for key in ("name", "queue", "limit_key"):
         if key in options and options[key] is not None:
             value = options[key]
             if not isinstance(value, str) or not value or any(
@@ -233,6 +260,9 @@ class ResolvedOptions:
     delay_s: float | None = None
     eta_s: float | None = None       # epoch seconds
     task_id: str | None = None       # idempotent submit: this id, not a new one
+    limit_key: str | None = None
+    max_concurrency: int | None = None
+    max_rate: str | None = None
     demand: tuple[tuple[str, int], ...] = (("CPU", resources.UNIT),)   # resource units
     strategy: str = "DEFAULT"          # DEFAULT | SPREAD | node:<id> | soft:<id>
     env_vars: tuple[tuple[str, str], ...] = ()
@@ -278,6 +308,9 @@ class ResolvedOptions:
             delay_s=options.get("delay_s"),
             eta_s=None if options.get("eta") is None else eta_epoch_s(options["eta"]),
             task_id=options.get("task_id"),
+            limit_key=options.get("limit_key"),
+            max_concurrency=options.get("max_concurrency"),
+            max_rate=options.get("max_rate"),
         )
 
 

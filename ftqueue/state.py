@@ -300,6 +300,17 @@ class StateReader:
             pipe.zcard(self.keys.delayed(name))
         return {name: n for name, n in zip(names, pipe.execute()) if n}
 
+    def limits(self) -> dict[str, dict[str, int]]:
+        """Per limit key that held tasks back: tasks running under it, tasks waiting."""
+        keys = sorted(as_text(k) for k in self.store.redis.smembers(self.keys.limit_keys))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.scard(self.keys.limit_running(key))
+            pipe.llen(self.keys.limit_waiting(key))
+        counts = pipe.execute()
+        return {key: {"running": counts[2 * i], "waiting": counts[2 * i + 1]}
+                for i, key in enumerate(keys)}
+
     def unserved_queues(self) -> list[str]:
         """Queues with work waiting that no live node serves."""
         return unserved(self.list_nodes(), self.queue_depths())
@@ -322,6 +333,7 @@ class StateReader:
             "workers_alive": sum(1 for w in workers if w["state"] == "ALIVE"),
             "queues": depths,
             "delayed": self.delayed_counts(),
+            "limits": self.limits(),
             "unserved_queues": unserved(nodes, depths),
             "infeasible": self.infeasible(nodes),
             "running": self.store.redis.zcard(self.keys.leases),

@@ -4,9 +4,9 @@ It spawns them, learns from each one's pipe which task it runs, sees a death at 
 pipe closes; the child is reaped), fails exactly that attempt through the same atomic step
 the reaper uses (what it costs is `policy`'s answer), and starts a replacement. Its periodic
 duties — heartbeat and lease renewal (from this process, so task code that holds the GIL
-cannot starve them), sweeping the cluster for expired leases, relaying cancels, reporting
-lost workers — run from a table, each isolated: a Redis that is down, busy or holding a
-corrupt record makes a duty skip a turn and log once, never stops the node.
+cannot starve them), sweeping the cluster for expired leases, firing due schedules, relaying
+cancels, reporting lost workers — run from a table, each isolated: a Redis that is down,
+busy or holding a corrupt record makes a duty skip a turn and log once, never stops the node.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 import time
 from typing import Any, Callable
 
-from . import policy
+from . import policy, schedules
 from .heartbeat import NodeRecord
 from .logs import LogOnce
 from .losses import Loss, describe_exit, report_losses
@@ -299,6 +299,7 @@ class Supervisor:
             ("workers", renew_s, lambda: self.record.publish_workers(self.workers.values())),
             ("health", renew_s, self._write_health),
             ("sweep", max(renew_s, 0.5), self.record.sweep),
+            ("schedules", schedules.POLL_S, lambda: schedules.fire_due(self.store)),
             ("cancels", CANCEL_POLL_S, self._poll_cancels),
             ("losses", renew_s, self._report_losses),
             ("memory", MEMORY_CHECK_INTERVAL_S, self._watch_memory),

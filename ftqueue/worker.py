@@ -31,6 +31,8 @@ log = logging.getLogger("ftqueue.worker")
 
 BELL_WAIT_S = 1.0
 MIN_WAIT_S = 0.001     # Redis's blocking timeout resolution; 0 would mean "forever"
+REDIS_TIMER_S = 0.1    # how late Redis may end a blocking wait (one tick at hz 10)
+DUE_POLL_S = 0.01
 IDLE_ERROR_PAUSE_S = 1.0
 
 
@@ -222,7 +224,22 @@ class Worker:
             return      # due now (more than one claim's batch was due): claim again
         try:
             # Its node's bell rings when room it lacked for a task frees up.
-            self.store.wait_for_bell([*self.settings.queues, "@" + self.node_id], wait_s)
+            bells = [*self.settings.queues, "@" + self.node_id]
+            if next_due_s is None or next_due_s > BELL_WAIT_S + REDIS_TIMER_S:
+                self.store.wait_for_bell(bells, wait_s)
+            elif wait_s > REDIS_TIMER_S:
+                # Redis ends a blocking wait up to one timer tick (100 ms at its default
+                # hz 10) late: wake a tick early, by the due time at the latest.
+                self.store.wait_for_bell(bells, wait_s - REDIS_TIMER_S)
+            else:
+                # The last tick before a due task: listen for bells without blocking, so
+                # the task starts on time (bounded: a few polls per due task).
+                deadline = time.monotonic() + wait_s
+                while not self.store.take_bell(bells):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    time.sleep(min(DUE_POLL_S, left))
         except Exception as e:  # noqa: BLE001 - a bell is a hint; poll instead
             if not is_transient(e):
                 self._once.start("bell", f"waiting for work failed ({describe(e)}); polling",

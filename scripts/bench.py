@@ -8,6 +8,14 @@ N through a bare redis-py loop (per task LPUSH, BRPOP, SET result, GET result) w
 consumer processes, on its own redis-server from the same binary. Also: single-task round
 trip p50/p99 over 200 sequential tasks for both, Redis memory per queued task (100,000 tasks
 queued, no worker), and the peak RSS of a worker process.
+
+    python scripts/bench.py --flow [--delayed 100000] [--limit-keys 1000]
+
+adds the time-and-flow-control case: the plain-task figures again with a backlog present
+(100,000 DELAYED tasks due in an hour, and 1,000 limit keys each with a task run and one
+reserved an hour ahead under `max_rate="1/h"`), as a ratio to the figures without it; the
+start lateness (start minus eta) p50/p99 of 200 delayed tasks due 20 ms apart on idle
+workers; and the throughput of tasks under `max_concurrency` equal to the worker count.
 """
 
 from __future__ import annotations
@@ -112,6 +120,73 @@ def worker_peak_rss_mb() -> float:
     return peak / 1024
 
 
+# -- time and flow control (--flow) -----------------------------------------------------------
+
+@ftqueue.remote
+def started_at(x):
+    return time.time()
+
+
+def add_backlog(delayed: int, limit_keys: int) -> None:
+    """DELAYED tasks due in an hour, and limit keys with state in Redis (a start each and a
+    start reserved an hour ahead)."""
+    later = noop.options(delay_s=3600)
+    for i in range(delayed):
+        later.remote(i)
+    ftqueue.flush_submissions()
+    firsts = [noop.options(limit_key=f"key{k}", max_rate="1/h").remote(k)
+              for k in range(limit_keys)]
+    ftqueue.get(firsts)
+    for k in range(limit_keys):
+        noop.options(limit_key=f"key{k}", max_rate="1/h").remote(k)
+    ftqueue.flush_submissions()
+
+
+def delayed_lateness(samples: int) -> list[float]:
+    """ms between each delayed task's eta and the moment its body started."""
+    base = time.time() + 1.0
+    etas = [base + i * 0.02 for i in range(samples)]
+    refs = [started_at.options(eta=eta).remote(i) for i, eta in enumerate(etas)]
+    return [(start - eta) * 1000 for start, eta in zip(ftqueue.get(refs), etas)]
+
+
+def limited_throughput(n: int) -> float:
+    limited = noop.options(limit_key="bench", max_concurrency=WORKERS)
+    start = time.perf_counter()
+    assert ftqueue.get([limited.remote(i) for i in range(n)]) == list(range(n))
+    return n / (time.perf_counter() - start)
+
+
+def flow_figures(args: argparse.Namespace, plain_rate: float,
+                 plain_latencies: list[float]) -> dict[str, float]:
+    lateness = delayed_lateness(args.lateness_samples)
+    limited = statistics.median(limited_throughput(args.tasks) for _ in range(args.runs))
+    add_backlog(args.delayed, args.limit_keys)
+    rates = [ftqueue_throughput(args.tasks) for _ in range(args.runs)]
+    latencies = ftqueue_latency(args.samples)
+    return {
+        "delayed_backlog": args.delayed, "limit_keys": args.limit_keys,
+        "backlog_tasks_per_s": round(statistics.median(rates)),
+        "backlog_throughput_ratio": round(statistics.median(rates) / plain_rate, 3),
+        "backlog_p50_ms": round(percentile(latencies, 0.5), 3),
+        "backlog_p50_ratio": round(percentile(latencies, 0.5)
+                                   / percentile(plain_latencies, 0.5), 3),
+        "delayed_lateness_p50_ms": round(percentile(lateness, 0.5), 1),
+        "delayed_lateness_p99_ms": round(percentile(lateness, 0.99), 1),
+        "limited_tasks_per_s": round(limited),
+    }
+
+
+def print_flow(result: dict[str, float]) -> None:
+    print(f"  with {result['delayed_backlog']} delayed tasks and {result['limit_keys']} limit "
+          f"keys present: {result['backlog_tasks_per_s']} tasks/s "
+          f"(x{result['backlog_throughput_ratio']} of without), round trip p50 "
+          f"{result['backlog_p50_ms']:.3f} ms (x{result['backlog_p50_ratio']})")
+    print(f"  delayed task start lateness (start - eta): p50 "
+          f"{result['delayed_lateness_p50_ms']} ms  p99 {result['delayed_lateness_p99_ms']} ms")
+    print(f"  tasks under max_concurrency={WORKERS}: {result['limited_tasks_per_s']} tasks/s")
+
+
 # -- raw redis-py baseline --------------------------------------------------------------------
 
 def raw_consumer(address: str, stop_key: str) -> None:
@@ -200,9 +275,16 @@ def main() -> int:
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="small N, finishes in seconds")
     parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    parser.add_argument("--flow", action="store_true",
+                        help="also: plain tasks with delayed tasks and limit keys present, "
+                             "delayed-task start lateness, limited-task throughput")
+    parser.add_argument("--delayed", type=int, default=100_000)
+    parser.add_argument("--limit-keys", type=int, default=1000)
+    parser.add_argument("--lateness-samples", type=int, default=200)
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.samples, args.queued = 1000, 50, 5000
+        args.delayed, args.limit_keys, args.lateness_samples = 2000, 50, 50
 
     ftqueue.init(num_workers=WORKERS)
     try:
@@ -211,6 +293,7 @@ def main() -> int:
         latencies = ftqueue_latency(args.samples)
         cancels = cancel_latency(5 if args.quick else 20)
         rss_mb = worker_peak_rss_mb()
+        flow = flow_figures(args, statistics.median(rates), latencies) if args.flow else {}
     finally:
         ftqueue.shutdown()
 
@@ -235,6 +318,7 @@ def main() -> int:
         "cancel_to_interrupt_p50_ms": round(percentile(cancels, 0.5), 1),
         "cancel_to_interrupt_max_ms": round(max(cancels), 1),
         "worker_peak_rss_mb": round(rss_mb, 1),
+        **flow,
     }
     print(f"{args.tasks} no-op tasks, {WORKERS} worker processes, median of {args.runs} runs")
     print(f"  ftqueue   {result['ftqueue_tasks_per_s']:>7} tasks/s   round trip p50 "
@@ -248,6 +332,8 @@ def main() -> int:
     print(f"  cancel() returned -> KeyboardInterrupt in the task: p50 "
           f"{result['cancel_to_interrupt_p50_ms']} ms, "
           f"max {result['cancel_to_interrupt_max_ms']} ms")
+    if flow:
+        print_flow(flow)
     if args.json:
         print(json.dumps(result))
     return 0

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from .. import dead_letter, payload
+from .. import dead_letter, payload, schedules
 from ..exceptions import (
     FtqueueConnectionError,
     FtqueueError,
@@ -310,6 +310,21 @@ class Client:
         self.queue.flush(None)
         return int(self.calls.run(lambda: dead_letter.purge(self.store, queue), None,
                                   doing="purging a queue"))
+
+    def schedule(self, name: str, fn: Any, args: Sequence[Any], kwargs: dict[str, Any],
+                 cron: str | None, every_s: float | None, queue: str | None,
+                 catchup: str) -> dict[str, Any]:
+        return self.calls.run(lambda: schedules.create(
+            self.store, self.origin, name, fn, args, kwargs, cron, every_s, queue, catchup),
+            None, doing="storing a schedule")
+
+    def unschedule(self, name: str) -> bool:
+        return bool(self.calls.run(lambda: schedules.remove(self.store, name), None,
+                                   doing="removing a schedule"))
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        return list(self.calls.run(lambda: schedules.list_schedules(self.store), None,
+                                   doing="listing schedules"))
 
     def put(self, value: Any) -> ObjectRef:
         if isinstance(value, ObjectRef):

@@ -11,7 +11,7 @@ from .. import payload
 from ..context import current_task
 from ..keys import DEFAULT_SHAPE
 from ..policy import timeout_is_retryable
-from ..spec import ResolvedOptions, new_id
+from ..spec import ResolvedOptions, new_id, parse_rate
 
 StoreTask = tuple[str, str, bytes, list[str], dict[str, str]]   # what Store.submit takes
 
@@ -57,6 +57,19 @@ def time_fields(options: ResolvedOptions) -> dict[str, str]:
     return fields
 
 
+def limit_fields(options: ResolvedOptions) -> dict[str, str]:
+    """The limits the claim script enforces for this task's limit_key."""
+    if not options.limit_key:
+        return {}
+    fields = {"limit_key": options.limit_key}
+    if options.max_concurrency:
+        fields["max_concurrency"] = str(options.max_concurrency)
+    if options.max_rate:
+        count, period_ms = parse_rate(options.max_rate)
+        fields.update(max_rate=options.max_rate, rate_n=str(count), rate_ms=str(period_ms))
+    return fields
+
+
 def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
                      args: Sequence[Any], kwargs: dict[str, Any], origin: Origin,
                      function: str | None) -> Submission:
@@ -78,6 +91,7 @@ def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
     if options.strategy != "DEFAULT":
         fields["strategy"] = options.strategy
     fields.update(time_fields(options))
+    fields.update(limit_fields(options))
     # Decided here, where the allowlist's classes live, so a supervisor that has to kill a
     # task past its timeout knows whether that may be retried.
     retry_timeout = bool(options.timeout_s) and timeout_is_retryable(options.retry_exceptions)

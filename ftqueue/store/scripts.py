@@ -35,6 +35,8 @@ RECONSTRUCT_DEPTH_MAX = 100
 # Due DELAYED tasks a claim or sweep moves to a queue per call (a claim that leaves more due
 # reports "due now", so its worker claims again at once).
 PROMOTE_BATCH = 100
+# Limited tasks one claim may hold back before it stops (and rings for the next claim).
+HOLD_MAX = 100
 
 LUA_CONSTANTS: dict[str, int] = {
     "NOTIFY_TTL_S": settings.DEFAULT_NOTIFY_TTL_S,
@@ -49,6 +51,7 @@ LUA_CONSTANTS: dict[str, int] = {
     "BELL_MAX": BELL_MAX,
     "RECONSTRUCT_DEPTH_MAX": RECONSTRUCT_DEPTH_MAX,
     "PROMOTE_BATCH": PROMOTE_BATCH,
+    "HOLD_MAX": HOLD_MAX,
 }
 
 LUA_STRINGS: dict[str, str] = {

@@ -293,6 +293,53 @@ class Store:
         cancelled, left = self._run("purge", [queue, batch], queue=queue)
         return int(cancelled), int(left)
 
+    # -- schedules (ftqueue/schedules.py) ---------------------------------------------------
+
+    def put_schedule(self, name: str, record: dict[str, str | bytes], next_ms: int) -> None:
+        """Create or replace a schedule (one transaction: never half written)."""
+        mapping: dict[Any, Any] = {**record, "next_ms": str(next_ms)}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.keys.schedule(name))
+        pipe.hset(self.keys.schedule(name), mapping=mapping)
+        pipe.zadd(self.keys.schedules, {name: next_ms})
+        pipe.execute()
+
+    def remove_schedule(self, name: str) -> bool:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.keys.schedule(name))
+        pipe.zrem(self.keys.schedules, name)
+        return bool(pipe.execute()[0])
+
+    def redis_time_ms(self) -> int:
+        """Redis's clock (the scripts' NOW), or the injected one."""
+        if self._script_clock is not None:
+            return int(self._script_clock())
+        seconds, micros = self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def schedules_due(self, max_n: int) -> tuple[int, list[tuple[str, int]]]:
+        """(now in ms, the schedules with the earliest next ticks and those ticks)."""
+        rows: Any = self.redis.zrange(self.keys.schedules, 0, max_n - 1, withscores=True)
+        return self.redis_time_ms(), [(_s(n), int(t)) for n, t in rows]
+
+    def schedule_records(self, names: Sequence[str]) -> list[dict[str, bytes]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.keys.schedule(name))
+        return [{_s(k): _b(v) for k, v in row.items()} for row in pipe.execute()]
+
+    def schedule_names(self) -> list[str]:
+        return [_s(n) for n in self.redis.zrange(self.keys.schedules, 0, -1)]
+
+    def fire_schedule(self, name: str, expected_ms: int, next_ms: int, task_id: str = "",
+                      queue: str = "", args_blob: bytes = b"", fields: dict[str, str] | None = None,
+                      tick_ms: int = 0) -> str:
+        """Advance a schedule from the tick the caller saw, submitting tick_ms's task
+        (none when task_id is ''); see fire.lua for the answers."""
+        return _s(self._run("fire", [name, expected_ms, next_ms, task_id, queue, args_blob,
+                                     json.dumps(fields or {}), tick_ms],
+                            sched=name, task_id=task_id or "-"))
+
     def pop_cancel_requests(self, node_id: str, max_n: int = 100) -> list[tuple[str, bool]]:
         """(task id, forced) for each cancel relayed to this node."""
         items = self.redis.lpop(self.keys.cancel(node_id), max_n) or []
@@ -420,6 +467,13 @@ class Store:
 
     def wait_for_bell(self, queues: Sequence[str], timeout_s: float) -> None:
         self.redis.blpop([self.keys.bell(q) for q in queues], timeout=timeout_s)
+
+    def take_bell(self, queues: Sequence[str]) -> bool:
+        """Whether a bell of these queues rang (one is taken), without blocking."""
+        pipe = self.redis.pipeline(transaction=False)
+        for q in queues:
+            pipe.lpop(self.keys.bell(q))
+        return any(r is not None for r in pipe.execute())
 
     def next_job_id(self) -> str:
         return f"{int(self.redis.incr(self.keys.job_counter)):08x}"

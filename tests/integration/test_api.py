@@ -276,6 +276,7 @@ def test_object_ref_hex_roundtrip_and_pickle():
             ftqueue.ObjectRef.from_hex(bad)
     assert ftqueue.ObjectRef("my-task:1").task_id() == "my-task:1"
     assert ftqueue.ObjectRef("my-task:1#2").task_id() == "my-task:1"
+    assert ftqueue.ObjectRef.from_hex("order-42").hex() == "order-42"   # a task_id= id
 
 
 def test_init_twice_and_ignore_reinit(redis_url):

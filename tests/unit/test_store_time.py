@@ -4,7 +4,7 @@ retry backoff, delayed tasks. On fakeredis (with Lua) and on the real server."""
 from __future__ import annotations
 
 import storekit
-from storekit import claim, state, submit
+from storekit import claim, serve, state, submit
 
 from ftqueue.state import StateReader
 
@@ -261,3 +261,128 @@ def test_purge_cancels_queued_and_delayed_tasks_in_batches(env):
         ("RUNNING", "PENDING_NODE_ASSIGNMENT")
     assert client.llen("ftq:queue:default") == 0 and client.zcard("ftq:delayed:default") == 0
     assert len(client.lrange("ftq:done:me", 0, -1)) == 8
+
+
+def limited(store, task_id: str, key: str = "A", **extra: str) -> int:
+    return submit_with(store, task_id, limit_key=key, **extra)
+
+
+def claim_one(store, worker: str = "w1", n: int = 1) -> list[str]:
+    tasks = store.claim("n1", worker, ["default"], n, 1, storekit.LEASE_MS)
+    return [t.task_id for t in tasks]
+
+
+def running(client, key: str = "A") -> set[str]:
+    return {m.decode() for m in client.smembers(f"ftq:limit:running:{key}")}
+
+
+def test_max_concurrency_holds_tasks_back_without_blocking_the_queue(env):
+    store, _clock, client = env
+    for i in range(4):
+        limited(store, f"a{i}", max_concurrency="2")
+    submit_with(store, "b0")
+    assert claim_one(store, "w1") == ["a0"]
+    assert claim_one(store, "w2", n=4) == ["a1"]     # a limited task is never prefetched
+    assert claim_one(store, "w3") == ["b0"]          # a2, a3 held back; b0 not blocked
+    assert running(client) == {"a0", "a1"}
+    assert client.lrange("ftq:limit:waiting:A", 0, -1) == [b"a3", b"a2"]
+    assert StateReader(store).queue_depths() == {"default": 0}
+    assert claim_one(store, "w4") == []
+    # A commit frees a slot: the oldest held task goes back to its queue's front.
+    store.commit([("a0", "1", "ok", b"V", False, "")])
+    assert claim_one(store, "w4") == ["a2"]
+    assert claim_one(store, "w5") == []
+    # A crashed worker's slot is released with its lease; its retry runs first.
+    assert store.worker_lost("n1", "w2", "a1", "WORKER_DIED", "SIGKILL", True) == \
+        [("a1", "retried")]
+    assert running(client) == {"a2"}
+    assert claim_one(store, "w5") == ["a1"]
+    assert claim_one(store, "w6") == []
+    assert running(client) == {"a2", "a1"}
+    store.commit([("a2", "1", "ok", b"V", False, "")])
+    assert claim_one(store, "w6") == ["a3"]
+
+
+def test_a_lost_node_releases_its_slots(env):
+    store, clock, client = env
+    limited(store, "a0", max_concurrency="1")
+    limited(store, "a1", max_concurrency="1")
+    assert claim_one(store) == ["a0"]
+    assert claim_one(store) == []
+    serve(store, clock, storekit.LEASE_MS / 1000 + 1)
+    assert store.sweep(storekit.LEASE_MS)[0] == [("a0", "retried")]
+    assert running(client) == set()
+    got = claim_one(store, worker="w2")
+    assert got in (["a0"], ["a1"]) and len(running(client)) == 1
+
+
+def test_cancelling_held_tasks_never_strands_the_rest(env):
+    store, _clock, client = env
+    for i in range(3):
+        limited(store, f"a{i}", max_concurrency="1")
+    assert claim_one(store) == ["a0"]
+    assert claim_one(store) == []
+    store.commit([("a0", "1", "ok", b"V", False, "")])   # a1 woken into the queue
+    assert store.cancel("a1", False, True) == [("a1", "cancelled")]   # a2 woken now
+    assert claim_one(store) == ["a2"]
+    assert client.llen("ftq:limit:waiting:A") == 0
+
+
+def test_max_rate_is_a_sliding_window_and_over_rate_tasks_wait_delayed(env):
+    store, clock, client = env
+    t0 = clock.now_ms
+    for i in range(7):
+        limited(store, f"a{i}", max_rate="3/s", rate_n="3", rate_ms="1000")
+    started = {}
+    for _ in range(40):
+        while got := claim_one(store):
+            started[got[0]] = clock.now_ms - t0
+            store.commit([(got[0], "1", "ok", b"V", False, "")])
+        clock.advance(0.1)
+    assert sorted(started.values()) == [0, 0, 0, 1000, 1000, 1000, 2000]
+    assert client.zcard("ftq:delayed:default") == 0
+
+
+def test_one_hot_key_cannot_starve_another(env):
+    store, _clock, _client = env
+    for i in range(250):
+        limited(store, f"hot{i}", max_concurrency="1")
+    limited(store, "cold", key="B", max_concurrency="1")
+    got = []
+    for _ in range(4):
+        got += claim_one(store)
+    assert got == ["hot0", "cold"]
+
+
+def test_purge_cancels_tasks_held_back_by_a_limit(env):
+    store, _clock, client = env
+    from ftqueue import dead_letter
+
+    for i in range(3):
+        limited(store, f"a{i}", max_concurrency="1")
+    limited(store, "x0", queue="other", max_concurrency="1")
+    claim_one(store)
+    claim_one(store)
+    assert dead_letter.purge(store, "default") == 2
+    assert state(client, "a1") == state(client, "a2") == "FAILED"
+    assert state(client, "x0") == "PENDING_NODE_ASSIGNMENT"
+
+
+def test_status_shows_delayed_tasks_and_limits(env):
+    store, _clock, _client = env
+    for i in range(3):
+        limited(store, f"a{i}", max_concurrency="1")
+    submit_with(store, "later", delay_ms="60000")
+    claim_one(store, "w1")
+    claim_one(store, "w2")
+    status = StateReader(store).status()
+    assert status["delayed"] == {"default": 1}
+    assert status["limits"] == {"A": {"running": 1, "waiting": 2}}
+
+
+def test_a_claim_reports_the_reserved_start_of_a_task_it_held_back_by_rate(env):
+    store, _clock, _client = env
+    limited(store, "a0", max_rate="1/s", rate_n="1", rate_ms="1000")
+    limited(store, "a1", max_rate="1/s", rate_n="1", rate_ms="1000")
+    assert [t.task_id for t in claim_due(store)[0]] == ["a0"]
+    assert claim_due(store) == ([], 1000)    # a1 held back: the worker sleeps until its start

@@ -35,7 +35,7 @@ end
 -- Returns the outcome and whether the task exists (so its children are visited).
 local function cancel_one(id)
   local tkey = task_key(id)
-  local t = guarded('HMGET', tkey, 'by a cancel', 'state', 'node_id', 'queue')
+  local t = guarded('HMGET', tkey, 'by a cancel', 'state', 'node_id', 'queue', 'limit_key')
   if not t then return 'corrupt', false end
   local state = t[1]
   if not state then return 'missing', false end
@@ -49,6 +49,7 @@ local function cancel_one(id)
     safe('LREM', k_queue(slot_of(id, t[3])), 1, id)
   end
   if state == 'DELAYED' and t[3] then safe('ZREM', k_delayed(t[3]), id) end
+  if state == 'PENDING_NODE_ASSIGNMENT' and t[4] then safe('LREM', k_limit_waiting(t[4]), 1, id) end
   finish(id, 'FAILED', 'TASK_CANCELLED', 'cancelled before it ran')
   return 'cancelled', true
 end

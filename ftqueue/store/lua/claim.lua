@@ -10,6 +10,11 @@
 -- that does not fit never blocks the ones behind it. Prefetch (more than one task) is for the
 -- default shape only; those reserve when they start (commit.lua).
 --
+-- Limits: a task with a limit_key is claimed only first (never prefetched, so it holds no
+-- slot idle) and only within its limits: else it is held back out of the queue
+-- (max_concurrency: the key's waiting list; max_rate: DELAYED until its reserved start) and
+-- the claim goes on.
+--
 -- KEYS[1] leases          task id -> lease deadline (served ms)
 -- KEYS[2] clock           the served clock, read (renew and sweep advance it)
 -- KEYS[3] nodes           read by the served clock
@@ -17,6 +22,7 @@
 -- KEYS[5] corrupt
 -- KEYS[6] node_tasks(node_id)
 -- KEYS[7] node_free(node_id)
+-- KEYS[8] limit_keys      limit keys that held a task back
 -- Then per queue, in preference order (strict priority): bell(name), delayed(name), and per
 --         shape of it two slots: queue(<name>@node=<node_id>[@<shape>]),
 --         queue(<name>[@<shape>])
@@ -48,26 +54,61 @@ for qi = 1, tonumber(ARGV[8]) do
   queues[qi] = q
 end
 
-local due_in = -1
-for _, q in ipairs(queues) do
-  promote(q.name, q.delayed, PROMOTE_BATCH)
-  local wait = next_due_in(q.delayed)
-  if wait and (due_in < 0 or wait < due_in) then due_in = wait end
+for _, q in ipairs(queues) do promote(q.name, q.delayed, PROMOTE_BATCH) end
+
+-- Whether a limited task may start now; if not it is held back (see the header). max_rate
+-- is a sliding window: a start is allowed when the n-th latest start (reserved ones
+-- included) is at least a period ago; a task over the rate reserves the next free start
+-- time and waits DELAYED until then, so the tasks of a busy key spread out at the rate.
+local function admit(id, tkey, key, max, rate_n, rate_ms, reserved, queue)
+  if max and safe('SCARD', k_limit_running(key)) >= max then
+    safe('LPUSH', k_limit_waiting(key), id)
+    redis.call('SADD', K.limit_keys, key)
+    return false
+  end
+  if rate_n and rate_ms and not reserved then
+    local skey = k_limit_starts(key)
+    local start = NOW
+    if safe('LLEN', skey) >= rate_n then
+      start = math.max(NOW, tonumber(redis.call('LINDEX', skey, -rate_n)) + rate_ms)
+    end
+    redis.call('RPUSH', skey, start)
+    redis.call('LTRIM', skey, -rate_n, -1)
+    redis.call('PEXPIRE', skey, start - NOW + rate_ms)
+    if start > NOW then
+      redis.call('HSET', tkey, 'rate_reserved', '1')
+      redis.call('SADD', K.limit_keys, key)
+      delay(id, queue, start)
+      return false
+    end
+  end
+  redis.call('HDEL', tkey, 'rate_reserved')
+  if max then safe('SADD', k_limit_running(key), id) end
+  return true
 end
 
 -- The claimed row for a queued id, or nil if it is not queued any more (cancelled, already
--- final, unknown: its record says why) or its record is corrupt. The first row starts now:
--- it reserves its shape on this node.
+-- final, unknown: its record says why) or its record is corrupt; 'later' (a limited task is
+-- claimed only first) or 'held' (held back by its limits). The first row starts now: it
+-- reserves its shape on this node.
 local function take(id, first, need, gpus)
   local tkey = k_task(id)
   local t = guarded('HMGET', tkey, 'in a queue; dropped from it', 'state', 'fn', 'func',
                     'attempt', 'job_id', 'max_calls', 'timeout_s', 'retry_timeout', 'max_retries',
+                    'limit_key', 'max_concurrency', 'rate_n', 'rate_ms', 'rate_reserved', 'queue',
                     'pin')
   if not t or t[1] ~= 'PENDING_NODE_ASSIGNMENT' then return nil end
-  if t[10] and t[10] ~= node then    -- a hard pin whose node is gone (lib.lua enqueue)
-    finish(id, 'FAILED', 'TASK_UNSCHEDULABLE_ERROR', 'it must run on node ' .. t[10] ..
+  if t[16] and t[16] ~= node then    -- a hard pin whose node is gone (lib.lua enqueue)
+    finish(id, 'FAILED', 'TASK_UNSCHEDULABLE_ERROR', 'it must run on node ' .. t[16] ..
            ', which is gone (NodeAffinitySchedulingStrategy with soft=False)')
     return nil
+  end
+  if t[10] then
+    if not first then return 'later' end
+    if not admit(id, tkey, t[10], tonumber(t[11]), tonumber(t[12]), tonumber(t[13]), t[14],
+                 t[15]) then
+      return 'held'
+    end
   end
   -- Unreadable arguments reach the worker as none, so the task fails where its caller sees it.
   local args = guarded('GET', k_args(id), 'as the arguments of a queued task') or ''
@@ -103,11 +144,17 @@ for qi, q in ipairs(queues) do
         if qi == 1 and shape == DEFAULT_SHAPE then
           want = math.max(1, math.min(max_n, math.floor(len / divisor)))
         end
-        while want > 0 do
+        local held = 0
+        while want > 0 and held < HOLD_MAX do
           local id = redis.call('RPOP', qkey)
           if not id then break end
           local row = take(id, #out == 0, need, gpus)
-          if row then
+          if row == 'later' then
+            redis.call('RPUSH', qkey, id)    -- back to the front, for the next claim
+            break
+          elseif row == 'held' then
+            held = held + 1
+          elseif row then
             out[#out + 1] = row
             want = want - 1
           end
@@ -126,5 +173,11 @@ if #out == 0 then
   if blocked and redis.call('EXISTS', K.node_free) == 1 then
     redis.call('HSET', K.node_free, 'blocked', 1)
   end
+end
+-- After the loop: a task held back by max_rate may have become the earliest due.
+local due_in = -1
+for _, q in ipairs(queues) do
+  local wait = next_due_in(q.delayed)
+  if wait and (due_in < 0 or wait < due_in) then due_in = wait end
 end
 return reply({out, due_in})

@@ -253,7 +253,7 @@ local function unpin(node)
   redis.call('DEL', pkey)
 end
 
--- Delayed tasks (docs/design.md, "Time") -----------------------------------------------------
+-- Delayed tasks (docs/design.md, "Time and flow control") -------------------------------------
 -- A task waiting for its time (delay_s, eta, a retry delay) is DELAYED, in its queue's
 -- delayed set (due time, Redis ms) and in no queue: it holds no worker. Whoever claims from
 -- that queue or sweeps moves the due ones to the queue's front, each in O(log n), atomically.
@@ -330,10 +330,40 @@ local function count_recent(field)
   redis.call('EXPIRE', key, STATS_MINUTE_TTL_S)
 end
 
+-- Limits (docs/design.md, "Time and flow control") ----------------------------------------
+-- A task with a limit_key and max_concurrency holds a slot (its id in the key's running set)
+-- from its claim until its lease is released, however that happens (commit, retry, crash,
+-- node loss, cancel). Tasks held back wait in the key's waiting list, out of their queue;
+-- whenever a task of the key ends and a slot is free, the oldest goes back to its queue.
+
+local function wake_limited(key)
+  local wkey = k_limit_waiting(key)
+  while true do
+    local id = safe('RPOP', wkey)
+    if not id then return end
+    local t = guarded('HMGET', k_task(id), 'in ' .. wkey .. '; dropped from it', 'state',
+                      'queue')
+    if t and t[1] == 'PENDING_NODE_ASSIGNMENT' then
+      enqueue(id, t[2], true)
+      return
+    end
+  end
+end
+
+local function release_limit(id)
+  local t = redis.call('HMGET', k_task(id), 'limit_key', 'max_concurrency')
+  local key, max = t[1], tonumber(t[2])
+  if not key or not max then return end
+  local rkey = k_limit_running(key)
+  safe('SREM', rkey, id)
+  if safe('SCARD', rkey) < max then wake_limited(key) end
+end
+
 local function release_lease(id, node_id)
   redis.call('ZREM', K.leases, id)
   if node_id and node_id ~= '' then safe('SREM', k_node_tasks(node_id), id) end
   release_resources(id)
+  release_limit(id)
 end
 
 -- The submitter's notice of a small successful result carries the result itself
@@ -468,4 +498,97 @@ local function fail_attempt(id, started, error_type, message, charge)
   end
   finish(id, 'FAILED', error_type, message)
   return 'failed'
+end
+
+-- Submitting (submit, and a schedule's tick) -------------------------------------------------
+-- Needs K.task_index, K.queues, K.nodes, K.spread (and, for a task that cannot be placed,
+-- what finish needs: K.leases, K.stats, K.failed_index).
+
+-- How many of deps are not final yet; the task is registered as a dependent of each. A
+-- corrupt dependency counts as final: the task then fails on reading it, where it is seen.
+local function wait_for(id, deps)
+  local pending = 0
+  for dep in string.gmatch(deps, '[^,]+') do
+    local state = guarded('HGET', k_task(dep), 'as a dependency of ' .. id, 'state')
+    if state and not TERMINAL[state] then
+      safe('SADD', k_dependents(dep), id)
+      pending = pending + 1
+    end
+  end
+  return pending
+end
+
+-- Whether a live node serves `queue` and can ever fit `shape` (its total resources).
+local function can_host(node, queue, shape)
+  local n = redis.call('HMGET', k_node(node), 'queues', 'resources')
+  if not n[1] or not string.find(',' .. n[1] .. ',', ',' .. queue .. ',', 1, true) then
+    return false
+  end
+  local total = cjson.decode(n[2] or '{}')
+  for name, units in pairs(shape_units(shape)) do
+    if (tonumber(total[name]) or 0) < units then return false end
+  end
+  return true
+end
+
+-- A scheduling strategy as a pin (docs/design.md, "Resources"): SPREAD pins to the live
+-- nodes in turn (softly), node affinity to its node. Returns false when a hard affinity
+-- names a node that cannot run it. Needs K.nodes and K.spread.
+local function place(tkey, strategy, queue, shape)
+  if strategy == 'SPREAD' then
+    local n = redis.call('ZCARD', K.nodes)
+    local start = redis.call('INCR', K.spread)
+    for j = 0, n - 1 do
+      local node = redis.call('ZRANGE', K.nodes, (start + j) % n, (start + j) % n)[1]
+      if node and can_host(node, queue, shape) then
+        redis.call('HSET', tkey, 'pin', node, 'pin_soft', '1')
+        return true
+      end
+    end
+    return true
+  end
+  local kind, node = string.match(strategy, '^(%a+):(.+)$')
+  if node and redis.call('ZSCORE', K.nodes, node) and can_host(node, queue, shape) then
+    local soft = '0'
+    if kind == 'soft' then soft = '1' end
+    redis.call('HSET', tkey, 'pin', node, 'pin_soft', soft)
+    return true
+  end
+  return kind == 'soft'     -- soft falls back to any node
+end
+
+local function create(tkey, akey, id, queue, blob, deps, fields)
+  local flat = {}
+  local given = cjson.decode(fields)
+  -- delay_ms (from now, on Redis's clock) or eta_ms (epoch) become the record's due_ms.
+  local due = tonumber(given.eta_ms)
+  if given.delay_ms then due = NOW + tonumber(given.delay_ms) end
+  given.delay_ms, given.eta_ms = nil, nil
+  if due then given.due_ms = tostring(due) end
+  local strategy = given.strategy
+  given.strategy = nil
+  for key, value in pairs(given) do
+    flat[#flat + 1] = key
+    flat[#flat + 1] = value
+  end
+  redis.call('HSET', tkey, 'attempt', 0, 'retries', 0, 'fence', 0, 'queue', queue,
+             'created_ms', NOW, unpack(flat))
+  redis.call('SET', akey, blob)
+  redis.call('ZADD', K.task_index, NOW, id)
+  local parent = redis.call('HGET', tkey, 'parent_task_id')
+  if parent and parent ~= '' then safe('SADD', k_children(parent), id) end
+  redis.call('SADD', K.queues, queue)
+  if given.shape then safe('SADD', k_shapes(queue), given.shape) end
+  if deps ~= '' then redis.call('HSET', tkey, 'dep_ids', deps) end
+  if strategy and not place(tkey, strategy, queue, given.shape) then
+    finish(id, 'FAILED', 'TASK_UNSCHEDULABLE_ERROR', 'no live node ' .. strategy ..
+           ' can run it (NodeAffinitySchedulingStrategy with soft=False)')
+    return
+  end
+  local pending = wait_for(id, deps)
+  if pending > 0 then
+    redis.call('HSET', tkey, 'state', 'PENDING_ARGS_AVAIL', 'deps', pending)
+  else
+    make_ready(id, queue, false)
+  end
 end

@@ -1,0 +1,63 @@
+"""Concurrency limits cluster-wide, with real nodes whose workers are SIGKILLed mid-task."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+from conftest import wait_until
+
+import ftqueue
+
+LIMIT = 2
+
+
+def _running_pids(directory: str) -> set[int]:
+    """Processes running a limited task now (a SIGKILLed one, zombie or gone, is not)."""
+    alive = set()
+    for name in os.listdir(directory):
+        try:
+            if psutil.Process(int(name)).status() != psutil.STATUS_ZOMBIE:
+                alive.add(int(name))
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@ftqueue.remote(max_retries=-1, limit_key="api", max_concurrency=LIMIT)
+def call_api(directory: str, hold_s: float) -> int:
+    mine = os.path.join(directory, str(os.getpid()))
+    open(mine, "w").close()
+    try:
+        seen = len(_running_pids(directory))
+        time.sleep(hold_s)
+        return max(seen, len(_running_pids(directory)))
+    finally:
+        os.unlink(mine)
+
+
+def test_max_concurrency_holds_across_nodes_while_workers_are_killed(driver, start_node,
+                                                                     rclient, tmp_path):
+    directory = str(tmp_path / "running")
+    os.mkdir(directory)
+    nodes = [start_node(2, "--lease-timeout", "3") for _ in range(2)]
+    for node in nodes:
+        node.wait_workers(2)
+    refs = [call_api.remote(directory, 0.3) for _ in range(24)]
+    kills = 0
+    while kills < 4:
+        victims = sorted(_running_pids(directory))
+        if victims:
+            os.kill(victims[0], signal.SIGKILL)
+            kills += 1
+            wait_until(lambda v=victims[0]: v not in _running_pids(directory), 10,
+                       "the killed worker to be gone")
+        time.sleep(0.05)
+    seen = ftqueue.get(refs, timeout=120)
+    assert max(seen) == LIMIT, seen        # the limit was reached, never passed
+    assert rclient.scard("ftq:limit:running:api") == 0      # every slot given back
+    attempts = [a for r in refs for a in ftqueue.state.get_task(r.hex())]
+    died = [a for a in attempts if a["error_type"] == "WORKER_DIED"]
+    assert len(died) == kills and len(attempts) == len(refs) + kills, attempts
