@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class ClusterInfo:
     namespace: str
     job_id: str
     embedded: bool
+    dashboard_url: str | None = None     # with init(include_dashboard=True), as Ray's
 
     def __getitem__(self, key: str) -> Any:  # Ray returns a dict-like context
         return getattr(self, key)
@@ -53,6 +55,7 @@ def init(address: str | None = None, *, num_workers: int | None = None,
     """Connect to a cluster at `address`, or start an embedded one when there is none."""
     global _client, _cluster, _info, _atexit_registered
     num_cpus = kw.pop("num_cpus", None)
+    include_dashboard = bool(kw.pop("include_dashboard", False))
     unknown = sorted(set(kw) - _IGNORED_RAY_INIT_ARGS)
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
@@ -73,8 +76,11 @@ def init(address: str | None = None, *, num_workers: int | None = None,
         cluster = None
         if address is None:
             workers = num_workers or num_cpus or os.cpu_count() or 1
-            cluster = EmbeddedCluster.start(int(workers), namespace)
+            cluster = EmbeddedCluster.start(int(workers), namespace, include_dashboard)
             address = cluster.address
+            if cluster.dashboard_url:
+                print(f"ftqueue dashboard: {cluster.dashboard_url}", file=sys.stderr,
+                      flush=True)
         try:
             client = Client(address, namespace, log_to_driver=log_to_driver)
         except BaseException:
@@ -82,7 +88,8 @@ def init(address: str | None = None, *, num_workers: int | None = None,
                 cluster.stop()
             raise
         _client, _cluster = client, cluster
-        _info = ClusterInfo(address, namespace, client.job_id, cluster is not None)
+        _info = ClusterInfo(address, namespace, client.job_id, cluster is not None,
+                            cluster.dashboard_url if cluster is not None else None)
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
