@@ -19,6 +19,7 @@ def summary(reader: StateReader) -> dict[str, Any]:
     nodes = reader.list_nodes()
     workers = reader.list_workers(nodes)
     status = reader.status()
+    throughput = reader.throughput()
     return {
         "nodes_alive": status["nodes_alive"],
         "nodes_dead": sum(1 for n in nodes if n["state"] != "ALIVE"),
@@ -32,7 +33,8 @@ def summary(reader: StateReader) -> dict[str, Any]:
         "recent_failures": status["recent_failures"],
         "window_minutes": status["window_minutes"],
         "fenced_late_results": status["fenced_late_results"],
-        "throughput": reader.throughput(),
+        "throughput": throughput,
+        "last_hour": {k: sum(throughput[k]) for k in ("finished", "failed", "retried")},
     }
 
 
