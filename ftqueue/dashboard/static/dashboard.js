@@ -48,7 +48,7 @@ function cell(td, row, th) {
     if (value) {
       var details = document.createElement("details"), summary = document.createElement("summary");
       var pre = document.createElement("pre");
-      summary.textContent = value.split("\n").length + " lines";
+      summary.textContent = value.replace(/\n$/, "").split("\n").length + " lines";
       pre.textContent = value;
       details.append(summary, pre);
       td.append(details);
