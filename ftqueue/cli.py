@@ -286,14 +286,12 @@ def cmd_start(args: argparse.Namespace) -> int:
 
         setup_console(f"ftqueue node {supervisor.node_id}")
         dashboard = _start_dashboard(args, server.address)
-        if dashboard is not None:
+        if dashboard is not None and args.exit_with_parent is not None:
             print(f"{DASHBOARD_PREFIX}{dashboard.url}", flush=True)
         print(f"{READY_PREFIX}{server.address}", flush=True)
         if args.exit_with_parent is None:
             print(f"ftqueue cluster running; connect with:\n"
                   f"  export FTQUEUE_ADDRESS={server.address}", flush=True)
-            if dashboard is not None:
-                print(f"dashboard: {dashboard.url}", flush=True)
             if public:
                 print(f"from other hosts:\n  export FTQUEUE_ADDRESS="
                       f"redis://{_reachable_ip(args.host)}:{server.address.rsplit(':', 1)[1]}",
@@ -302,6 +300,8 @@ def cmd_start(args: argparse.Namespace) -> int:
                       f"{args.host} without a password: anyone who reaches its port can read "
                       "and change every task, and without FTQUEUE_SECRET run code on the "
                       "workers (see docs/security.md)", file=sys.stderr, flush=True)
+            if dashboard is not None:
+                print(f"dashboard: {dashboard.url}", flush=True)
         else:
             os.dup2(2, 1)  # nobody reads our stdout past the ready line
         return supervisor.run()
@@ -322,8 +322,12 @@ def _start_dashboard(args: argparse.Namespace, address: str) -> Any:
     if not dashboard.available():
         print(f"ftqueue: no dashboard: {dashboard.INSTALL_HINT}", file=sys.stderr, flush=True)
         return None
-    return dashboard.DashboardProcess.start(address, args.namespace, "127.0.0.1",
-                                            args.dashboard_port)
+    try:
+        return dashboard.DashboardProcess.start(address, args.namespace, "127.0.0.1",
+                                                args.dashboard_port)
+    except FtqueueError as e:     # the cluster runs without it
+        print(f"ftqueue: WARNING: no dashboard: {e}", file=sys.stderr, flush=True)
+        return None
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -334,7 +338,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     _watch_parent(args)
     log = lambda msg: print(f"ftqueue: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     return serve(args.address, args.namespace, args.host, args.port, args.allow_actions,
-                 Settings.from_env().dashboard_token, log)
+                 Settings.from_env().dashboard_token, log,
+                 announce=args.exit_with_parent is None)
 
 
 def _reachable_ip(host: str) -> str:

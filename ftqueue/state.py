@@ -195,7 +195,12 @@ class StateReader:
         rank = self.store.redis.zrevrank(index, member)
         if isinstance(rank, int):
             return rank + 1
-        return int(self.store.redis.zcount(index, score, "+inf"))
+        # Newest first is score descending, then id descending among equal scores (one
+        # burst of submissions shares a millisecond): skip the newer ones and the tied
+        # ones that sorted before it.
+        newer = int(self.store.redis.zcount(index, f"({score}", "+inf"))
+        tied: Any = self.store.redis.zrangebyscore(index, score, score)
+        return newer + sum(1 for t in tied if as_text(t) > member)
 
     def task_detail(self, task_id: str) -> dict[str, Any] | None:
         """One task for its own page: every attempt with what it printed, the traceback,
@@ -376,7 +381,9 @@ class StateReader:
         """Queues with work waiting that no live node serves."""
         return unserved(self.list_nodes(), self.queue_depths())
 
-    def status(self, minutes: int = 5) -> dict[str, Any]:
+    def status(self, minutes: int = 5, nodes: list[dict[str, Any]] | None = None,
+               workers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """`ftqueue status`; `nodes` and `workers` when the caller has read them already."""
         now_minute = self.store.clock_ms() // 60000
         pipe = self.store.redis.pipeline(transaction=False)
         for m in range(now_minute - minutes + 1, now_minute + 1):
@@ -385,8 +392,8 @@ class StateReader:
         for bucket in pipe.execute():
             for k, v in bucket.items():
                 recent[k.decode()] = recent.get(k.decode(), 0) + int(v)
-        nodes = self.list_nodes()
-        workers = self.list_workers(nodes)
+        nodes = nodes if nodes is not None else self.list_nodes()
+        workers = workers if workers is not None else self.list_workers(nodes)
         stats = {as_text(k): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
         depths = self.queue_depths()
         return {

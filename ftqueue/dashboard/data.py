@@ -18,7 +18,7 @@ PAGE_LIMIT_MAX = 500
 def summary(reader: StateReader) -> dict[str, Any]:
     nodes = reader.list_nodes()
     workers = reader.list_workers(nodes)
-    status = reader.status()
+    status = reader.status(nodes=nodes, workers=workers)
     throughput = reader.throughput()
     return {
         "nodes_alive": status["nodes_alive"],

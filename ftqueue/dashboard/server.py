@@ -46,7 +46,8 @@ def exposure_warning(host: str, token: str | None, allow_actions: bool) -> str:
 
 
 def serve(address: str, namespace: str, host: str, port: int, allow_actions: bool,
-          token: str | None, log: Callable[[str], None]) -> int:
+          token: str | None, log: Callable[[str], None], announce: bool = True) -> int:
+    """Serve until stopped. `announce`: log the URL (its parent prints it otherwise)."""
     if not available():
         raise FtqueueError(INSTALL_HINT)
     import uvicorn
@@ -64,8 +65,9 @@ def serve(address: str, namespace: str, host: str, port: int, allow_actions: boo
         log(warning)
     reader = StateReader(Store(connect(address), namespace))
     app = create_app(reader, Access(token, allow_actions))
-    mode = "actions allowed with the token" if allow_actions else "read-only"
-    log(f"dashboard at {url_of(host, port)} ({mode})")
+    if announce:
+        mode = "actions allowed with the token" if allow_actions else "read-only"
+        log(f"dashboard at {url_of(host, port)} ({mode})")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     return 0
 

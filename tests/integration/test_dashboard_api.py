@@ -331,3 +331,35 @@ def test_ftqueue_start_serves_a_dashboard_and_prints_its_url():
         proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_a_cursor_whose_task_left_the_index_goes_on_where_it_was(driver, rclient,
+                                                                 start_dashboard):
+    dash = start_dashboard()
+    refs = [echo.remote(i) for i in range(7)]     # no node: they wait, in one burst or two
+    refs[-1].hex()
+    _, first, _ = fetch(dash.url + "/api/tasks?limit=3")
+    cursor = first["next_cursor"]
+    rclient.zrem("ftq:index:tasks", cursor.split(":", 1)[1])   # as a trim past the TTL does
+    _, rest, _ = fetch(dash.url + "/api/tasks?" + urllib.parse.urlencode(
+        {"limit": 10, "cursor": cursor}))
+    shown = [r["task_id"] for r in first["rows"] + rest["rows"]]
+    assert len(shown) == 7 and sorted(shown) == sorted(r.hex() for r in refs)
+    assert rest["next_cursor"] == ""
+
+
+def test_a_redis_that_went_away_is_a_clear_503(own_redis):
+    from ftqueue.dashboard.server import DashboardProcess
+    from ftqueue.embedded import free_port
+
+    dash = DashboardProcess.start(own_redis.address, "ftq", "127.0.0.1", free_port(),
+                                  env=child_env())
+    try:
+        assert fetch(dash.url + "/api/summary")[0] == 200
+        own_redis.kill()
+        status, body, _ = fetch(dash.url + "/api/summary")
+        assert status == 503 and body["error"].startswith("cannot read Redis")
+        status, html, _ = fetch(dash.url + "/tasks")
+        assert status == 503 and "cannot read Redis" in html and "Traceback" not in html
+    finally:
+        dash.stop()
