@@ -19,6 +19,7 @@ import ftqueue
 
 pytest.importorskip("starlette", reason="the dashboard extra is not installed")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -59,9 +60,22 @@ def screenshot(browser, tmp_path, name):
     assert os.path.getsize(path) > 10_000
 
 
+def fresh(action):
+    """Run `action` on elements found anew: the live refresh replaces table bodies every
+    second, so an element found a moment ago may be gone (stale) by the time it is used."""
+    def attempt():
+        try:
+            return (action(),)
+        except StaleElementReferenceException:
+            return None
+    return wait_until(attempt, 10, "a page element that stays put")[0]
+
+
 def text_of(browser, element_id):
-    elements = browser.find_elements(By.ID, element_id)
-    return elements[0].text if elements else ""
+    def read():
+        elements = browser.find_elements(By.ID, element_id)
+        return elements[0].text if elements else ""
+    return fresh(read)
 
 
 @ftqueue.remote
@@ -102,12 +116,12 @@ def test_every_page_loads_and_a_task_row_leads_to_its_traceback(cluster, start_d
         assert browser.find_elements(By.ID, marker), f"{path} has no #{marker}"
         assert "Error" not in browser.title
     browser.get(dash.url + "/nodes")
-    workers = browser.find_element(By.ID, "workers").text
+    workers = text_of(browser, "workers")
     assert str(cluster.workers()[0].pid) in workers and "MiB" in workers
 
     browser.get(dash.url + "/tasks?state=FAILED")
-    link = browser.find_element(By.CSS_SELECTOR, f'#rows a[href="/tasks/{failed.hex()}"]')
-    link.click()
+    fresh(lambda: browser.find_element(
+        By.CSS_SELECTOR, f'#rows a[href="/tasks/{failed.hex()}"]').click())
     wait_until(lambda: browser.current_url.endswith(f"/tasks/{failed.hex()}"), 10,
                "the task page")
     assert text_of(browser, "task-state") == "FAILED"
@@ -115,7 +129,7 @@ def test_every_page_loads_and_a_task_row_leads_to_its_traceback(cluster, start_d
     assert "Traceback (most recent call last)" in traceback
     assert "ZeroDivisionError: cannot divide 7 by nothing" in traceback
     assert not browser.find_elements(By.ID, "cancel"), "a read-only dashboard offers cancel"
-    attempts = browser.find_element(By.ID, "attempts").text
+    attempts = text_of(browser, "attempts")
     assert attempts.count("TASK_EXECUTION_EXCEPTION") == 2     # retried once, then failed
     screenshot(browser, tmp_path, "dashboard-task.png")
 
