@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 from urllib.parse import parse_qsl, quote, urlencode
 
 import redis
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import views
 from ..exceptions import FtqueueError
@@ -61,7 +65,22 @@ def _fmt_bytes(n: Any) -> str:
     return str(n)
 
 
-def create_app(reader: StateReader, access: Access) -> Starlette:
+# Pages may not be framed (a cancel button under someone else's page) nor load anything
+# from elsewhere; the JSON of a page is data, never run.
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                               "form-action 'self'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+
+
+def create_app(reader: StateReader, access: Access,
+               allowed_hosts: Sequence[str] = ("*",)) -> Starlette:
+    """`allowed_hosts`: the Host headers to answer (a dashboard on 127.0.0.1 answers only
+    its loopback names, so a page of another site cannot reach it by DNS rebinding)."""
     templates = Jinja2Templates(directory=os.path.join(HERE, "templates"))
     templates.env.filters["iso"] = views.iso
     templates.env.filters["bytes"] = _fmt_bytes
@@ -264,4 +283,26 @@ def create_app(reader: StateReader, access: Access) -> Starlette:
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return error(request, 405, f"{request.method} is not allowed at {request.url.path}")
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed},
+                     middleware=[Middleware(TrustedHostMiddleware,
+                                            allowed_hosts=list(allowed_hosts)),
+                                 Middleware(SecureHeaders)])
+
+
+class SecureHeaders:
+    """Adds SECURITY_HEADERS to every HTTP response (a plain ASGI middleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

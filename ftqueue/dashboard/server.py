@@ -64,7 +64,8 @@ def serve(address: str, namespace: str, host: str, port: int, allow_actions: boo
     if warning:
         log(warning)
     reader = StateReader(Store(connect(address), namespace))
-    app = create_app(reader, Access(token, allow_actions))
+    hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] if host in LOOPBACK else ["*"]
+    app = create_app(reader, Access(token, allow_actions), hosts)
     if announce:
         mode = "actions allowed with the token" if allow_actions else "read-only"
         log(f"dashboard at {url_of(host, port)} ({mode})")

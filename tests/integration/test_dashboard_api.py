@@ -363,3 +363,18 @@ def test_a_redis_that_went_away_is_a_clear_503(own_redis):
         assert status == 503 and "cannot read Redis" in html and "Traceback" not in html
     finally:
         dash.stop()
+
+
+def test_a_loopback_dashboard_answers_only_loopback_names_and_cannot_be_framed(
+        redis_url, start_dashboard):
+    dash = start_dashboard()
+    port = dash.url.rsplit(":", 1)[1]
+    status, _, headers = fetch(dash.url + "/api/summary")
+    assert status == 200
+    assert headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert fetch(dash.url + "/", headers={"Host": f"localhost:{port}"})[0] == 200
+    # A page of another site that rebinds its name to 127.0.0.1 sends its own Host.
+    status, body, _ = fetch(dash.url + "/api/summary",
+                            headers={"Host": f"attacker.example:{port}"})
+    assert status == 400 and "nodes_alive" not in str(body)
