@@ -131,6 +131,7 @@ def test_every_page_loads_and_a_task_row_leads_to_its_traceback(cluster, start_d
     assert not browser.find_elements(By.ID, "cancel"), "a read-only dashboard offers cancel"
     attempts = text_of(browser, "attempts")
     assert attempts.count("TASK_EXECUTION_EXCEPTION") == 2     # retried once, then failed
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline rect.attempt-bar")) == 2
     screenshot(browser, tmp_path, "dashboard-task.png")
 
 

@@ -48,7 +48,8 @@ function cell(td, row, th) {
     if (value) {
       var details = document.createElement("details"), summary = document.createElement("summary");
       var pre = document.createElement("pre");
-      summary.textContent = value.replace(/\n$/, "").split("\n").length + " lines";
+      var n = value.replace(/\n$/, "").split("\n").length;
+      summary.textContent = n + (n === 1 ? " line" : " lines");
       pre.textContent = value;
       details.append(summary, pre);
       td.append(details);
@@ -145,6 +146,45 @@ function drawChart(svg, t) {
   });
 }
 
+var STATE_COLOURS = {FINISHED: "#2b8a3e", FAILED: "#c92a2a", RUNNING: "#1864ab",
+  SUBMITTED_TO_WORKER: "#1864ab"};
+
+// Every attempt as a bar from its start to its end (or to now, while it runs), on one
+// time axis, labelled with its node and error type.
+function drawTimeline(svg, attempts) {
+  if (!Array.isArray(attempts)) return;
+  // Drawn at the element's own width, so labels keep their size.
+  var ns = "http://www.w3.org/2000/svg", w = svg.clientWidth || 720, row = 26;
+  var now = Date.now() / 1000;
+  var spans = attempts.filter(function (a) { return a.start_time; }).map(function (a) {
+    return {a: a, start: a.start_time, end: a.end_time || now};
+  });
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  svg.setAttribute("viewBox", "0 0 " + w + " " + Math.max(row, spans.length * row));
+  svg.style.height = Math.max(row, spans.length * row) + "px";
+  if (!spans.length) return;
+  var t0 = Math.min.apply(null, spans.map(function (s) { return s.start; }));
+  var t1 = Math.max.apply(null, spans.map(function (s) { return s.end; }));
+  var scale = (w - Math.min(440, w / 2)) / Math.max(t1 - t0, 0.001);   // room for labels
+  spans.forEach(function (s, i) {
+    var bar = document.createElementNS(ns, "rect");
+    bar.setAttribute("x", ((s.start - t0) * scale).toFixed(1));
+    bar.setAttribute("y", i * row + 4);
+    bar.setAttribute("width", Math.max(2, (s.end - s.start) * scale).toFixed(1));
+    bar.setAttribute("height", row - 8);
+    bar.setAttribute("fill", STATE_COLOURS[s.a.state] || "#868e96");
+    bar.setAttribute("class", "attempt-bar");
+    svg.append(bar);
+    var label = document.createElementNS(ns, "text");
+    label.setAttribute("x", ((s.end - t0) * scale + 6).toFixed(1));
+    label.setAttribute("y", i * row + row / 2 + 4);
+    label.setAttribute("class", "label");
+    label.textContent = "attempt " + s.a.attempt_number + " · " + (s.a.node_id || "?") +
+      " · " + ((s.end - s.start).toFixed(3)) + " s" + (s.a.error_type ? " · " + s.a.error_type : "");
+    svg.append(label);
+  });
+}
+
 function render(data) {
   document.querySelectorAll("[data-field]").forEach(function (el) {
     var value = pick(data, el.dataset.field);
@@ -158,12 +198,17 @@ function render(data) {
     el.hidden = !(Array.isArray(v) ? v.length : v);
   });
   document.querySelectorAll("svg[data-chart]").forEach(function (svg) { drawChart(svg, pick(data, svg.dataset.chart)); });
+  document.querySelectorAll("svg[data-timeline]").forEach(function (svg) { drawTimeline(svg, pick(data, svg.dataset.timeline)); });
 }
 
 function start() {
   var initial = document.getElementById("initial");
+  var first = JSON.parse(initial.textContent);
   document.querySelectorAll("svg[data-chart]").forEach(function (svg) {
-    drawChart(svg, pick(JSON.parse(initial.textContent), svg.dataset.chart));
+    drawChart(svg, pick(first, svg.dataset.chart));
+  });
+  document.querySelectorAll("svg[data-timeline]").forEach(function (svg) {
+    drawTimeline(svg, pick(first, svg.dataset.timeline));
   });
   var api = document.body.dataset.live, status = document.getElementById("live-status");
   if (!api) return;
