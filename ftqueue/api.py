@@ -56,6 +56,7 @@ def init(address: str | None = None, *, num_workers: int | None = None,
     global _client, _cluster, _info, _atexit_registered
     num_cpus = kw.pop("num_cpus", None)
     include_dashboard = bool(kw.pop("include_dashboard", False))
+    dashboard_port = kw.pop("dashboard_port", None)
     unknown = sorted(set(kw) - _IGNORED_RAY_INIT_ARGS)
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
@@ -76,7 +77,8 @@ def init(address: str | None = None, *, num_workers: int | None = None,
         cluster = None
         if address is None:
             workers = num_workers or num_cpus or os.cpu_count() or 1
-            cluster = EmbeddedCluster.start(int(workers), namespace, include_dashboard)
+            cluster = EmbeddedCluster.start(int(workers), namespace, include_dashboard,
+                                            dashboard_port)
             address = cluster.address
             if cluster.dashboard_url:
                 print(f"ftqueue dashboard: {cluster.dashboard_url}", file=sys.stderr,

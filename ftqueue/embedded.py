@@ -216,8 +216,8 @@ class EmbeddedCluster:
         self.dashboard_url = dashboard_url
 
     @classmethod
-    def start(cls, num_workers: int, namespace: str,
-              dashboard: bool = False) -> EmbeddedCluster:
+    def start(cls, num_workers: int, namespace: str, dashboard: bool = False,
+              dashboard_port: int | None = None) -> EmbeddedCluster:
         env = dict(os.environ)
         # The workers import the driver's modules as the driver does.
         env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd()] + sys.path if p)
@@ -225,7 +225,8 @@ class EmbeddedCluster:
                str(num_workers), "--namespace", namespace, "--grace-period", "0",
                "--no-task-output-copy",   # the driver echoes task output itself
                "--exit-with-parent", str(os.getpid()),
-               "--dashboard" if dashboard else "--no-dashboard"]
+               "--dashboard" if dashboard else "--no-dashboard",
+               *(["--dashboard-port", str(int(dashboard_port))] if dashboard_port else [])]
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    env=env, start_new_session=True, text=True)
         deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S

@@ -291,10 +291,13 @@ def test_allow_actions_without_a_token_refuses_to_start(redis_url):
 
 
 def test_init_include_dashboard_starts_one_and_prints_its_url():
-    code = """
+    from ftqueue.embedded import free_port
+
+    port = free_port()
+    code = f"""
 import json, urllib.request
 import ftqueue
-info = ftqueue.init(num_workers=1, include_dashboard=True)
+info = ftqueue.init(num_workers=1, include_dashboard=True, dashboard_port={port})
 with urllib.request.urlopen(info.dashboard_url + "/api/summary", timeout=10) as r:
     summary = json.load(r)
 print("URL", info.dashboard_url, summary["nodes_alive"])
@@ -303,7 +306,7 @@ ftqueue.shutdown()
     proc = run_script(code, timeout=120)
     assert proc.returncode == 0, proc.stderr
     url = proc.stdout.split()[1]
-    assert url.startswith("http://127.0.0.1:") and proc.stdout.split()[2] == "1"
+    assert url == f"http://127.0.0.1:{port}" and proc.stdout.split()[2] == "1"
     assert f"ftqueue dashboard: {url}" in proc.stderr
 
 
