@@ -246,6 +246,10 @@ class StateReader:
             return record.get("error_message", "")
         return payload.error_text(task_id, blob) or record.get("error_message", "")
 
+    def count_workers(self) -> int:
+        """Worker records in the listing index, alive and recently dead."""
+        return int(self.store.redis.zcard(self.keys.workers))
+
     def count_tasks(self) -> int:
         """Tasks in the listing index (finished ones until their lineage expires)."""
         return int(self.store.redis.zcard(self.keys.task_index))
@@ -273,9 +277,11 @@ class StateReader:
             start += SCAN_CHUNK
             yield [as_text(c) for c in chunk]
 
-    def _records(self, index: str, key: Any) -> list[dict[str, str]]:
-        """Hashes of the ids in `index`; ids whose hash has expired are dropped from it."""
-        ids = [as_text(i) for i in self.store.redis.zrange(index, 0, -1)]
+    def _records(self, index: str, key: Any, newest: int | None = None) -> list[dict[str, str]]:
+        """Hashes of the ids in `index` (only the `newest` when given); ids whose hash has
+        expired are dropped from it."""
+        first = -newest if newest else 0
+        ids = [as_text(i) for i in self.store.redis.zrange(index, first, -1)]
         pipe = self.store.redis.pipeline(transaction=False)
         for i in ids:
             pipe.hgetall(key(i))
@@ -309,13 +315,16 @@ class StateReader:
                          "heartbeat_age_s": round(age_s, 1) if age_s is not None else None})
         return rows
 
-    def list_workers(self, nodes: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Worker processes; a worker of a dead (or forgotten) node is dead with it."""
+    def list_workers(self, nodes: list[dict[str, Any]] | None = None,
+                     newest: int | None = None) -> list[dict[str, Any]]:
+        """Worker processes (the `newest` started, when given: a view polled every second
+        stays cheap where workers are recycled after every task); a worker of a dead (or
+        forgotten) node is dead with it."""
         alive = {n["node_id"] for n in (nodes if nodes is not None else self.list_nodes())
                  if n["state"] == "ALIVE"}
         rows = []
         now_ms = self.store.clock_ms()
-        for r in self._records(self.keys.workers, self.keys.worker):
+        for r in self._records(self.keys.workers, self.keys.worker, newest):
             state, current = r.get("state", ""), r.get("current_task", "")
             if state == "ALIVE" and r.get("node_id", "") not in alive:
                 state, current = "DEAD", ""

@@ -13,11 +13,14 @@ FORM_FILTERS = ("state", "name", "error_type", "queue", "node_id", "job_id")
 STATES = tuple(s.value for s in TaskState)
 PAGE_LIMIT_DEFAULT = 50
 PAGE_LIMIT_MAX = 500
+# Worker records read per refresh: all of them on most clusters; where workers are recycled
+# after every task (max_calls=1) an hour of dead ones would be read every second.
+WORKERS_SHOWN = 1000
 
 
 def summary(reader: StateReader) -> dict[str, Any]:
     nodes = reader.list_nodes()
-    workers = reader.list_workers(nodes)
+    workers = reader.list_workers(nodes, newest=WORKERS_SHOWN)
     status = reader.status(nodes=nodes, workers=workers)
     throughput = reader.throughput()
     return {
@@ -25,6 +28,8 @@ def summary(reader: StateReader) -> dict[str, Any]:
         "nodes_dead": sum(1 for n in nodes if n["state"] != "ALIVE"),
         "workers_alive": status["workers_alive"],
         "workers_dead": sum(1 for w in workers if w["state"] != "ALIVE"),
+        "workers_recorded": reader.count_workers(),
+        "workers_shown": len(workers),
         "running": status["running"],
         "tasks_stored": reader.count_tasks(),
         "queues": reader.queue_stats(nodes),
@@ -40,7 +45,9 @@ def summary(reader: StateReader) -> dict[str, Any]:
 
 def nodes(reader: StateReader) -> dict[str, Any]:
     rows = reader.list_nodes()
-    return {"nodes": rows, "workers": reader.list_workers(rows)}
+    workers = reader.list_workers(rows, newest=WORKERS_SHOWN)
+    return {"nodes": rows, "workers": workers[::-1], "workers_shown": len(workers),
+            "workers_recorded": reader.count_workers()}
 
 
 def queues(reader: StateReader) -> dict[str, Any]:

@@ -381,3 +381,21 @@ def test_a_loopback_dashboard_answers_only_loopback_names_and_cannot_be_framed(
     status, body, _ = fetch(dash.url + "/api/summary",
                             headers={"Host": f"attacker.example:{port}"})
     assert status == 400 and "nodes_alive" not in str(body)
+
+
+def test_a_refresh_reads_only_the_newest_worker_records(cluster, redis_url, rclient,
+                                                        monkeypatch, tmp_path):
+    from ftqueue.dashboard import data
+    from ftqueue.state import StateReader
+    from ftqueue.store import Store, connect
+
+    cluster.wait_workers(2)
+    ftqueue.get(crash_once.remote(str(tmp_path / "runs")))   # a replacement: 3 records
+    reader = StateReader(Store(connect(redis_url)))
+    wait_until(lambda: reader.count_workers() == 3, 30, "three worker records")
+    newest_id = rclient.zrevrange("ftq:workers", 0, 0)[0]
+    assert [w["worker_id"] for w in reader.list_workers(newest=1)] == [newest_id]
+    monkeypatch.setattr(data, "WORKERS_SHOWN", 2)
+    shown = data.nodes(reader)
+    assert shown["workers_shown"] == 2 and shown["workers_recorded"] == 3
+    assert shown["workers"][0]["worker_id"] == newest_id      # newest first
