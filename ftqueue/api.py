@@ -6,6 +6,7 @@ import atexit
 import json
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class ClusterInfo:
     namespace: str
     job_id: str
     embedded: bool
+    dashboard_url: str | None = None     # with init(include_dashboard=True), as Ray's
 
     def __getitem__(self, key: str) -> Any:  # Ray returns a dict-like context
         return getattr(self, key)
@@ -57,6 +59,8 @@ def init(address: str | None = None, *, num_workers: int | None = None,
     num_cpus = kw.pop("num_cpus", None)
     num_gpus = kw.pop("num_gpus", None)
     custom = kw.pop("resources", None)
+    include_dashboard = bool(kw.pop("include_dashboard", False))
+    dashboard_port = kw.pop("dashboard_port", None)
     unknown = sorted(set(kw) - _IGNORED_RAY_INIT_ARGS)
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
@@ -86,8 +90,12 @@ def init(address: str | None = None, *, num_workers: int | None = None,
                 flags += ["--num-gpus", str(int(resources.check_amount("num_gpus", num_gpus)))]
             if custom:
                 flags += ["--resources", json.dumps(resources.check_custom(custom))]
-            cluster = EmbeddedCluster.start(int(workers), namespace, flags)
+            cluster = EmbeddedCluster.start(int(workers), namespace, flags, include_dashboard,
+                                            dashboard_port)
             address = cluster.address
+            if cluster.dashboard_url:
+                print(f"ftqueue dashboard: {cluster.dashboard_url}", file=sys.stderr,
+                      flush=True)
         try:
             client = Client(address, namespace, log_to_driver=log_to_driver)
         except BaseException:
@@ -95,7 +103,8 @@ def init(address: str | None = None, *, num_workers: int | None = None,
                 cluster.stop()
             raise
         _client, _cluster = client, cluster
-        _info = ClusterInfo(address, namespace, client.job_id, cluster is not None)
+        _info = ClusterInfo(address, namespace, client.job_id, cluster is not None,
+                            cluster.dashboard_url if cluster is not None else None)
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True

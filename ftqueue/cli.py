@@ -13,7 +13,13 @@ from typing import Any, Callable
 
 from . import admin_cli, resources, views
 from .exceptions import FtqueueError
-from .settings import NodeSettings, Settings, parse_size, visible_gpu_ids
+from .settings import (
+    DEFAULT_DASHBOARD_PORT,
+    NodeSettings,
+    Settings,
+    parse_size,
+    visible_gpu_ids,
+)
 from .spec import is_task_id
 
 
@@ -125,7 +131,22 @@ def build_parser(env: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="keep Redis data here with AOF everysec (default: a temporary "
                         "directory, no persistence)")
+    p.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="also serve the web dashboard on 127.0.0.1 (default: yes, when the "
+                        "dashboard extra is installed)")
+    p.add_argument("--dashboard-port", type=int, default=None,
+                   help=f"its port (default {DEFAULT_DASHBOARD_PORT}, else a free one)")
     p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("dashboard", help="serve the web dashboard")
+    _add_common(p, env)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    p.add_argument("--allow-actions", action="store_true",
+                   help="offer cancel to whoever logs in with FTQUEUE_DASHBOARD_TOKEN")
+    p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("worker", help="run one worker node against an existing Redis")
     _add_common(p, env)
@@ -160,6 +181,9 @@ def build_parser(env: Settings | None = None) -> argparse.ArgumentParser:
     _add_common(p, env)
     p.add_argument("--minutes", type=_positive_int, default=5)
     p.add_argument("--format", choices=["table", "json", "yaml"], default="table")
+    p.add_argument("--watch", action="store_true",
+                   help="refresh every second until Ctrl-C (as `rq info -i`)")
+    p.add_argument("--interval", type=_seconds, default=1.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel a task (and the tasks it submitted)")
@@ -305,7 +329,7 @@ def _wait_for_redis(address: str, log: Callable[[str], None]) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from .embedded import READY_PREFIX, RedisServer
+    from .embedded import DASHBOARD_PREFIX, READY_PREFIX, RedisServer
     from .supervisor import Supervisor
 
     _watch_parent(args)
@@ -317,12 +341,16 @@ def cmd_start(args: argparse.Namespace) -> int:
     server = RedisServer.start(port=args.port, unix_socket=args.unix_socket,
                                directory=args.data_dir, appendonly=bool(args.data_dir),
                                host=args.host)
+    dashboard = None
     try:
         supervisor = Supervisor(_node_settings(args, server.address),
                                 parent_pid=args.exit_with_parent, metrics_port=args.metrics_port)
         from .logs import setup_console
 
         setup_console(f"ftqueue node {supervisor.node_id}")
+        dashboard = _start_dashboard(args, server.address)
+        if dashboard is not None and args.exit_with_parent is not None:
+            print(f"{DASHBOARD_PREFIX}{dashboard.url}", flush=True)
         print(f"{READY_PREFIX}{server.address}", flush=True)
         if args.exit_with_parent is None:
             print(f"ftqueue cluster running; connect with:\n"
@@ -335,11 +363,46 @@ def cmd_start(args: argparse.Namespace) -> int:
                       f"{args.host} without a password: anyone who reaches its port can read "
                       "and change every task, and without FTQUEUE_SECRET run code on the "
                       "workers (see docs/security.md)", file=sys.stderr, flush=True)
+            if dashboard is not None:
+                print(f"dashboard: {dashboard.url}", flush=True)
         else:
             os.dup2(2, 1)  # nobody reads our stdout past the ready line
         return supervisor.run()
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         server.stop()
+
+
+def _start_dashboard(args: argparse.Namespace, address: str) -> Any:
+    """The dashboard beside `ftqueue start`: on unless --no-dashboard (for the embedded
+    cluster of `init()`, only with --dashboard), when its extra is installed."""
+    from .dashboard import server as dashboard
+
+    wanted = args.dashboard if args.dashboard is not None else args.exit_with_parent is None
+    if not wanted:
+        return None
+    if not dashboard.available():
+        print(f"ftqueue: no dashboard: {dashboard.INSTALL_HINT}", file=sys.stderr, flush=True)
+        return None
+    try:
+        return dashboard.DashboardProcess.start(address, args.namespace, "127.0.0.1",
+                                                args.dashboard_port)
+    except FtqueueError as e:     # the cluster runs without it
+        print(f"ftqueue: WARNING: no dashboard: {e}", file=sys.stderr, flush=True)
+        return None
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard.server import serve
+
+    if not args.address:
+        raise FtqueueError("no Redis address: pass --address or set FTQUEUE_ADDRESS")
+    _watch_parent(args)
+    log = lambda msg: print(f"ftqueue: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    return serve(args.address, args.namespace, args.host, args.port, args.allow_actions,
+                 Settings.from_env().dashboard_token, log,
+                 announce=args.exit_with_parent is None)
 
 
 def _reachable_ip(host: str) -> str:
@@ -454,41 +517,58 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    reader = _reader(args)
+    if not args.watch:
+        print(_status_text(reader, args))
+        return 0
+    import time
+
+    while True:       # ends with Ctrl-C (exit 130, as every command)
+        text = _status_text(reader, args)
+        # Home the cursor and clear the screen, then draw: one frame, no scrolling.
+        sys.stdout.write(f"\x1b[H\x1b[2J{views.now()}  (every {args.interval:g} s; "
+                         f"Ctrl-C to stop)\n{text}\n")
+        sys.stdout.flush()
+        time.sleep(args.interval)
+
+
+def _status_text(reader: Any, args: argparse.Namespace) -> str:
     from . import schedules
 
-    reader = _reader(args)
     status = reader.status(args.minutes)
     status["schedules"] = [admin_cli.schedule_row(s)
                            for s in schedules.list_schedules(reader.store)]
     if args.format != "table":
-        print(views.render_data(status, args.format))
-        return 0
+        return views.render_data(status, args.format)
+    lines = []
     queues = ", ".join(f"{q}={n}" for q, n in status["queues"].items()) or "none"
-    print(f"nodes alive: {status['nodes_alive']}   workers alive: {status['workers_alive']}   "
-          f"running: {status['running']}")
-    print(f"queued: {queues}")
+    lines.append(f"nodes alive: {status['nodes_alive']}   workers alive: "
+                 f"{status['workers_alive']}   running: {status['running']}")
+    lines.append(f"queued: {queues}")
     if status["delayed"]:
-        print("delayed: " + ", ".join(f"{q}={n}" for q, n in status["delayed"].items()))
+        lines.append("delayed: " + ", ".join(f"{q}={n}" for q, n in status["delayed"].items()))
     for demand in status["infeasible"]:
         lacks = ", ".join(f"{k}={v}" for k, v in demand["missing"].items())
-        print(f"WARNING: {demand['tasks']} task(s) of queue {demand['queue']} need "
-              f"{demand['shape']}, which no live node has (missing {lacks}); they wait for "
-              "a node that fits")
+        lines.append(f"WARNING: {demand['tasks']} task(s) of queue {demand['queue']} need "
+                     f"{demand['shape']}, which no live node has (missing {lacks}); they wait "
+                     "for a node that fits")
     busy = {k: v for k, v in status["limits"].items() if v["running"] or v["waiting"]}
     if busy:
-        print("limits: " + ", ".join(f"{k} running={v['running']} waiting={v['waiting']}"
-                                     for k, v in busy.items()))
+        lines.append("limits: " + ", ".join(f"{k} running={v['running']} waiting={v['waiting']}"
+                                            for k, v in busy.items()))
     if status["unserved_queues"]:
-        print(f"WARNING: no live node serves {', '.join(status['unserved_queues'])}: their "
-              "tasks wait (start a node with --queues naming them)")
+        lines.append(f"WARNING: no live node serves {', '.join(status['unserved_queues'])}: "
+                     "their tasks wait (start a node with --queues naming them)")
+    lines.append(f"finished in the last {status['window_minutes']} min: "
+                 f"{status['recent_finished']}")
     for key, label in (("recent_retries", "retries"), ("recent_failures", "failures")):
         counts = ", ".join(f"{k}={v}" for k, v in sorted(status[key].items())) or "none"
-        print(f"{label} in the last {status['window_minutes']} min: {counts}")
-    print(f"late results fenced (all time): {status['fenced_late_results']}")
+        lines.append(f"{label} in the last {status['window_minutes']} min: {counts}")
+    lines.append(f"late results fenced (all time): {status['fenced_late_results']}")
     for row in status["schedules"]:
-        print(f"schedule {row['name']}: {row['func']} {row['when']} on {row['queue']}, next "
-              f"{row['next_run']}, last {row['last_run']}")
-    return 0
+        lines.append(f"schedule {row['name']}: {row['func']} {row['when']} on {row['queue']}, "
+                     f"next {row['next_run']}, last {row['last_run']}")
+    return "\n".join(lines)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

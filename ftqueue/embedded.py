@@ -19,6 +19,7 @@ from .settings import Settings
 REDIS_START_TIMEOUT_S = 10.0
 CLUSTER_START_TIMEOUT_S = 60.0
 READY_PREFIX = "FTQUEUE_READY "
+DASHBOARD_PREFIX = "FTQUEUE_DASHBOARD "
 
 
 class RedisServerNotFound(FtqueueError):
@@ -209,31 +210,37 @@ class EmbeddedCluster:
     """`ftqueue start` as a child of this process: a private Redis and one worker node.
     It exits with this process, so nothing is left running."""
 
-    def __init__(self, process: subprocess.Popen[str], address: str) -> None:
+    def __init__(self, process: subprocess.Popen[str], address: str,
+                 dashboard_url: str | None = None) -> None:
         self.process = process
         self.address = address
+        self.dashboard_url = dashboard_url
 
     @classmethod
-    def start(cls, num_workers: int, namespace: str,
-              node_flags: Sequence[str] = ()) -> EmbeddedCluster:
+    def start(cls, num_workers: int, namespace: str, node_flags: Sequence[str] = (),
+              dashboard: bool = False, dashboard_port: int | None = None) -> EmbeddedCluster:
         env = dict(os.environ)
         # The workers import the driver's modules as the driver does.
         env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd()] + sys.path if p)
         cmd = [sys.executable, "-m", "ftqueue", "start", "--unix-socket", "--num-workers",
                str(num_workers), "--namespace", namespace, "--grace-period", "0",
                "--no-task-output-copy",   # the driver echoes task output itself
-               "--exit-with-parent", str(os.getpid()), *node_flags]
+               "--exit-with-parent", str(os.getpid()), *node_flags,
+               "--dashboard" if dashboard else "--no-dashboard",
+               *(["--dashboard-port", str(int(dashboard_port))] if dashboard_port else [])]
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    env=env, start_new_session=True, text=True)
         deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
         assert process.stdout is not None
+        dashboard_url = None
         while time.monotonic() < deadline:
             line = process.stdout.readline()
             if not line:
                 break
+            if line.startswith(DASHBOARD_PREFIX):
+                dashboard_url = line[len(DASHBOARD_PREFIX):].strip()
             if line.startswith(READY_PREFIX):
-                cluster = cls(process, line[len(READY_PREFIX):].strip())
-                return cluster
+                return cls(process, line[len(READY_PREFIX):].strip(), dashboard_url)
         code = process.poll()
         _kill_group(process)
         raise FtqueueError(f"the embedded cluster did not start (exit code {code}); "

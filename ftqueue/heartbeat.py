@@ -14,6 +14,7 @@ from redis.typing import EncodableT, FieldT
 from . import resources
 from .settings import NodeSettings
 from .store import Store, redact
+from .watchdog import rss_of
 from .workerpool import WorkerHandle
 
 
@@ -75,7 +76,8 @@ class NodeRecord:
         for handle in handles:
             record: dict[FieldT, EncodableT] = {"current_task": handle.running,
                                             "tasks_run": handle.tasks_run,
-                                            "blocked": int(handle.blocked)}
+                                            "blocked": int(handle.blocked),
+                                            "rss_bytes": rss_of(handle) or 0}
             if not handle.registered:
                 record.update({"worker_id": handle.worker_id, "node_id": self.node_id,
                                "pid": handle.pid, "host": socket.gethostname(),

@@ -35,6 +35,7 @@ DURABILITIES = ("async", "replicated")
 # How long a replicated write waits for a replica's acknowledgement (WAIT) before the step
 # counts as not done: well under the 10 s socket timeout, above a replica's usual lag.
 DEFAULT_REPLICA_TIMEOUT_S = 2.0
+DEFAULT_DASHBOARD_PORT = 8265   # Ray's
 
 
 def _number(var: str, raw: str, kind: type[int] | type[float]) -> int | float:
@@ -149,6 +150,7 @@ class Settings:
     redis_server: str | None = None
     durability: str = "async"                # or "replicated": WAIT 1 after each write step
     replica_timeout_s: float = DEFAULT_REPLICA_TIMEOUT_S
+    dashboard_token: str | None = None       # the dashboard's login and bearer token
 
     @property
     def replicated(self) -> bool:
@@ -189,6 +191,7 @@ ENV: dict[str, str] = {
     "tls_cert_file": "FTQUEUE_TLS_CERT_FILE", "tls_key_file": "FTQUEUE_TLS_KEY_FILE",
     "redis_server": "FTQUEUE_REDIS_SERVER",
     "durability": "FTQUEUE_DURABILITY", "replica_timeout_s": "FTQUEUE_REPLICA_TIMEOUT_S",
+    "dashboard_token": "FTQUEUE_DASHBOARD_TOKEN",
 }
 # Read where they are used, at each use, on purpose: keys can be rotated without restarts.
 SECRET_ENV = ("FTQUEUE_SECRET", "FTQUEUE_SECRET_FILE", "FTQUEUE_OLD_SECRETS",

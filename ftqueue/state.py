@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from . import resources
@@ -22,8 +24,27 @@ _HASH_FIELDS = ("name", "func", "state", "job_id", "parent_task_id", "node_id", 
                 "attempt")
 
 
+# A dashboard page of a filter no index answers scans at most this many tasks, then hands
+# back a cursor: its server time stays bounded on any history.
+PAGE_SCAN_MAX = 5000
+THROUGHPUT_MINUTES = 60
+# Task ids: 40 hex chars, or the 1-128 chars of an idempotent submit's `task_id=`.
+TASK_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 class FilterError(ValueError):
     """A filter names an unknown field, operator or state."""
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of `list_tasks` rows, newest tasks first. `cursor` continues after the
+    last task examined ('' at the end); `scanned` tasks were read for it."""
+
+    rows: list[dict[str, Any]]
+    cursor: str
+    scanned: int
+    indexed: bool
 
 
 def parse_filter(text: str) -> tuple[str, str, str]:
@@ -138,6 +159,95 @@ class StateReader:
                     rows.append(_shape(row, detail))
         return rows[:limit]
 
+    def page_tasks(self, filters: Sequence[tuple[str, str, Any]] = (), limit: int = 50,
+                   cursor: str = "", scan_max: int = PAGE_SCAN_MAX) -> TaskPage:
+        """A page of rows after `cursor`. The default view and `state=FAILED` read their
+        index in order and stop at `limit`; other filters stop after `scan_max` tasks."""
+        checked = [_check_filter(*f) for f in filters]
+        ids = [v for k, op, v in checked if k == "task_id" and op == "="]
+        if ids:
+            found = self.task_rows(list(dict.fromkeys(ids)), detail=True)
+            return TaskPage([_shape(r, True) for r in found if _matches(r, checked)][:limit],
+                            "", len(ids), True)
+        index = self.keys.task_index
+        if ("state", "=", "FAILED") in checked:
+            index = self.keys.failed_index
+        indexed = all(f == ("state", "=", "FAILED") for f in checked)
+        start = self._resume_rank(index, cursor)
+        rows: list[dict[str, Any]] = []
+        scanned, last = 0, ""
+        while len(rows) < limit and (indexed or scanned < scan_max):
+            want = limit - len(rows) if indexed else min(SCAN_CHUNK, scan_max - scanned)
+            raw: Any = self.store.redis.zrevrange(index, start, start + max(want, 1) - 1,
+                                                  withscores=True)
+            chunk = [(as_text(m), int(score)) for m, score in raw]
+            if not chunk:
+                return TaskPage(rows, "", scanned, indexed)
+            start += len(chunk)
+            by_task: dict[str, list[dict[str, Any]]] = {}
+            for row in self.task_rows([member for member, _ in chunk], detail=True):
+                by_task.setdefault(row["task_id"], []).append(row)
+            for member, score in chunk:
+                scanned += 1
+                last = f"{score}:{member}"
+                rows += [_shape(r, True) for r in by_task.get(member, ()) if _matches(r, checked)]
+                if len(rows) >= limit:
+                    break
+        return TaskPage(rows, last, scanned, indexed)
+
+    def _resume_rank(self, index: str, cursor: str) -> int:
+        """Where the page after `cursor` ("<score>:<task id>") starts in `index`: just past
+        that task, or, if it has left the index, past every task not older than it."""
+        if not cursor:
+            return 0
+        score, _, member = cursor.partition(":")
+        if not score.isdigit() or not member:
+            raise FilterError(f"invalid cursor {cursor!r}")
+        rank = self.store.redis.zrevrank(index, member)
+        if isinstance(rank, int):
+            return rank + 1
+        # Newest first is score descending, then id descending among equal scores (one
+        # burst of submissions shares a millisecond): skip the newer ones and the tied
+        # ones that sorted before it.
+        newer = int(self.store.redis.zcount(index, f"({score}", "+inf"))
+        tied: Any = self.store.redis.zrangebyscore(index, score, score)
+        return newer + sum(1 for t in tied if as_text(t) > member)
+
+    def task_detail(self, task_id: str) -> dict[str, Any] | None:
+        """One task for its own page: every attempt with what it printed, the traceback,
+        parent, children, the tasks it depends on and those waiting for it. None if unknown."""
+        keys = self.keys
+        attempts = self.task_rows([task_id], detail=True)
+        if not attempts:
+            return None
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.hmget(keys.task(task_id), "dep_ids", "max_retries", "retries", "cancel")
+        pipe.smembers(keys.children(task_id))
+        pipe.smembers(keys.dependents(task_id))
+        for a in attempts:
+            pipe.get(keys.log(task_id, a["attempt_number"]))
+        fields, children, dependents, *logs = pipe.execute()
+        dep_ids, max_retries, retries, cancel = (as_text(v) if v is not None else ""
+                                                 for v in fields)
+        for a, log in zip(attempts, logs):
+            a["output"] = log.decode(errors="replace") if log is not None else ""
+        latest = attempts[-1]
+        return {
+            "task_id": task_id, "name": latest["name"], "state": latest["state"],
+            "error_type": latest["error_type"], "queue": latest["queue"],
+            "job_id": latest["job_id"], "func_or_class_name": latest["func_or_class_name"],
+            "creation_time": latest["creation_time"],
+            "max_retries": int(max_retries or 0), "retries_used": int(retries or 0),
+            "cancel_requested": cancel,
+            "traceback": self.traceback(task_id) if latest["state"] == "FAILED" else "",
+            "parent_task_id": latest["parent_task_id"],
+            "children": sorted(as_text(c) for c in children),
+            "dependencies": [d for d in dep_ids.split(",") if d],
+            # Only while this task has not ended: the set is released when it does.
+            "dependents": sorted(as_text(d) for d in dependents),
+            "attempts": attempts,
+        }
+
     def traceback(self, task_id: str) -> str:
         """The remote traceback of a failed task, as its `get` would show it."""
         from . import payload
@@ -146,6 +256,10 @@ class StateReader:
         if blob is None:
             return record.get("error_message", "")
         return payload.error_text(task_id, blob) or record.get("error_message", "")
+
+    def count_workers(self) -> int:
+        """Worker records in the listing index, alive and recently dead."""
+        return int(self.store.redis.zcard(self.keys.workers))
 
     def count_tasks(self) -> int:
         """Tasks in the listing index (finished ones until their lineage expires)."""
@@ -174,9 +288,11 @@ class StateReader:
             start += SCAN_CHUNK
             yield [as_text(c) for c in chunk]
 
-    def _records(self, index: str, key: Any) -> list[dict[str, str]]:
-        """Hashes of the ids in `index`; ids whose hash has expired are dropped from it."""
-        ids = [as_text(i) for i in self.store.redis.zrange(index, 0, -1)]
+    def _records(self, index: str, key: Any, newest: int | None = None) -> list[dict[str, str]]:
+        """Hashes of the ids in `index` (only the `newest` when given); ids whose hash has
+        expired are dropped from it."""
+        first = -newest if newest else 0
+        ids = [as_text(i) for i in self.store.redis.zrange(index, first, -1)]
         pipe = self.store.redis.pipeline(transaction=False)
         for i in ids:
             pipe.hgetall(key(i))
@@ -224,19 +340,28 @@ class StateReader:
             n["resources_free"] = resources.as_amounts(free) if n["state"] == "ALIVE" else {}
             n["resources_total"] = resources.as_amounts(n["resources_total"])
 
-    def list_workers(self, nodes: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Worker processes; a worker of a dead (or forgotten) node is dead with it."""
+    def list_workers(self, nodes: list[dict[str, Any]] | None = None,
+                     newest: int | None = None) -> list[dict[str, Any]]:
+        """Worker processes (the `newest` started, when given: a view polled every second
+        stays cheap where workers are recycled after every task); a worker of a dead (or
+        forgotten) node is dead with it."""
         alive = {n["node_id"] for n in (nodes if nodes is not None else self.list_nodes())
                  if n["state"] == "ALIVE"}
         rows = []
-        for r in self._records(self.keys.workers, self.keys.worker):
+        now_ms = self.store.clock_ms()
+        for r in self._records(self.keys.workers, self.keys.worker, newest):
             state, current = r.get("state", ""), r.get("current_task", "")
             if state == "ALIVE" and r.get("node_id", "") not in alive:
                 state, current = "DEAD", ""
+            started = int(r.get("started_ms", 0) or 0)
+            ended = int(r.get("end_ms", 0) or 0) or (now_ms if state == "ALIVE" else 0)
             rows.append({"worker_id": r.get("worker_id", ""), "node_id": r.get("node_id", ""),
                          "state": state, "pid": int(r.get("pid", 0) or 0),
                          "host": r.get("host", ""), "current_task": current,
                          "tasks_run": int(r.get("tasks_run", 0) or 0),
+                         "rss_bytes": int(r.get("rss_bytes", 0) or 0),
+                         "uptime_s": round((ended - started) / 1000, 1) if started and ended
+                         else None,
                          "exit": r.get("exit", "") or ("its node died" if state == "DEAD"
                                                        else "")})
         return rows
@@ -311,11 +436,51 @@ class StateReader:
         return {key: {"running": counts[2 * i], "waiting": counts[2 * i + 1]}
                 for i, key in enumerate(keys)}
 
+    def queue_stats(self, nodes: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Per queue: depth, how long its oldest task has waited, how many live nodes serve
+        it. The oldest is the list's right end, where claims pop: O(1) per queue."""
+        depths = self.queue_depths()
+        nodes = nodes if nodes is not None else self.list_nodes()
+        pipe = self.store.redis.pipeline(transaction=False)
+        for name in depths:
+            pipe.lindex(self.keys.queue(name), -1)
+        oldest = [as_text(i) if i is not None else "" for i in pipe.execute()]
+        created = self.store.task_fields([i for i in oldest if i], "created_ms")
+        created_ms = dict(zip([i for i in oldest if i], (row[0] for row in created)))
+        now_ms = self.store.clock_ms()
+        rows = []
+        for (name, depth), first in zip(depths.items(), oldest):
+            since = int(created_ms.get(first) or 0)
+            rows.append({"queue": name, "depth": depth, "oldest_task_id": first,
+                         "oldest_age_s": round((now_ms - since) / 1000, 1) if since else None,
+                         "nodes_serving": sum(1 for n in nodes if n["state"] == "ALIVE"
+                                              and name in n["queues"].split(","))})
+        return rows
+
+    def throughput(self, minutes: int = THROUGHPUT_MINUTES) -> dict[str, Any]:
+        """Tasks finished, failed and retried in each of the last `minutes` minutes, oldest
+        first, from the per-minute counters the scripts keep."""
+        now_minute = self.store.clock_ms() // 60000
+        first = now_minute - minutes + 1
+        pipe = self.store.redis.pipeline(transaction=False)
+        for m in range(first, now_minute + 1):
+            pipe.hgetall(self.keys.stats_minute(m))
+        series: dict[str, list[int]] = {"finished": [], "failed": [], "retried": []}
+        for bucket in pipe.execute():
+            counts = {as_text(k): int(v) for k, v in bucket.items()}
+            series["finished"].append(counts.get("finished", 0))
+            series["failed"].append(sum(v for k, v in counts.items() if k.startswith("failed:")))
+            series["retried"].append(sum(v for k, v in counts.items()
+                                         if k.startswith("retries:")))
+        return {"first_minute_ms": first * 60000, "minutes": minutes, **series}
+
     def unserved_queues(self) -> list[str]:
         """Queues with work waiting that no live node serves."""
         return unserved(self.list_nodes(), self.queue_depths())
 
-    def status(self, minutes: int = 5) -> dict[str, Any]:
+    def status(self, minutes: int = 5, nodes: list[dict[str, Any]] | None = None,
+               workers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """`ftqueue status`; `nodes` and `workers` when the caller has read them already."""
         now_minute = self.store.clock_ms() // 60000
         pipe = self.store.redis.pipeline(transaction=False)
         for m in range(now_minute - minutes + 1, now_minute + 1):
@@ -324,8 +489,8 @@ class StateReader:
         for bucket in pipe.execute():
             for k, v in bucket.items():
                 recent[k.decode()] = recent.get(k.decode(), 0) + int(v)
-        nodes = self.list_nodes()
-        workers = self.list_workers(nodes)
+        nodes = nodes if nodes is not None else self.list_nodes()
+        workers = workers if workers is not None else self.list_workers(nodes)
         stats = {as_text(k): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
         depths = self.queue_depths()
         return {
@@ -338,6 +503,7 @@ class StateReader:
             "infeasible": self.infeasible(nodes),
             "running": self.store.redis.zcard(self.keys.leases),
             "window_minutes": minutes,
+            "recent_finished": recent.get("finished", 0),
             "recent_retries": {k.split(":", 1)[1]: v for k, v in recent.items()
                                if k.startswith("retries:")},
             "recent_failures": {k.split(":", 1)[1] or "?": v for k, v in recent.items()

@@ -1,10 +1,12 @@
-"""How fast `ftqueue list tasks` answers on a big history.
+"""How fast `ftqueue list tasks` and the dashboard's tasks page answer on a big history.
 
-    python scripts/bench_state.py [--tasks 100000] [--json]
+    python scripts/bench_state.py [--tasks 100000] [--json]     # the issue's case: 1000000
 
 Fills a private Redis with N finished tasks through the real transitions (submit, claim,
 commit; 1 % of them failed, 1 % retried once), then times `list tasks --limit 100`, a
-`task_id` filter, `state=FAILED`, `summary tasks`, in-process and as the CLI command.
+`task_id` filter, `state=FAILED`, `summary tasks`, in-process and as the CLI command; and
+the dashboard's tasks page (`/tasks`, 50 rows, rendered) and its JSON (`/api/tasks`), default
+view and `state=FAILED`, as server time measured by a client on the same host (best of 5).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 
-from ftqueue.embedded import RedisServer
+from ftqueue.embedded import RedisServer, free_port
 from ftqueue.spec import new_id
 from ftqueue.state import StateReader
 from ftqueue.store import Store, connect
@@ -57,6 +60,27 @@ def timed(fn, repeat: int = 5) -> float:
     return best
 
 
+def dashboard_times(address: str) -> dict[str, float]:
+    """Server time of the dashboard's tasks page and API, from a client on this host."""
+    from ftqueue.dashboard.server import DashboardProcess
+
+    dashboard = DashboardProcess.start(address, "ftq", "127.0.0.1", free_port())
+    try:
+        def get(path: str) -> None:
+            with urllib.request.urlopen(dashboard.url + path, timeout=60) as r:
+                assert r.status == 200 and r.read()
+
+        return {name: round(timed(lambda p=path: get(p)) * 1000, 1) for name, path in (
+            ("page_default_ms", "/tasks"),
+            ("page_failed_ms", "/tasks?state=FAILED"),
+            ("api_default_ms", "/api/tasks"),
+            ("api_failed_ms", "/api/tasks?filter=state=FAILED"),
+            # No index answers a name: the page looks at PAGE_SCAN_MAX tasks, then stops.
+            ("api_unindexed_ms", "/api/tasks?filter=name=nothing-has-this-name"))}
+    finally:
+        dashboard.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=100_000)
@@ -80,6 +104,7 @@ def main() -> int:
                 lambda: reader.list_tasks([("state", "=", "FAILED")], limit=100)) * 1000, 1),
             "summary_ms": round(timed(reader.summarize_tasks, 1) * 1000, 1),
         }
+        result.update(dashboard_times(server.address))
         for name, cli_args in (("cli_list_limit_100_s", ["--limit", "100"]),
                                ("cli_filter_task_id_s", ["-f", f"task_id={target}"])):
             start = time.perf_counter()
@@ -95,6 +120,12 @@ def main() -> int:
           f"{result['cli_filter_task_id_s']} s as a command")
     print(f"  list tasks -f state=FAILED    {result['filter_failed_limit_100_ms']} ms (limit 100)")
     print(f"  summary tasks                 {result['summary_ms']} ms")
+    for key, label in (("page_default_ms", "dashboard /tasks"),
+                       ("page_failed_ms", "dashboard /tasks?state=FAILED"),
+                       ("api_default_ms", "dashboard /api/tasks"),
+                       ("api_failed_ms", "dashboard /api/tasks?filter=state=FAILED"),
+                       ("api_unindexed_ms", "dashboard /api/tasks?filter=name=<none>")):
+        print(f"  {label:<42} {result[key]} ms (50 rows; target <= 300 ms)")
     if args.json:
         print(json.dumps(result))
     return 0

@@ -207,3 +207,25 @@ def run_script(code: str, timeout: float = 120, env: dict[str, str] | None = Non
             pass
         proc.wait()
         os.unlink(f.name)
+
+
+@pytest.fixture
+def start_dashboard(redis_url: str) -> Iterator[Callable[..., object]]:
+    """`ftqueue dashboard` as a real process on a free loopback port; ended after the test."""
+    from ftqueue.dashboard.server import DashboardProcess
+    from ftqueue.embedded import free_port
+
+    started: list[DashboardProcess] = []
+
+    def start(*args: str, token: str | None = None) -> DashboardProcess:
+        env = child_env(**({"FTQUEUE_DASHBOARD_TOKEN": token} if token else {}))
+        dashboard = DashboardProcess.start(redis_url, "ftq", "127.0.0.1", free_port(), *args,
+                                           env=env)
+        started.append(dashboard)
+        return dashboard
+
+    try:
+        yield start
+    finally:
+        for dashboard in started:
+            dashboard.stop()

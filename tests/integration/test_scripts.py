@@ -32,7 +32,16 @@ def test_chaos_quick_loses_nothing_and_commits_once():
 
 
 def test_bench_quick_prints_its_figures():
-    result = run("bench.py", "--quick", "--json")
+    result = run("bench.py", "--quick", "--json", "--dashboard")
     for key in ("ftqueue_tasks_per_s", "raw_tasks_per_s", "ratio", "p50_ms", "p99_ms",
-                "redis_bytes_per_queued_task", "worker_peak_rss_mb"):
+                "redis_bytes_per_queued_task", "worker_peak_rss_mb",
+                "ftqueue_tasks_per_s_dashboard_polled"):
+        assert result[key] > 0, key
+
+
+def test_bench_state_times_the_dashboards_tasks_page():
+    result = run("bench_state.py", "--tasks", "2000", "--json")
+    assert result["tasks"] == 2000
+    for key in ("page_default_ms", "page_failed_ms", "api_default_ms", "api_failed_ms",
+                "list_limit_100_ms", "filter_failed_limit_100_ms"):
         assert result[key] > 0, key

@@ -323,7 +323,8 @@ local function record_attempt(id, state, error_type, message)
     start_ms = tonumber(t[4]) or NOW, end_ms = NOW}))
 end
 
--- Per-minute counters of retries and failures, for `ftqueue status`.
+-- Per-minute counters of finished tasks, retries and failures, for `ftqueue status` and
+-- the dashboard's charts.
 local function count_recent(field)
   local key = k_stats_minute(math.floor(NOW / MINUTE_MS))
   safe('HINCRBY', key, field, 1)
@@ -432,6 +433,8 @@ local function finish(id, state, error_type, message, result_blob)
   if state == 'FAILED' then
     redis.call('ZADD', K.failed_index, NOW, id)
     count_recent('failed:' .. error_type)
+  else
+    count_recent('finished')
   end
   notify(id, result_blob)
   release_dependents(id)
