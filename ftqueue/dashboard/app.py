@@ -1,5 +1,6 @@
 """The dashboard's web application (Starlette): pages rendered on the server, the JSON API
-they refresh from, and the cancel action. Every read goes through `ftqueue.state`.
+they refresh from, and the actions (cancel, requeue, purge). Every read goes through
+`ftqueue.state`.
 
 Handlers that read Redis are plain functions, which Starlette runs in its thread pool, so a
 slow Redis never stalls the event loop. A user's mistake (a bad filter, an unknown task, a
@@ -26,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import views
+from .. import dead_letter, views
 from ..exceptions import FtqueueError
 from ..state import TASK_ID, FilterError, StateReader
 from . import data
@@ -167,19 +168,54 @@ def create_app(reader: StateReader, access: Access,
             raise HttpError(404, f"task {task_id} not found")
         return detail
 
-    async def api_cancel(request: Request) -> Any:
-        task_id = _task_id(request.path_params["task_id"])
-        refusal = access.action_refusal(request.headers, {}, None)   # bearer only
+    def bearer_only(request: Request) -> None:
+        """The API's actions take the token as a bearer header (no cookie: no CSRF)."""
+        refusal = access.action_refusal(request.headers, {}, None)
         if refusal:
             raise HttpError(403, refusal)
+
+    async def checked_form(request: Request) -> dict[str, str]:
+        """A page's action form: logged in, actions allowed, and its CSRF token."""
+        form = dict(parse_qsl((await request.body()).decode(errors="replace")))
+        refusal = access.action_refusal(request.headers, request.cookies, form.get("csrf"))
+        if refusal:
+            raise HttpError(403, refusal)
+        return form
+
+    async def api_cancel(request: Request) -> Any:
+        task_id = _task_id(request.path_params["task_id"])
+        bearer_only(request)
         force = request.query_params.get("force", "") in ("1", "true", "yes")
         return {"task_id": task_id, "outcomes": await run_in_threadpool(_cancel, task_id, force)}
+
+    async def api_requeue(request: Request) -> Any:
+        task_id = _task_id(request.path_params["task_id"])
+        bearer_only(request)
+        return await run_in_threadpool(_requeue, task_id)
+
+    async def api_purge(request: Request) -> Any:
+        queue = request.path_params["queue"]
+        bearer_only(request)
+        return await run_in_threadpool(_purge, queue)
 
     def _cancel(task_id: str, force: bool) -> list[dict[str, str]]:
         outcomes = reader.store.cancel(task_id, force, True)
         if outcomes and outcomes[0][1] == "missing":
             raise HttpError(404, f"task {task_id} not found")
         return [{"task_id": t, "outcome": o} for t, o in outcomes]
+
+    def _requeue(task_id: str) -> dict[str, str]:
+        answer = dead_letter.requeue(reader.store, [task_id])[task_id]
+        if answer == "missing":
+            raise HttpError(404, f"task {task_id} not found")
+        if answer != "requeued":
+            raise HttpError(409, dead_letter.refusal(task_id, answer))
+        return {"task_id": task_id, "outcome": answer}
+
+    def _purge(queue: str) -> dict[str, Any]:
+        if queue not in reader.queue_depths():
+            raise HttpError(404, f"no queue {queue[:200]!r}")
+        return {"queue": queue, "cancelled": dead_letter.purge(reader.store, queue)}
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -225,12 +261,21 @@ def create_app(reader: StateReader, access: Access,
 
     async def cancel_form(request: Request) -> Response:
         task_id = _task_id(request.path_params["task_id"])
-        form = dict(parse_qsl((await request.body()).decode(errors="replace")))
-        refusal = access.action_refusal(request.headers, request.cookies, form.get("csrf"))
-        if refusal:
-            raise HttpError(403, refusal)
+        form = await checked_form(request)
         await run_in_threadpool(_cancel, task_id, form.get("force") == "1")
         return RedirectResponse(f"/tasks/{task_id}", 303)
+
+    async def requeue_form(request: Request) -> Response:
+        task_id = _task_id(request.path_params["task_id"])
+        await checked_form(request)
+        await run_in_threadpool(_requeue, task_id)
+        return RedirectResponse(f"/tasks/{task_id}", 303)
+
+    async def purge_form(request: Request) -> Response:
+        queue = request.path_params["queue"]
+        await checked_form(request)
+        await run_in_threadpool(_purge, queue)
+        return RedirectResponse("/queues", 303)
 
     async def login(request: Request) -> Response:
         target = request.query_params.get("next", "/")
@@ -265,10 +310,14 @@ def create_app(reader: StateReader, access: Access,
         Route("/api/tasks", guarded(api_tasks)),
         Route("/api/tasks/{task_id}", guarded(api_task)),
         Route("/api/tasks/{task_id}/cancel", guarded(api_cancel), methods=["POST"]),
+        Route("/api/tasks/{task_id}/requeue", guarded(api_requeue), methods=["POST"]),
+        Route("/api/queues/{queue}/purge", guarded(api_purge), methods=["POST"]),
         Route("/", guarded(overview)),
         Route("/tasks", guarded(tasks_page)),
         Route("/tasks/{task_id}", guarded(task_page)),
         Route("/tasks/{task_id}/cancel", guarded(cancel_form), methods=["POST"]),
+        Route("/tasks/{task_id}/requeue", guarded(requeue_form), methods=["POST"]),
+        Route("/queues/{queue}/purge", guarded(purge_form), methods=["POST"]),
         Route("/nodes", guarded(nodes_page)),
         Route("/queues", guarded(queues_page)),
         Route("/schedules", guarded(schedules_page)),

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from .. import views
+from ..admin_cli import schedule_row
+from ..schedules import list_schedules
 from ..spec import TaskState
 from ..state import FilterError, StateReader, parse_filter
 
@@ -40,11 +43,22 @@ def summary(reader: StateReader) -> dict[str, Any]:
         "fenced_late_results": status["fenced_late_results"],
         "throughput": throughput,
         "last_hour": {k: sum(throughput[k]) for k in ("finished", "failed", "retried")},
+        "infeasible": [dict(d, missing_text=amounts_text(d["missing"]))
+                       for d in status["infeasible"]],
+        "schedules": schedules(reader)["schedules"],
     }
+
+
+def amounts_text(amounts: Mapping[str, Any]) -> str:
+    """Resource amounts for people: `CPU=2 GPU=1 memory=16G`."""
+    return " ".join(f"{k}={views.size(v) if k == 'memory' else v}" for k, v in amounts.items())
 
 
 def nodes(reader: StateReader) -> dict[str, Any]:
     rows = reader.list_nodes()
+    for row in rows:
+        row["offers"] = amounts_text(row["resources_total"])
+        row["free"] = amounts_text(row["resources_free"])
     workers = reader.list_workers(rows, newest=WORKERS_SHOWN)
     return {"nodes": rows, "workers": workers[::-1], "workers_shown": len(workers),
             "workers_recorded": reader.count_workers()}
@@ -55,11 +69,9 @@ def queues(reader: StateReader) -> dict[str, Any]:
 
 
 def schedules(reader: StateReader) -> dict[str, Any]:
-    """Periodic schedules are not in this version of the store yet: an honest empty page."""
-    lister = getattr(reader, "list_schedules", None)
-    if lister is None:
-        return {"available": False, "schedules": []}
-    return {"available": True, "schedules": lister()}
+    """Every periodic schedule: what it runs, when, its next and last tick."""
+    rows = [schedule_row(s) for s in list_schedules(reader.store)]
+    return {"available": True, "schedules": rows}
 
 
 def task_filters(params: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
@@ -104,4 +116,5 @@ def task(reader: StateReader, task_id: str) -> dict[str, Any] | None:
         start, end = attempt.get("start_time"), attempt.get("end_time")
         attempt["duration_s"] = round(end - start, 3) if start and end else None
     detail["active"] = detail["state"] not in ("FINISHED", "FAILED")
+    detail["failed"] = detail["state"] == "FAILED"
     return detail

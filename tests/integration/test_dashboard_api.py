@@ -399,3 +399,71 @@ def test_a_refresh_reads_only_the_newest_worker_records(cluster, redis_url, rcli
     shown = data.nodes(reader)
     assert shown["workers_shown"] == 2 and shown["workers_recorded"] == 3
     assert shown["workers"][0]["worker_id"] == newest_id      # newest first
+
+
+@ftqueue.remote(max_retries=0)
+def fails_first(path):
+    if mark(path) == 0:
+        raise ValueError("first run fails")
+    return "second run"
+
+
+def test_requeue_and_purge_through_the_api_and_the_pages(cluster, start_dashboard, tmp_path):
+    acting = start_dashboard("--allow-actions", token=TOKEN)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    ref = fails_first.remote(str(tmp_path / "runs"))
+    with pytest.raises(ValueError):
+        ftqueue.get(ref, timeout=30)
+    url = acting.url + f"/api/tasks/{ref.hex()}/requeue"
+    assert fetch(url, method="POST")[0] == 401
+    read_only = start_dashboard(token=TOKEN)
+    assert fetch(read_only.url + f"/api/tasks/{ref.hex()}/requeue", method="POST",
+                 headers=bearer)[0] == 403
+    status, body, _ = fetch(url, method="POST", headers=bearer)
+    assert status == 200 and body["outcome"] == "requeued", body
+    assert ftqueue.get(ref, timeout=30) == "second run"
+    status, body, _ = fetch(url, method="POST", headers=bearer)
+    assert status == 409 and "not FAILED" in body["error"]
+    assert fetch(acting.url + "/api/tasks/no-such-task/requeue", method="POST",
+                 headers=bearer)[0] == 404
+
+    # Purge, from the queues page's form (logged in, with the page's CSRF token).
+    later = [echo.options(queue="parked").remote(i) for i in range(3)]
+    ftqueue.flush_submissions(10)
+    status, _, headers = fetch(acting.url + "/login", method="POST",
+                               body=f"token={TOKEN}".encode())
+    cookie = headers["set-cookie"].split(";")[0]
+    status, page, _ = fetch(acting.url + "/queues", headers={"Cookie": cookie})
+    assert status == 200 and 'id="purge-parked"' in page
+    csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    assert fetch(acting.url + "/queues/parked/purge", method="POST",
+                 headers={"Cookie": cookie}, body=b"csrf=wrong")[0] == 403
+    status, _, headers = fetch(acting.url + "/queues/parked/purge", method="POST",
+                               headers={"Cookie": cookie}, body=f"csrf={csrf}".encode())
+    assert status == 303 and headers["location"] == "/queues"
+    for r in later:
+        with pytest.raises(ftqueue.exceptions.TaskCancelledError):
+            ftqueue.get(r, timeout=30)
+    assert fetch(acting.url + "/api/queues/nowhere/purge", method="POST",
+                 headers=bearer)[0] == 404
+
+
+def test_overview_shows_schedules_and_tasks_no_node_fits(cluster, start_dashboard):
+    dash = start_dashboard()
+    ftqueue.schedule("nightly", echo, "x", cron="0 3 * * *")
+    big = echo.options(num_gpus=4).remote("gpu")
+    ftqueue.flush_submissions(10)
+    summary = wait_until(lambda: (s := fetch(dash.url + "/api/summary")[1])["infeasible"]
+                         and s, 30, "the infeasible demand")
+    demand, = summary["infeasible"]
+    assert (demand["shape"], demand["tasks"], demand["missing_text"]) == \
+        ("CPU=1,GPU=4", 1, "GPU=4")
+    assert [s["name"] for s in summary["schedules"]] == ["nightly"]
+    schedules = fetch(dash.url + "/api/schedules")[1]["schedules"]
+    assert schedules[0]["when"] == "cron 0 3 * * *"
+    status, page, _ = fetch(dash.url + "/")
+    assert "Waiting for a node that fits" in page and "CPU=1,GPU=4" in page
+    nodes = fetch(dash.url + "/api/nodes")[1]["nodes"]
+    assert nodes[0]["offers"].startswith("CPU=2") and "free" in nodes[0]
+    ftqueue.cancel(big)
+    ftqueue.unschedule("nightly")
