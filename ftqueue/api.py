@@ -258,21 +258,12 @@ def nodes() -> list[dict[str, Any]]:
 
 def cluster_resources() -> dict[str, float]:
     """The resources of the live nodes, summed (as `ray.cluster_resources()`)."""
-    return _summed("resources_total")
+    return state.cluster_resources()
 
 
 def available_resources() -> dict[str, float]:
     """What the live nodes have free now, summed (as `ray.available_resources()`)."""
-    return _summed("resources_free")
-
-
-def _summed(field: str) -> dict[str, float]:
-    total: dict[str, float] = {}
-    for n in state.list_nodes():
-        if n["state"] == "ALIVE":
-            for name, amount in n[field].items():
-                total[name] = total.get(name, 0) + amount
-    return total
+    return state.available_resources()
 
 
 def flush_submissions(timeout: float | None = None) -> bool:

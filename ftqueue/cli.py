@@ -532,6 +532,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+def _amount_text(name: str, amount: float) -> str:
+    return views.size(amount) if name == "memory" else f"{amount:g}"
+
+
 def _status_text(reader: Any, args: argparse.Namespace) -> str:
     from . import schedules
 
@@ -544,6 +548,10 @@ def _status_text(reader: Any, args: argparse.Namespace) -> str:
     queues = ", ".join(f"{q}={n}" for q, n in status["queues"].items()) or "none"
     lines.append(f"nodes alive: {status['nodes_alive']}   workers alive: "
                  f"{status['workers_alive']}   running: {status['running']}")
+    if status["resources_total"]:
+        lines.append("resources free / offered: " + "   ".join(
+            f"{k} {_amount_text(k, status['resources_free'].get(k, 0))}"
+            f"/{_amount_text(k, v)}" for k, v in status["resources_total"].items()))
     lines.append(f"queued: {queues}")
     if status["delayed"]:
         lines.append("delayed: " + ", ".join(f"{q}={n}" for q, n in status["delayed"].items()))

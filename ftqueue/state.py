@@ -496,6 +496,8 @@ class StateReader:
         return {
             "nodes_alive": sum(1 for n in nodes if n["state"] == "ALIVE"),
             "workers_alive": sum(1 for w in workers if w["state"] == "ALIVE"),
+            "resources_total": _summed(nodes, "resources_total"),
+            "resources_free": _summed(nodes, "resources_free"),
             "queues": depths,
             "delayed": self.delayed_counts(),
             "limits": self.limits(),
@@ -510,6 +512,16 @@ class StateReader:
                                 if k.startswith("failed:")},
             "fenced_late_results": stats.get("fenced", 0),
         }
+
+
+def _summed(nodes: list[dict[str, Any]], field: str) -> dict[str, float]:
+    """A resource field of the live nodes, summed."""
+    total: dict[str, float] = {}
+    for n in nodes:
+        if n["state"] == "ALIVE":
+            for name, amount in n[field].items():
+                total[name] = total.get(name, 0) + amount
+    return total
 
 
 def unserved(nodes: list[dict[str, Any]], depths: dict[str, int]) -> list[str]:
@@ -565,6 +577,16 @@ def list_workers() -> list[dict[str, Any]]:
 
 def queue_depths() -> dict[str, int]:
     return _reader().queue_depths()
+
+
+def cluster_resources() -> dict[str, float]:
+    """What the live nodes offer, summed."""
+    return _summed(_reader().list_nodes(), "resources_total")
+
+
+def available_resources() -> dict[str, float]:
+    """What the live nodes have free now, summed."""
+    return _summed(_reader().list_nodes(), "resources_free")
 
 
 def list_infeasible() -> list[dict[str, Any]]:

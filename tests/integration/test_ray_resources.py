@@ -149,6 +149,11 @@ def test_cluster_view_shows_totals_and_what_is_free(driver, start_node, tmp_path
                             capture_output=True, text=True, env=child_env(), timeout=60)
     shown, = json.loads(listed.stdout)
     assert shown["resources_free"]["GPU"] == 1 and shown["resources_total"]["GPU"] == 2
+    status = subprocess.run([sys.executable, "-m", "ftqueue", "status", "--address",
+                             ftqueue.api._client.address], capture_output=True, text=True,
+                            env=child_env(), timeout=60)
+    assert "resources free / offered: CPU 1/2   GPU 1/2   accel 1/3   memory 1G/1G" \
+        in status.stdout, status.stdout
     ftqueue.get(ref, timeout=60)
     wait_until(lambda: ftqueue.available_resources() == total, 30, "everything free again")
 
