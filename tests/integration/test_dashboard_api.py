@@ -328,7 +328,10 @@ def test_ftqueue_start_serves_a_dashboard_and_prints_its_url():
         url = f"http://127.0.0.1:{port}"
         assert f"dashboard: {url}\n" in lines
         status, summary, _ = fetch(url + "/api/summary")
-        assert status == 200 and summary["nodes_alive"] == 1
+        assert status == 200
+        # The node may register a moment after the dashboard prints its address.
+        wait_until(lambda: fetch(url + "/api/summary")[1]["nodes_alive"] == 1, 30,
+                   "the node on the dashboard")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
