@@ -49,6 +49,7 @@ PER_ID: dict[str, str] = {
     "limit_running": "limit:running",
     "limit_waiting": "limit:waiting",
     "limit_starts": "limit:starts",
+    "limit_started": "limit:started",
     "function": "fn",
     "done": "done",
     "node": "node",
@@ -160,8 +161,12 @@ class Keys:
         return self._per_id("limit_waiting", limit_key)
 
     def limit_starts(self, limit_key: str) -> str:
-        """The limit key's latest start times (ms), for max_rate."""
+        """The limit key's latest reserved start times (ms), for max_rate."""
         return self._per_id("limit_starts", limit_key)
+
+    def limit_started(self, limit_key: str) -> str:
+        """The limit key's latest actual start times (ms), for max_rate."""
+        return self._per_id("limit_started", limit_key)
 
     def function(self, digest: str) -> str:
         return self._per_id("function", digest)

@@ -1,8 +1,9 @@
 """Prometheus metrics of a worker node (`ftqueue worker --metrics-port P`).
 
 Cluster-wide counts (tasks by final state and error type, retries by cause, expired leases,
-fenced late results, queue depths, running tasks) are read from Redis at scrape time, so
-every node reports the same totals; the task duration histogram is this node's own.
+fenced late results, queue depths, DELAYED tasks, running tasks) are read from Redis at
+scrape time, so every node reports the same totals; the task duration histogram is this
+node's own.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class ClusterCollector:
         for name, n in self.reader.queue_depths().items():
             depth.add_metric([name], n)
         yield depth
+        delayed = GaugeMetricFamily("ftqueue_delayed_tasks", "DELAYED tasks of a queue",
+                                    labels=["queue"])
+        for name, n in self.reader.delayed_counts().items():
+            delayed.add_metric([name], n)
+        yield delayed
         yield GaugeMetricFamily("ftqueue_running_tasks", "Tasks holding a lease (cluster)",
                                 value=r.zcard(self.reader.keys.leases))
         # A snapshot the supervisor's own thread publishes: its worker table is not ours

@@ -182,11 +182,17 @@ def fire_due(store: Store) -> list[tuple[str, str]]:
             continue      # removed meanwhile
         try:
             out.append((name, _fire_one(store, name, expected, record, now_ms)))
+            _broken.discard(name)
         except Exception as e:  # noqa: BLE001 - one broken schedule cannot stop the others
             if not _is_user_error(e):
                 raise
-            log.error("schedule %s cannot fire: %s", name, e)
+            if name not in _broken:       # once, not at every poll
+                _broken.add(name)
+                log.error("schedule %s cannot fire: %s", name, e)
     return out
+
+
+_broken: set[str] = set()
 
 
 def _is_user_error(e: Exception) -> bool:

@@ -61,3 +61,21 @@ def test_max_concurrency_holds_across_nodes_while_workers_are_killed(driver, sta
     attempts = [a for r in refs for a in ftqueue.state.get_task(r.hex())]
     died = [a for a in attempts if a["error_type"] == "WORKER_DIED"]
     assert len(died) == kills and len(attempts) == len(refs) + kills, attempts
+
+
+@ftqueue.remote(max_retries=0, limit_key="mail", max_rate="2/s")
+def send(i: int) -> int:
+    return i
+
+
+def test_max_rate_holds_across_nodes(driver, start_node):
+    for _ in range(2):
+        start_node(2, "--lease-timeout", "3")
+    refs = [send.remote(i) for i in range(7)]
+    assert ftqueue.get(refs, timeout=60) == list(range(7))
+    starts = sorted(r["start_time"] for ref in refs
+                    for r in ftqueue.state.list_tasks(filters=[("task_id", "=", ref.hex())],
+                                                      detail=True))
+    # Claim times (Redis's clock): never three within one second, and no slower than needed.
+    assert all(b - a >= 1.0 - 1e-6 for a, b in zip(starts, starts[2:])), starts
+    assert starts[-1] - starts[0] < 4.5, starts

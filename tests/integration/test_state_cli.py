@@ -233,6 +233,7 @@ def test_metrics_scrape_after_a_workload(driver, start_node):
     with pytest.raises(KeyError):
         ftqueue.get(bad.remote())
     ftqueue.get(crash_first.remote(0))
+    ok.options(delay_s=3600).remote(0)
 
     def scrape():
         try:
@@ -245,6 +246,7 @@ def test_metrics_scrape_after_a_workload(driver, start_node):
     assert 'ftqueue_tasks_total{error_type="TASK_EXECUTION_EXCEPTION",state="FAILED"} 1.0' in text
     assert 'ftqueue_retries_total{cause="WORKER_DIED"} 1.0' in text
     assert 'ftqueue_queue_depth{queue="default"} 0.0' in text
+    assert 'ftqueue_delayed_tasks{queue="default"} 1.0' in text
     assert "ftqueue_running_tasks 0.0" in text and "ftqueue_leases_expired_total" in text
 
     def durations_observed():   # the node hears of a task's end just after its commit

@@ -94,3 +94,15 @@ def test_bad_schedules_are_refused_before_anything_is_written(env):
         schedules.create(store, ORIGIN, "x", ADD.options(delay_s=5), (), {}, None, 60, None,
                          "latest")
     assert client.keys("ftq:schedule*") == []
+
+
+def test_a_schedule_whose_arguments_fail_verification_does_not_stop_the_others(env,
+                                                                               monkeypatch):
+    store, clock, client = env
+    monkeypatch.setenv("FTQUEUE_SECRET", "one key")
+    create(store, name="good")
+    create(store, name="forged")
+    client.hset("ftq:schedule:forged", "args", b"rewritten by someone without the key")
+    clock.advance(60)
+    assert schedules.fire_due(store) == [("good", "fired")]
+    assert queued(client) == [f"sched:good:{clock.now_ms}"]

@@ -386,3 +386,23 @@ def test_a_claim_reports_the_reserved_start_of_a_task_it_held_back_by_rate(env):
     limited(store, "a1", max_rate="1/s", rate_n="1", rate_ms="1000")
     assert [t.task_id for t in claim_due(store)[0]] == ["a0"]
     assert claim_due(store) == ([], 1000)    # a1 held back: the worker sleeps until its start
+
+
+def test_reservations_started_late_do_not_make_a_burst(env):
+    store, clock, _client = env
+    t0 = clock.now_ms
+    for i in range(6):
+        limited(store, f"a{i}", max_rate="2/s", rate_n="2", rate_ms="1000")
+    started = {}
+
+    def drain():
+        while got := claim_one(store):
+            started[got[0]] = clock.now_ms - t0
+            store.commit([(got[0], "1", "ok", b"V", False, "")])
+
+    drain()                   # a0, a1 start; a2..a5 reserved at +1 s and +2 s
+    clock.advance(2.5)        # every worker was busy meanwhile
+    drain()
+    clock.advance(1)
+    drain()
+    assert sorted(started.values()) == [0, 0, 2500, 2500, 3500, 3500]

@@ -12,8 +12,8 @@
 --
 -- Limits: a task with a limit_key is claimed only first (never prefetched, so it holds no
 -- slot idle) and only within its limits: else it is held back out of the queue
--- (max_concurrency: the key's waiting list; max_rate: DELAYED until its reserved start) and
--- the claim goes on.
+-- (max_concurrency: the key's waiting list; max_rate: DELAYED until its reserved start, or
+-- until the window of actual starts opens) and the claim goes on.
 --
 -- KEYS[1] leases          task id -> lease deadline (served ms)
 -- KEYS[2] clock           the served clock, read (renew and sweep advance it)
@@ -57,30 +57,41 @@ end
 for _, q in ipairs(queues) do promote(q.name, q.delayed, PROMOTE_BATCH) end
 
 -- Whether a limited task may start now; if not it is held back (see the header). max_rate
--- is a sliding window: a start is allowed when the n-th latest start (reserved ones
--- included) is at least a period ago; a task over the rate reserves the next free start
--- time and waits DELAYED until then, so the tasks of a busy key spread out at the rate.
+-- is a sliding window on actual starts: a claim is allowed when the n-th latest one is at
+-- least a period ago. So that a busy key's tasks do not all wake at each window's opening,
+-- a task over the rate first reserves the next free start among the reservations and
+-- waits DELAYED until then; at its reserved time it is checked against actual starts again
+-- (a reservation started late, when no worker was free, does not make a burst).
 local function admit(id, tkey, key, max, rate_n, rate_ms, reserved, queue)
   if max and safe('SCARD', k_limit_running(key)) >= max then
     safe('LPUSH', k_limit_waiting(key), id)
     redis.call('SADD', K.limit_keys, key)
     return false
   end
-  if rate_n and rate_ms and not reserved then
-    local skey = k_limit_starts(key)
-    local start = NOW
-    if safe('LLEN', skey) >= rate_n then
-      start = math.max(NOW, tonumber(redis.call('LINDEX', skey, -rate_n)) + rate_ms)
+  local started = k_limit_started(key)
+  if rate_n and rate_ms then
+    local wait_until = NOW
+    if not reserved then
+      local rkey = k_limit_starts(key)
+      if safe('LLEN', rkey) >= rate_n then
+        wait_until = math.max(NOW, tonumber(redis.call('LINDEX', rkey, -rate_n)) + rate_ms)
+      end
+      redis.call('RPUSH', rkey, wait_until)
+      redis.call('LTRIM', rkey, -rate_n, -1)
+      redis.call('PEXPIRE', rkey, wait_until - NOW + rate_ms)
     end
-    redis.call('RPUSH', skey, start)
-    redis.call('LTRIM', skey, -rate_n, -1)
-    redis.call('PEXPIRE', skey, start - NOW + rate_ms)
-    if start > NOW then
+    if wait_until <= NOW and safe('LLEN', started) >= rate_n then
+      wait_until = math.max(NOW, tonumber(redis.call('LINDEX', started, -rate_n)) + rate_ms)
+    end
+    if wait_until > NOW then
       redis.call('HSET', tkey, 'rate_reserved', '1')
       redis.call('SADD', K.limit_keys, key)
-      delay(id, queue, start)
+      delay(id, queue, wait_until)
       return false
     end
+    redis.call('RPUSH', started, NOW)
+    redis.call('LTRIM', started, -rate_n, -1)
+    redis.call('PEXPIRE', started, rate_ms)
   end
   redis.call('HDEL', tkey, 'rate_reserved')
   if max then safe('SADD', k_limit_running(key), id) end
