@@ -110,7 +110,7 @@ def test_every_page_loads_and_a_task_row_leads_to_its_traceback(cluster, start_d
             ("/tasks", "Tasks", "rows"),
             ("/nodes", "Nodes and workers", "workers"),
             ("/queues", "Queues", "queues"),
-            ("/schedules", "Schedules", "no-schedules")):
+            ("/schedules", "Schedules", "schedules")):
         browser.get(dash.url + path)
         assert browser.find_element(By.TAG_NAME, "h1").text == heading
         assert browser.find_elements(By.ID, marker), f"{path} has no #{marker}"
