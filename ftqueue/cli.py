@@ -300,8 +300,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     setup_console(f"ftqueue node {supervisor.node_id}")
 
+    offered = " ".join(f"{k}={_amount_text(k, v)}" for k, v in resources.as_amounts(
+        dict(supervisor.settings.resources)).items())
     supervisor.log(f"serving queues {','.join(args.queues)} with {args.num_workers} workers "
-                   f"on {redact(args.address)}")
+                   f"({offered}) on {redact(args.address)}")
     return supervisor.run()
 
 
