@@ -34,7 +34,8 @@ def test_chaos_quick_loses_nothing_and_commits_once():
 def test_bench_quick_prints_its_figures():
     result = run("bench.py", "--quick", "--json", "--dashboard")
     for key in ("ftqueue_tasks_per_s", "raw_tasks_per_s", "ratio", "p50_ms", "p99_ms",
-                "redis_bytes_per_queued_task", "worker_peak_rss_mb",
+                "redis_bytes_per_queued_task", "worker_peak_rss_mb", "raw_tcp_tasks_per_s",
+                "redis_cmds_per_task", "redis_cpu_us_per_task", "cpu_us_per_task",
                 "ftqueue_tasks_per_s_dashboard_polled"):
         assert result[key] > 0, key
 
