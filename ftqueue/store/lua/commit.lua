@@ -65,10 +65,14 @@ if next_id ~= '' then
     -- (another worker took it meanwhile) it goes back to its queue, not started.
     local fkey = k_node_free(t[4] or '')
     local need = shape_units(t[5])
-    local fits, gpus = can_reserve(fkey, need)
+    local fits, gpus, registered = can_reserve(fkey, need)
     if fits then
-      reserve(next_id, t[4], fkey, need, gpus)
-      redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW)
+      local held = {}
+      if registered then
+        local _, fields = reserve(t[4], fkey, need, gpus)
+        held = fields
+      end
+      redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW, unpack(held))
     else
       requeue_unstarted(next_id)
       held = false
