@@ -384,14 +384,14 @@ end
 -- The submitter's notice of a small successful result carries the result itself
 -- ("<id>\n<blob>"), so its `get` needs no further round trip; everyone else gets the id.
 -- Other waiters are looked up only when one registered (field 'waited', watch.lua).
+-- All processes of a cluster run the same ftqueue: these flags are this version's protocol.
 local function notify(id, inline_blob, n, waited)
   if n and n ~= '' then
-    if inline_blob and #inline_blob <= INLINE_RESULT_MAX then
-      safe('RPUSH', n, id .. '\n' .. inline_blob)
-    else
-      safe('RPUSH', n, id)
-    end
-    redis.call('EXPIRE', n, NOTIFY_TTL_S)
+    local item = id
+    if inline_blob and #inline_blob <= INLINE_RESULT_MAX then item = id .. '\n' .. inline_blob end
+    -- A listening client empties its list at every pop, so the list is new again and again:
+    -- it expires NOTIFY_TTL_S after it was created (a gone client's list goes away).
+    if safe('RPUSH', n, item) == 1 then redis.call('EXPIRE', n, NOTIFY_TTL_S) end
   end
   if not waited then return end
   local wkey = k_waiters(id)
@@ -403,7 +403,9 @@ local function notify(id, inline_blob, n, waited)
   if #waiters > 0 then redis.call('DEL', wkey) end
 end
 
-local function release_dependents(id)
+-- Only a task whose hash says it has dependents ('dependents', set with each registration).
+local function release_dependents(id, flagged)
+  if not flagged then return end
   local dkey = k_dependents(id)
   local deps = safe('SMEMBERS', dkey)
   for _, d in ipairs(deps) do
@@ -419,7 +421,8 @@ end
 -- Retention starts when a task ends: its result (or error) lives result_ttl_s, its lineage
 -- (record, arguments, attempts, children) lineage_ttl_s, so a lost result can be rebuilt.
 -- The attempts list exists only after a first attempt ended (attempt > 0: retry, requeue,
--- reconstruct), so a task that ran once expires no such key.
+-- reconstruct), the children set only when the hash says so ('children', set by create):
+-- a plain task expires neither.
 local function set_retention(id, f)
   local result_ttl, lineage_ttl = tonumber(f.result_ttl_s) or 0, tonumber(f.lineage_ttl_s) or 0
   if result_ttl > 0 then
@@ -432,7 +435,7 @@ local function set_retention(id, f)
     redis.call('EXPIRE', k_task(id), lineage_ttl)
     redis.call('EXPIRE', k_args(id), lineage_ttl)
     if (tonumber(f.attempt) or 0) > 0 then redis.call('EXPIRE', k_attempts(id), lineage_ttl) end
-    redis.call('EXPIRE', k_children(id), lineage_ttl)
+    if f.children then redis.call('EXPIRE', k_children(id), lineage_ttl) end
   end
 end
 
@@ -441,7 +444,7 @@ end
 -- Everything finish needs of the task, read at once.
 local FINAL_FIELDS = {'node_id', 'notify', 'waited', 'held', 'shape', 'gpu_ids', 'lent',
                       'limit_key', 'max_concurrency', 'result_ttl_s', 'lineage_ttl_s', 'items',
-                      'attempt'}
+                      'attempt', 'dependents', 'children'}
 
 local function finish(id, state, error_type, message, result_blob)
   local tkey = k_task(id)
@@ -461,7 +464,7 @@ local function finish(id, state, error_type, message, result_blob)
     count_recent('finished')
   end
   notify(id, result_blob, f.notify, f.waited)
-  release_dependents(id)
+  release_dependents(id, f.dependents)
   set_retention(id, f)
 end
 
@@ -539,6 +542,7 @@ local function wait_for(id, deps)
     local state = guarded('HGET', k_task(dep), 'as a dependency of ' .. id, 'state')
     if state and not TERMINAL[state] then
       safe('SADD', k_dependents(dep), id)
+      redis.call('HSET', k_task(dep), 'dependents', '1')
       pending = pending + 1
     end
   end
@@ -618,7 +622,12 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
   redis.call('SET', akey, blob)
   redis.call('ZADD', K.task_index, NOW, id)
   local parent = given.parent_task_id
-  if parent and parent ~= '' then safe('SADD', k_children(parent), id) end
+  if parent and parent ~= '' then
+    safe('SADD', k_children(parent), id)
+    -- Flag the parent (its end expires the set), never making a record of a gone parent.
+    local pkey = k_task(parent)
+    if redis.call('EXISTS', pkey) == 1 then redis.call('HSET', pkey, 'children', '1') end
+  end
   register_queue(queue, given.shape)
   if plain then
     enqueue(id, queue, false, {given.shape})
