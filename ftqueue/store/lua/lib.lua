@@ -204,12 +204,23 @@ local function reserve(node, fkey, need, gpus)
   return ids, {'held', node, 'gpu_ids', ids}
 end
 
+-- A hand-off (commit.lua): the task this worker starts next, of the default shape, on node
+-- HANDOFF.node takes over the room of the first default-shape task released here in this
+-- call, instead of giving it back and taking it again (the node's free room is the same
+-- either way, so no blocked worker has anything to wake for).
+local HANDOFF = nil
+
 -- `t`: the task's {held, shape, gpu_ids, lent} when the caller has read them.
 local function release_resources(id, t)
   local tkey = k_task(id)
   t = t or redis.call('HMGET', tkey, 'held', 'shape', 'gpu_ids', 'lent')
   if not t[1] then return end
   redis.call('HDEL', tkey, 'held', 'lent')
+  if HANDOFF and not HANDOFF.taken and t[1] == HANDOFF.node and not t[4]
+      and (not t[2] or t[2] == DEFAULT_SHAPE) then
+    HANDOFF.taken = true
+    return
+  end
   local fkey = k_node_free(t[1])
   if redis.call('EXISTS', fkey) == 0 then return end     -- the node is gone
   local need = shape_units(t[2])
