@@ -20,7 +20,8 @@ local next_id, next_worker, next_fence = ARGV[3], ARGV[4], ARGV[5]
 local n = tonumber(ARGV[6])
 
 local function commit_one(tkey, rkey, id, fence, outcome, blob, retryable, message)
-  local t = guarded('HMGET', tkey, 'by a commit', 'state', 'fence', 'cancel')
+  -- The fencing fields and all that finish needs, in one read.
+  local f, t = read_fields(tkey, FINAL_FIELDS, 'by a commit', 'state', 'fence', 'cancel')
   if not t then
     redis.call('ZREM', K.leases, id)
     return 'corrupt'
@@ -32,7 +33,7 @@ local function commit_one(tkey, rkey, id, fence, outcome, blob, retryable, messa
   end
   if outcome == 'ok' then
     redis.call('SET', rkey, blob)
-    finish(id, 'FINISHED', '', '', blob)
+    finish(id, 'FINISHED', '', '', blob, f)
     return 'finished'
   end
   if outcome == 'err' and retryable == '1' and budget_left(id) then
@@ -45,7 +46,7 @@ local function commit_one(tkey, rkey, id, fence, outcome, blob, retryable, messa
     error_type = 'TASK_CANCELLED'
     if message == '' then message = 'cancelled' end
   end
-  finish(id, 'FAILED', error_type, message)
+  finish(id, 'FAILED', error_type, message, nil, f)
   return 'failed'
 end
 

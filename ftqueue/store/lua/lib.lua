@@ -1,6 +1,7 @@
 -- Shared helpers, placed after the generated prelude (see ftqueue/store/scripts.py: `K`, the
 -- script's fixed KEYS by name; `NK`, how many; `k_<name>(id)`, the keys found at run time;
--- the constants) and before each script. Never run on its own.
+-- the constants) and before each script, which carries only the statements it names
+-- (scripts.py shake: keep one top-level statement per `local`). Never run on its own.
 -- Every script takes ARGV[1] = the namespace (for `k_<name>`) and ARGV[2] = now in ms ('' for
 -- Redis's own clock); its own arguments follow. Every script answers `reply(result)`:
 -- {result, keys isolated as corrupt by this call (each reported once, ever)}.
@@ -457,11 +458,29 @@ local FINAL_FIELDS = {'node_id', 'notify', 'waited', 'held', 'shape', 'gpu_ids',
                       'limit_key', 'max_concurrency', 'result_ttl_s', 'lineage_ttl_s', 'items',
                       'attempt', 'dependents', 'children'}
 
-local function finish(id, state, error_type, message, result_blob)
-  local tkey = k_task(id)
-  local got = redis.call('HMGET', tkey, unpack(FINAL_FIELDS))
+-- The task's fields `names` by name, and the caller's own fields (`...`, first in the same
+-- HMGET) as HMGET returns them: a caller's read and finish's are one. With `found_in`, a
+-- guarded read (nil, nil for a record of the wrong type).
+local function read_fields(tkey, names, found_in, ...)
+  local all = {...}
+  local n_own = #all
+  for _, name in ipairs(names) do all[#all + 1] = name end
+  local got
+  if found_in then
+    got = guarded('HMGET', tkey, found_in, unpack(all))
+    if not got then return nil, nil end
+  else
+    got = redis.call('HMGET', tkey, unpack(all))
+  end
   local f = {}
-  for i, name in ipairs(FINAL_FIELDS) do f[name] = got[i] end
+  for i, name in ipairs(names) do f[name] = got[n_own + i] end
+  return f, got
+end
+
+-- `f`: the task's FINAL_FIELDS by name when the caller read them (read_fields).
+local function finish(id, state, error_type, message, result_blob, f)
+  local tkey = k_task(id)
+  f = f or read_fields(tkey, FINAL_FIELDS)
   redis.call('HSET', tkey, 'state', state, 'end_ms', NOW, 'error_type', error_type,
              'error_message', string.sub(message, 1, MESSAGE_MAX))
   release_lease(id, f.node_id, f)
