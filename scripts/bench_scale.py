@@ -53,10 +53,10 @@ class Node:
             [sys.executable, "-m", "ftqueue", "worker", "--address", address,
              "--namespace", NAMESPACE, "--num-workers", str(WORKERS),
              "--exit-with-parent", str(os.getpid())],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=env, start_new_session=True)
         assert self.process.stdout is not None
-        self.process.stdout.readline()      # up
+        self.process.stdout.readline()      # its first line: up (it serves on without a console)
         self.process.stdout.close()
 
     def stop(self) -> None:

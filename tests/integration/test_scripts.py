@@ -40,6 +40,14 @@ def test_bench_quick_prints_its_figures():
         assert result[key] > 0, key
 
 
+def test_bench_scale_prints_its_figures():
+    result = run("bench_scale.py", "--tasks", "3000", "--sample", "1000", "--json")
+    assert result["tasks"] == 3000
+    for key in ("submit_per_s", "redis_bytes_per_queued_task", "list_tasks_s", "summary_tasks_s",
+                "drain_per_s_at_backlog", "drain_per_s_at_1000", "drain_ratio"):
+        assert result[key] > 0, key
+
+
 def test_bench_state_times_the_dashboards_tasks_page():
     result = run("bench_state.py", "--tasks", "2000", "--json")
     assert result["tasks"] == 2000
