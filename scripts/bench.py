@@ -85,6 +85,7 @@ class CostMeter:
 
     def __init__(self, address: str) -> None:
         self.r = redis.Redis.from_url(address)
+        self.roles: dict[int, str] = {}
         self.start = self._snapshot()
 
     def _snapshot(self) -> tuple[dict[str, int], float, dict[int, float]]:
@@ -100,6 +101,8 @@ class CostMeter:
             try:
                 t = proc.cpu_times()
                 procs[proc.pid] = t.user + t.system
+                if proc.pid not in self.roles:
+                    self.roles[proc.pid] = _role(proc, me.pid)
             except psutil.Error:
                 continue
         return calls, redis_s, procs
@@ -114,6 +117,10 @@ class CostMeter:
         # A process that ended between the snapshots counts from 0 to its last sample only
         # if it was sampled: the throughput runs start and end no process.
         cpu_s = sum(t - procs0.get(pid, 0.0) for pid, t in procs1.items())
+        by_role: dict[str, float] = {}
+        for pid, t in procs1.items():
+            role = self.roles.get(pid, "other")
+            by_role[role] = by_role.get(role, 0.0) + t - procs0.get(pid, 0.0)
         top = sorted(delta.items(), key=lambda kv: -kv[1])
         return {
             "redis_cmds_per_task": round(sum(delta.values()), 2),   # scripts' included
@@ -121,7 +128,26 @@ class CostMeter:
             "redis_cpu_us_per_task": round((redis1 - redis0) * 1e6 / tasks, 1),
             "cpu_us_per_task": round(cpu_s * 1e6 / tasks, 1),
             "redis_cmds_top": {name: round(d, 2) for name, d in top[:16]},
+            "cpu_us_per_task_by_process": {role: round(v * 1e6 / tasks, 1)
+                                           for role, v in sorted(by_role.items())},
         }
+
+
+def _role(proc: object, driver_pid: int) -> str:
+    """Which part of the cluster a process is: driver, redis, node (supervisor), worker."""
+    import psutil
+
+    assert isinstance(proc, psutil.Process)
+    if proc.pid == driver_pid:
+        return "driver"
+    line = " ".join(proc.cmdline())
+    if "redis-server" in line:
+        return "redis"
+    if "ftqueue.worker" in line:
+        return "workers"
+    if "ftqueue" in line:
+        return "node"
+    return "other"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -438,6 +464,9 @@ def main() -> int:
           f"{cost['redis_scripts_per_task']} of them scripts), "
           f"{cost['redis_cpu_us_per_task']} us Redis CPU, "
           f"{cost['cpu_us_per_task']} us CPU over all processes")
+    parts = cost["cpu_us_per_task_by_process"]
+    assert isinstance(parts, dict)
+    print("  CPU us per task by process: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
     top = cost["redis_cmds_top"]
     assert isinstance(top, dict)
     print("  Redis commands per task: " + ", ".join(f"{n} {c}" for c, n in top.items()))
