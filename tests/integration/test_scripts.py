@@ -48,6 +48,13 @@ def test_bench_scale_prints_its_figures():
         assert result[key] > 0, key
 
 
+def test_bench_fleet_prints_its_figures():
+    result = run("bench_fleet.py", "--quick", "--json")
+    assert result["nodes"] == 5
+    assert result["idle_redis_cmds_per_s"] > 0 and result["idle_redis_cpu_pct"] >= 0
+    assert 0 < result["lost_node_detect_s"] <= result["lease_timeout_s"] * 4 + 30
+
+
 def test_bench_state_times_the_dashboards_tasks_page():
     result = run("bench_state.py", "--tasks", "2000", "--json")
     assert result["tasks"] == 2000
