@@ -55,6 +55,13 @@ def test_bench_fleet_prints_its_figures():
     assert 0 < result["lost_node_detect_s"] <= result["lease_timeout_s"] * 4 + 30
 
 
+def test_bench_drivers_prints_its_figures():
+    result = run("bench_drivers.py", "--quick", "--json")
+    assert result["drivers"] == 8
+    for key in ("total_tasks_per_s", "driver_tasks_per_s_min", "p50_ms", "p99_ms"):
+        assert result[key] > 0, key
+
+
 def test_bench_state_times_the_dashboards_tasks_page():
     result = run("bench_state.py", "--tasks", "2000", "--json")
     assert result["tasks"] == 2000
