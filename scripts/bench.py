@@ -5,9 +5,12 @@
 ftqueue: N no-op tasks (the function returns its argument) submitted from one driver, all
 results collected, on the embedded default with 2 worker processes. Raw baseline: the same
 N through a bare redis-py loop (per task LPUSH, BRPOP, SET result, GET result) with 2
-consumer processes, on its own redis-server from the same binary. Also: single-task round
-trip p50/p99 over 200 sequential tasks for both, Redis memory per queued task (100,000 tasks
-queued, no worker), and the peak RSS of a worker process.
+consumer processes, on its own redis-server from the same binary, over a unix socket (as
+the embedded cluster) and over TCP. The cost of a task over the throughput runs: Redis
+commands (INFO commandstats, the commands run inside scripts included, with the top ones
+named), Redis CPU (INFO cpu) and CPU over all processes (driver, node, workers, Redis).
+Also: single-task round trip p50/p99 over 200 sequential tasks for both, Redis memory per
+queued task (100,000 tasks queued, no worker), and the peak RSS of a worker process.
 
     python scripts/bench.py --flow [--delayed 100000] [--limit-keys 1000]
 
@@ -74,6 +77,77 @@ class DashboardPoller:
         self.stop_event.set()
         self.thread.join(30)
         self.dashboard.stop()
+
+
+class CostMeter:
+    """Redis's work (INFO commandstats, INFO cpu) and the CPU time of this process and all
+    its descendants (node, workers, the embedded redis-server) between two snapshots."""
+
+    def __init__(self, address: str) -> None:
+        self.r = redis.Redis.from_url(address)
+        self.roles: dict[int, str] = {}
+        self.start = self._snapshot()
+
+    def _snapshot(self) -> tuple[dict[str, int], float, dict[int, float]]:
+        import psutil
+
+        stats = self.r.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+        cpu = self.r.info("cpu")
+        redis_s = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        procs: dict[int, float] = {}
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                procs[proc.pid] = t.user + t.system
+                if proc.pid not in self.roles:
+                    self.roles[proc.pid] = _role(proc, me.pid)
+            except psutil.Error:
+                continue
+        return calls, redis_s, procs
+
+    def per_task(self, tasks: int) -> dict[str, object]:
+        calls0, redis0, procs0 = self.start
+        calls1, redis1, procs1 = self._snapshot()
+        delta = {name: (n - calls0.get(name, 0)) / tasks for name, n in calls1.items()}
+        delta = {name: d for name, d in delta.items() if d > 0}
+        # The command INFO itself (this meter's) is not the engine's work.
+        delta.pop("info", None)
+        # A process that ended between the snapshots counts from 0 to its last sample only
+        # if it was sampled: the throughput runs start and end no process.
+        cpu_s = sum(t - procs0.get(pid, 0.0) for pid, t in procs1.items())
+        by_role: dict[str, float] = {}
+        for pid, t in procs1.items():
+            role = self.roles.get(pid, "other")
+            by_role[role] = by_role.get(role, 0.0) + t - procs0.get(pid, 0.0)
+        top = sorted(delta.items(), key=lambda kv: -kv[1])
+        return {
+            "redis_cmds_per_task": round(sum(delta.values()), 2),   # scripts' included
+            "redis_scripts_per_task": round(delta.get("evalsha", 0) + delta.get("eval", 0), 2),
+            "redis_cpu_us_per_task": round((redis1 - redis0) * 1e6 / tasks, 1),
+            "cpu_us_per_task": round(cpu_s * 1e6 / tasks, 1),
+            "redis_cmds_top": {name: round(d, 2) for name, d in top[:16]},
+            "cpu_us_per_task_by_process": {role: round(v * 1e6 / tasks, 1)
+                                           for role, v in sorted(by_role.items())},
+        }
+
+
+def _role(proc: object, driver_pid: int) -> str:
+    """Which part of the cluster a process is: driver, redis, node (supervisor), worker."""
+    import psutil
+
+    assert isinstance(proc, psutil.Process)
+    if proc.pid == driver_pid:
+        return "driver"
+    line = " ".join(proc.cmdline())
+    if "redis-server" in line:
+        return "redis"
+    if "ftqueue.worker" in line:
+        return "workers"
+    if "ftqueue" in line:
+        return "node"
+    return "other"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -325,7 +399,9 @@ def main() -> int:
     polled_rates: list[float] = []
     try:
         ftqueue_throughput(200)  # warm up: workers started, function cached
+        meter = CostMeter(info.address)
         rates = [ftqueue_throughput(args.tasks) for _ in range(args.runs)]
+        cost = meter.per_task(args.tasks * args.runs)
         if args.dashboard:
             poller = DashboardPoller(info.address, info.namespace)
             try:
@@ -345,6 +421,12 @@ def main() -> int:
                                            args.samples)
     finally:
         raw_server.stop()
+    raw_tcp_server = RedisServer.start(unix_socket=False)
+    try:
+        tcp_rates, tcp_latencies = raw_run(raw_tcp_server.address, args.tasks, args.runs,
+                                           args.samples)
+    finally:
+        raw_tcp_server.stop()
 
     memory = bytes_per_queued_task(args.queued)
     result = {
@@ -352,6 +434,9 @@ def main() -> int:
         "ftqueue_tasks_per_s": round(statistics.median(rates)),
         "raw_tasks_per_s": round(statistics.median(raw_rates)),
         "ratio": round(statistics.median(rates) / statistics.median(raw_rates), 2),
+        "raw_tcp_tasks_per_s": round(statistics.median(tcp_rates)),
+        "ratio_tcp": round(statistics.median(rates) / statistics.median(tcp_rates), 2),
+        "raw_tcp_p50_ms": round(percentile(tcp_latencies, 0.5), 3),
         "p50_ms": round(percentile(latencies, 0.5), 3),
         "p99_ms": round(percentile(latencies, 0.99), 3),
         "raw_p50_ms": round(percentile(raw_latencies, 0.5), 3),
@@ -360,6 +445,7 @@ def main() -> int:
         "cancel_to_interrupt_p50_ms": round(percentile(cancels, 0.5), 1),
         "cancel_to_interrupt_max_ms": round(max(cancels), 1),
         "worker_peak_rss_mb": round(rss_mb, 1),
+        **cost,
         **flow,
     }
     if polled_rates:
@@ -371,7 +457,19 @@ def main() -> int:
           f"{result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms")
     print(f"  raw loop  {result['raw_tasks_per_s']:>7} tasks/s   round trip p50 "
           f"{result['raw_p50_ms']:.3f} ms  p99 {result['raw_p99_ms']:.3f} ms")
-    print(f"  ratio ftqueue/raw: {result['ratio']}")
+    print(f"  raw (TCP) {result['raw_tcp_tasks_per_s']:>7} tasks/s   round trip p50 "
+          f"{result['raw_tcp_p50_ms']:.3f} ms")
+    print(f"  ratio ftqueue/raw: {result['ratio']} (unix socket), {result['ratio_tcp']} (TCP)")
+    print(f"  per task: {cost['redis_cmds_per_task']} Redis commands ("
+          f"{cost['redis_scripts_per_task']} of them scripts), "
+          f"{cost['redis_cpu_us_per_task']} us Redis CPU, "
+          f"{cost['cpu_us_per_task']} us CPU over all processes")
+    parts = cost["cpu_us_per_task_by_process"]
+    assert isinstance(parts, dict)
+    print("  CPU us per task by process: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
+    top = cost["redis_cmds_top"]
+    assert isinstance(top, dict)
+    print("  Redis commands per task: " + ", ".join(f"{n} {c}" for c, n in top.items()))
     print(f"  Redis memory per queued task: {result['redis_bytes_per_queued_task']} bytes "
           f"({args.queued} queued, no worker)")
     print(f"  worker peak RSS: {result['worker_peak_rss_mb']} MB")

@@ -8,7 +8,9 @@ the fixed `KEYS` lines, so the header is also what the store passes: it cannot d
 the code. The prelude binds those keys by name (`K.leases`), and defines `k_<name>(id)` for
 every per-id key of keys.py, for the keys a script only finds at run time (the dependents
 of a finished task, the children in a recursive cancel...). Constants shared with Python
-come from settings.py and from here, never mirrored by hand.
+come from settings.py and from here, never mirrored by hand. A script carries only the
+prelude and lib.lua statements it names, directly or through each other (`shake`): Redis
+runs every top-level statement, a closure per helper, on each call.
 """
 
 from __future__ import annotations
@@ -144,6 +146,45 @@ def prelude(fixed_keys: Sequence[FixedKey]) -> str:
     ])
 
 
+_DEFINES = re.compile(r"^local (?:function )?(\w+(?:, *\w+)*)")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_COMMENT = re.compile(r"--.*$", re.MULTILINE)
+
+
+def top_level_chunks(text: str) -> list[tuple[set[str], str]]:
+    """Top-level statements of generated prelude + lib.lua text, each with the locals it
+    defines. A statement starts at a column-0 line that is not a comment, `end` or `}`
+    (lines that close it); comments and blank lines go with the statement before them."""
+    chunks: list[tuple[set[str], list[str]]] = [(set(), [])]
+    for line in text.splitlines():
+        starts = (line[:1] not in ("", " ", "\t") and not line.startswith("--")
+                  and line.split(" ")[0] not in ("end", "}", "})"))
+        if starts and line.startswith("local "):
+            match = _DEFINES.match(line)
+            names = {n.strip() for n in match[1].split(",")} if match else set()
+            chunks.append((names, [line]))
+        else:
+            # A top-level statement that defines nothing (`if not NOW then`) stays with the
+            # one before it, so it is kept whenever that one is.
+            chunks[-1][1].append(line)
+    return [(names, "\n".join(lines)) for names, lines in chunks]
+
+
+def shake(library: str, script: str) -> str:
+    """Only the statements of `library` that `script` needs, directly or through each other,
+    in their order: every helper defined on each call costs Redis time (a closure each)."""
+    chunks = top_level_chunks(library)
+    needed: set[str] = set()
+    todo = [script]
+    while todo:
+        for name in _NAME.findall(_COMMENT.sub("", todo.pop())):
+            if name in needed:
+                continue
+            needed.add(name)
+            todo += [body for names, body in chunks if name in names]
+    return "\n".join(body for names, body in chunks if not names or names & needed)
+
+
 def load_scripts() -> dict[str, Script]:
     lua = resources.files(__package__).joinpath("lua")
     lib = lua.joinpath("lib.lua").read_text()
@@ -153,5 +194,6 @@ def load_scripts() -> dict[str, Script]:
             continue
         name, text = path.name[:-4], path.read_text()
         fixed = parse_fixed_keys(name, text)
-        scripts[name] = Script(name, "\n".join([prelude(fixed), lib, text]), fixed)
+        library = shake("\n".join([prelude(fixed), lib]), text)
+        scripts[name] = Script(name, "\n".join([library, text]), fixed)
     return scripts

@@ -34,8 +34,31 @@ def test_chaos_quick_loses_nothing_and_commits_once():
 def test_bench_quick_prints_its_figures():
     result = run("bench.py", "--quick", "--json", "--dashboard")
     for key in ("ftqueue_tasks_per_s", "raw_tasks_per_s", "ratio", "p50_ms", "p99_ms",
-                "redis_bytes_per_queued_task", "worker_peak_rss_mb",
+                "redis_bytes_per_queued_task", "worker_peak_rss_mb", "raw_tcp_tasks_per_s",
+                "redis_cmds_per_task", "redis_cpu_us_per_task", "cpu_us_per_task",
                 "ftqueue_tasks_per_s_dashboard_polled"):
+        assert result[key] > 0, key
+
+
+def test_bench_scale_prints_its_figures():
+    result = run("bench_scale.py", "--tasks", "3000", "--sample", "1000", "--json")
+    assert result["tasks"] == 3000
+    for key in ("submit_per_s", "redis_bytes_per_queued_task", "list_tasks_s", "summary_tasks_s",
+                "drain_per_s_at_backlog", "drain_per_s_at_1000", "drain_ratio"):
+        assert result[key] > 0, key
+
+
+def test_bench_fleet_prints_its_figures():
+    result = run("bench_fleet.py", "--quick", "--json")
+    assert result["nodes"] == 5
+    assert result["idle_redis_cmds_per_s"] > 0 and result["idle_redis_cpu_pct"] >= 0
+    assert 0 < result["lost_node_detect_s"] <= result["lease_timeout_s"] * 4 + 30
+
+
+def test_bench_drivers_prints_its_figures():
+    result = run("bench_drivers.py", "--quick", "--json")
+    assert result["drivers"] == 8
+    for key in ("total_tasks_per_s", "driver_tasks_per_s_min", "p50_ms", "p99_ms"):
         assert result[key] > 0, key
 
 

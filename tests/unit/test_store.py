@@ -249,3 +249,43 @@ def test_commit_tells_a_worker_whether_it_still_holds_the_task_it_starts_next(en
     store.commit([("t2", first.fence, "ok", b"V", False, "")], "t1", worker_id="w1",
                  next_fence=prefetched.fence)
     assert not store.next_task_held               # so it must not start t1
+
+
+def _cpu_free(client, node="n1"):
+    return int(client.hget(f"ftq:node_free:{node}", "CPU"))
+
+
+def test_a_task_started_next_takes_over_the_room_of_the_one_that_ended(env):
+    store, clock, client = env
+    client.hset("ftq:node_free:n1", mapping={"CPU": 20_000})    # 2 CPUs
+    for i in range(24):
+        submit(store, f"t{i:02}")
+    rows = claim(store, n=3)
+    assert len(rows) == 3 and _cpu_free(client) == 10_000       # the first holds a CPU
+    for i, row in enumerate(rows):
+        nxt = rows[i + 1] if i + 1 < len(rows) else None
+        store.commit([(row.task_id, row.fence, "ok", b"V", False, "")],
+                     nxt.task_id if nxt else "", worker_id="w1",
+                     next_fence=nxt.fence if nxt else "")
+        if nxt:
+            assert store.next_task_held
+            assert (state(client, nxt.task_id), field(client, nxt.task_id, "held")) == \
+                ("RUNNING", "n1")
+            assert _cpu_free(client) == 10_000                  # handed over, still one held
+        assert field(client, row.task_id, "held") is None
+    assert _cpu_free(client) == 20_000                          # all given back
+
+
+def test_no_hand_over_on_a_node_running_over_its_cpus(env):
+    store, clock, client = env
+    client.hset("ftq:node_free:n1", mapping={"CPU": 10_000})    # 1 CPU
+    for i in range(16):
+        submit(store, f"t{i:02}")
+    first, prefetched = claim(store, n=2)
+    client.hset("ftq:node_free:n1", "CPU", -10_000)             # over by one (lend take-back)
+    store.commit([(first.task_id, first.fence, "ok", b"V", False, "")], prefetched.task_id,
+                 worker_id="w1", next_fence=prefetched.fence)
+    # The end gives its CPU back (-1 + 1 = 0): no room for the next, which goes back unstarted.
+    assert not store.next_task_held
+    assert state(client, prefetched.task_id) == "PENDING_NODE_ASSIGNMENT"
+    assert _cpu_free(client) == 0

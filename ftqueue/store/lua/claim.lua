@@ -102,12 +102,12 @@ end
 -- final, unknown: its record says why) or its record is corrupt; 'later' (a limited task is
 -- claimed only first) or 'held' (held back by its limits). The first row starts now: it
 -- reserves its shape on this node.
-local function take(id, first, need, gpus)
+local function take(id, first, need, gpus, registered)
   local tkey = k_task(id)
   local t = guarded('HMGET', tkey, 'in a queue; dropped from it', 'state', 'fn', 'func',
                     'attempt', 'job_id', 'max_calls', 'timeout_s', 'retry_timeout', 'max_retries',
                     'limit_key', 'max_concurrency', 'rate_n', 'rate_ms', 'rate_reserved', 'queue',
-                    'pin')
+                    'pin', 'fence')
   if not t or t[1] ~= 'PENDING_NODE_ASSIGNMENT' then return nil end
   if t[16] and t[16] ~= node then    -- a hard pin whose node is gone (lib.lua enqueue)
     finish(id, 'FAILED', 'TASK_UNSCHEDULABLE_ERROR', 'it must run on node ' .. t[16] ..
@@ -123,13 +123,14 @@ local function take(id, first, need, gpus)
   end
   -- Unreadable arguments reach the worker as none, so the task fails where its caller sees it.
   local args = guarded('GET', k_args(id), 'as the arguments of a queued task') or ''
-  local fence = redis.call('HINCRBY', tkey, 'fence', 1)
-  local state, gpu_ids = 'SUBMITTED_TO_WORKER', ''
+  local fence = (tonumber(t[17]) or 0) + 1     -- written below, with the claim's fields
+  local state, gpu_ids, held = 'SUBMITTED_TO_WORKER', '', {}
   if first then
     state = 'RUNNING'
-    gpu_ids = reserve(id, node, K.node_free, need, gpus)
+    if registered then gpu_ids, held = reserve(node, K.node_free, need, gpus) end
   end
-  redis.call('HSET', tkey, 'state', state, 'node_id', node, 'worker_id', worker, 'start_ms', NOW)
+  redis.call('HSET', tkey, 'state', state, 'node_id', node, 'worker_id', worker, 'start_ms', NOW,
+             'fence', fence, unpack(held))
   redis.call('ZADD', K.leases, deadline, id)
   safe('SADD', K.node_tasks, id)
   return {id, fence, t[2], t[3], t[4], t[5] or '', t[6] or '0', args, t[7] or '', t[8] or '0',
@@ -147,7 +148,7 @@ for qi, q in ipairs(queues) do
     local len = safe('LLEN', qkey)
     if len > 0 then
       local need = shape_units(shape)
-      local fits, gpus = can_reserve(K.node_free, need)
+      local fits, gpus, registered = can_reserve(K.node_free, need)
       if not fits then
         blocked = true         -- waits for room here (or for another node)
       else
@@ -159,7 +160,7 @@ for qi, q in ipairs(queues) do
         while want > 0 and held < HOLD_MAX do
           local id = redis.call('RPOP', qkey)
           if not id then break end
-          local row = take(id, #out == 0, need, gpus)
+          local row = take(id, #out == 0, need, gpus, registered)
           if row == 'later' then
             redis.call('RPUSH', qkey, id)    -- back to the front, for the next claim
             break

@@ -20,7 +20,8 @@ local next_id, next_worker, next_fence = ARGV[3], ARGV[4], ARGV[5]
 local n = tonumber(ARGV[6])
 
 local function commit_one(tkey, rkey, id, fence, outcome, blob, retryable, message)
-  local t = guarded('HMGET', tkey, 'by a commit', 'state', 'fence', 'cancel')
+  -- The fencing fields and all that finish needs, in one read.
+  local f, t = read_fields(tkey, FINAL_FIELDS, 'by a commit', 'state', 'fence', 'cancel')
   if not t then
     redis.call('ZREM', K.leases, id)
     return 'corrupt'
@@ -32,7 +33,7 @@ local function commit_one(tkey, rkey, id, fence, outcome, blob, retryable, messa
   end
   if outcome == 'ok' then
     redis.call('SET', rkey, blob)
-    finish(id, 'FINISHED', '', '', blob)
+    finish(id, 'FINISHED', '', '', blob, f)
     return 'finished'
   end
   if outcome == 'err' and retryable == '1' and budget_left(id) then
@@ -45,8 +46,25 @@ local function commit_one(tkey, rkey, id, fence, outcome, blob, retryable, messa
     error_type = 'TASK_CANCELLED'
     if message == '' then message = 'cancelled' end
   end
-  finish(id, 'FAILED', error_type, message)
+  finish(id, 'FAILED', error_type, message, nil, f)
   return 'failed'
+end
+
+-- The next task is read first: the commits below do not change it (it is another task,
+-- prefetched, so no dependency or limit release touches it), and a default-shape one can
+-- take over the room of a task that ends here (lib.lua HANDOFF).
+local t, held, starts
+if next_id ~= '' then
+  t = guarded('HMGET', KEYS[NK + 2 * n + 1], 'as the task a worker starts next', 'state',
+              'worker_id', 'fence', 'node_id', 'shape')
+  held = t and t[2] == next_worker and (next_fence == '' or t[3] == next_fence)
+  starts = t and t[1] == 'SUBMITTED_TO_WORKER' and (next_worker == '' or held)
+  -- Only on a node that declared its CPUs and is not over them (lend.lua's take-back may
+  -- run it over for a moment): then giving back and taking again always fits.
+  if starts and t[4] and (not t[5] or t[5] == DEFAULT_SHAPE)
+      and (tonumber(redis.call('HGET', k_node_free(t[4]), 'CPU')) or -1) >= 0 then
+    HANDOFF = {node = t[4], taken = false}
+  end
 end
 
 local out = {}
@@ -57,18 +75,21 @@ for i = 1, n do
 end
 if next_id ~= '' then
   local tkey = KEYS[NK + 2 * n + 1]
-  local t = guarded('HMGET', tkey, 'as the task a worker starts next', 'state', 'worker_id',
-                    'fence', 'node_id', 'shape')
-  local held = t and t[2] == next_worker and (next_fence == '' or t[3] == next_fence)
-  if t and t[1] == 'SUBMITTED_TO_WORKER' and (next_worker == '' or held) then
+  if starts and HANDOFF and HANDOFF.taken then
+    redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW, 'held', t[4], 'gpu_ids', '')
+  elseif starts then
     -- A prefetched task reserves its shape when it starts; with no room left on its node
     -- (another worker took it meanwhile) it goes back to its queue, not started.
     local fkey = k_node_free(t[4] or '')
     local need = shape_units(t[5])
-    local fits, gpus = can_reserve(fkey, need)
+    local fits, gpus, registered = can_reserve(fkey, need)
     if fits then
-      reserve(next_id, t[4], fkey, need, gpus)
-      redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW)
+      local fields = {}
+      if registered then
+        local _, reserved = reserve(t[4], fkey, need, gpus)
+        fields = reserved
+      end
+      redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW, unpack(fields))
     else
       requeue_unstarted(next_id)
       held = false

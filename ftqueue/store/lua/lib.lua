@@ -1,6 +1,7 @@
 -- Shared helpers, placed after the generated prelude (see ftqueue/store/scripts.py: `K`, the
 -- script's fixed KEYS by name; `NK`, how many; `k_<name>(id)`, the keys found at run time;
--- the constants) and before each script. Never run on its own.
+-- the constants) and before each script, which carries only the statements it names
+-- (scripts.py shake: keep one top-level statement per `local`). Never run on its own.
 -- Every script takes ARGV[1] = the namespace (for `k_<name>`) and ARGV[2] = now in ms ('' for
 -- Redis's own clock); its own arguments follow. Every script answers `reply(result)`:
 -- {result, keys isolated as corrupt by this call (each reported once, ever)}.
@@ -168,26 +169,32 @@ local function pick_gpus(fkey, units)
 end
 
 -- Whether the node whose free hash is `fkey` can start a task of demand `need` now (a node
--- that declared nothing, e.g. not registered yet, counts nothing), and the GPU ids it takes.
+-- that declared nothing, e.g. not registered yet, counts nothing), the GPU ids it takes, and
+-- whether the node declared its resources (the hash exists: then a start reserves).
+-- One HMGET in the common case: a field found means the hash exists.
 local function can_reserve(fkey, need)
-  if redis.call('EXISTS', fkey) == 0 then return true, nil end
   local names = {}
   for name in pairs(need) do names[#names + 1] = name end
-  if #names == 0 then return true, nil end
+  if #names == 0 then return true, nil, redis.call('EXISTS', fkey) == 1 end
   local have = redis.call('HMGET', fkey, unpack(names))
+  local found = false
+  for i = 1, #names do if have[i] then found = true end end
+  if not found and redis.call('EXISTS', fkey) == 0 then return true, nil, false end
   for i, name in ipairs(names) do
-    if (tonumber(have[i]) or 0) < need[name] then return false, nil end
+    if (tonumber(have[i]) or 0) < need[name] then return false, nil, true end
   end
   if need.GPU then
     local gpus = pick_gpus(fkey, need.GPU)
-    if not gpus then return false, nil end
-    return true, gpus
+    if not gpus then return false, nil, true end
+    return true, gpus, true
   end
-  return true, nil
+  return true, nil, true
 end
 
-local function reserve(id, node, fkey, need, gpus)
-  if redis.call('EXISTS', fkey) == 0 then return '' end
+-- Takes `need` (and GPU ids `gpus`) from a node whose free hash exists (can_reserve said so);
+-- the caller writes the returned fields into the task hash with its own HSET: 'held' (the
+-- node) and 'gpu_ids'.
+local function reserve(node, fkey, need, gpus)
   for name, units in pairs(need) do redis.call('HINCRBY', fkey, name, -units) end
   local ids = ''
   if gpus then
@@ -195,15 +202,26 @@ local function reserve(id, node, fkey, need, gpus)
     for _, gid in ipairs(gpus) do redis.call('HINCRBY', fkey, 'gpu:' .. gid, -per) end
     ids = table.concat(gpus, ',')
   end
-  redis.call('HSET', k_task(id), 'held', node, 'gpu_ids', ids)
-  return ids
+  return ids, {'held', node, 'gpu_ids', ids}
 end
 
-local function release_resources(id)
+-- A hand-off (commit.lua): the task this worker starts next, of the default shape, on node
+-- HANDOFF.node takes over the room of the first default-shape task released here in this
+-- call, instead of giving it back and taking it again (the node's free room is the same
+-- either way, so no blocked worker has anything to wake for).
+local HANDOFF = nil
+
+-- `t`: the task's {held, shape, gpu_ids, lent} when the caller has read them.
+local function release_resources(id, t)
   local tkey = k_task(id)
-  local t = redis.call('HMGET', tkey, 'held', 'shape', 'gpu_ids', 'lent')
+  t = t or redis.call('HMGET', tkey, 'held', 'shape', 'gpu_ids', 'lent')
   if not t[1] then return end
   redis.call('HDEL', tkey, 'held', 'lent')
+  if HANDOFF and not HANDOFF.taken and t[1] == HANDOFF.node and not t[4]
+      and (not t[2] or t[2] == DEFAULT_SHAPE) then
+    HANDOFF.taken = true
+    return
+  end
   local fkey = k_node_free(t[1])
   if redis.call('EXISTS', fkey) == 0 then return end     -- the node is gone
   local need = shape_units(t[2])
@@ -221,11 +239,12 @@ end
 -- claim found its queues empty, and a claim that leaves work behind rings for the next one.
 -- A task pinned to a node that is gone (its free hash with it): a soft pin is dropped; a
 -- hard one stays, and the first node to claim the task fails it (claim.lua).
-local function enqueue(id, queue, front)
+-- `t`: the task's {shape, pin, pin_soft} when the caller knows them.
+local function enqueue(id, queue, front, t)
   local cmd = 'LPUSH'
   if front then cmd = 'RPUSH' end
   local tkey = k_task(id)
-  local t = redis.call('HMGET', tkey, 'shape', 'pin', 'pin_soft')
+  t = t or redis.call('HMGET', tkey, 'shape', 'pin', 'pin_soft')
   local pin = t[2]
   if pin and redis.call('EXISTS', k_node_free(pin)) == 0 then
     if t[3] == '1' then redis.call('HDEL', tkey, 'pin', 'pin_soft') end
@@ -327,8 +346,8 @@ end
 -- the dashboard's charts.
 local function count_recent(field)
   local key = k_stats_minute(math.floor(NOW / MINUTE_MS))
-  safe('HINCRBY', key, field, 1)
-  redis.call('EXPIRE', key, STATS_MINUTE_TTL_S)
+  -- The minute's key is new only when a field of it is: expire it then, not on every count.
+  if safe('HINCRBY', key, field, 1) == 1 then redis.call('EXPIRE', key, STATS_MINUTE_TTL_S) end
 end
 
 -- Limits (docs/design.md, "Time and flow control") ----------------------------------------
@@ -351,8 +370,9 @@ local function wake_limited(key)
   end
 end
 
-local function release_limit(id)
-  local t = redis.call('HMGET', k_task(id), 'limit_key', 'max_concurrency')
+-- `t`: the task's {limit_key, max_concurrency} when the caller has read them.
+local function release_limit(id, t)
+  t = t or redis.call('HMGET', k_task(id), 'limit_key', 'max_concurrency')
   local key, max = t[1], tonumber(t[2])
   if not key or not max then return end
   local rkey = k_limit_running(key)
@@ -360,25 +380,32 @@ local function release_limit(id)
   if safe('SCARD', rkey) < max then wake_limited(key) end
 end
 
-local function release_lease(id, node_id)
+-- `f`: the task's fields as finish reads them (FINAL_FIELDS), when the caller has.
+local function release_lease(id, node_id, f)
   redis.call('ZREM', K.leases, id)
   if node_id and node_id ~= '' then safe('SREM', k_node_tasks(node_id), id) end
-  release_resources(id)
-  release_limit(id)
+  if f then
+    release_resources(id, {f.held, f.shape, f.gpu_ids, f.lent})
+    release_limit(id, {f.limit_key, f.max_concurrency})
+  else
+    release_resources(id)
+    release_limit(id)
+  end
 end
 
 -- The submitter's notice of a small successful result carries the result itself
 -- ("<id>\n<blob>"), so its `get` needs no further round trip; everyone else gets the id.
-local function notify(id, inline_blob)
-  local n = redis.call('HGET', k_task(id), 'notify')
+-- Other waiters are looked up only when one registered (field 'waited', watch.lua).
+-- All processes of a cluster run the same ftqueue: these flags are this version's protocol.
+local function notify(id, inline_blob, n, waited)
   if n and n ~= '' then
-    if inline_blob and #inline_blob <= INLINE_RESULT_MAX then
-      safe('RPUSH', n, id .. '\n' .. inline_blob)
-    else
-      safe('RPUSH', n, id)
-    end
-    redis.call('EXPIRE', n, NOTIFY_TTL_S)
+    local item = id
+    if inline_blob and #inline_blob <= INLINE_RESULT_MAX then item = id .. '\n' .. inline_blob end
+    -- A listening client empties its list at every pop, so the list is new again and again:
+    -- it expires NOTIFY_TTL_S after it was created (a gone client's list goes away).
+    if safe('RPUSH', n, item) == 1 then redis.call('EXPIRE', n, NOTIFY_TTL_S) end
   end
+  if not waited then return end
   local wkey = k_waiters(id)
   local waiters = safe('SMEMBERS', wkey)
   for _, w in ipairs(waiters) do
@@ -388,7 +415,9 @@ local function notify(id, inline_blob)
   if #waiters > 0 then redis.call('DEL', wkey) end
 end
 
-local function release_dependents(id)
+-- Only a task whose hash says it has dependents ('dependents', set with each registration).
+local function release_dependents(id, flagged)
+  if not flagged then return end
   local dkey = k_dependents(id)
   local deps = safe('SMEMBERS', dkey)
   for _, d in ipairs(deps) do
@@ -403,30 +432,58 @@ end
 
 -- Retention starts when a task ends: its result (or error) lives result_ttl_s, its lineage
 -- (record, arguments, attempts, children) lineage_ttl_s, so a lost result can be rebuilt.
-local function set_retention(id)
-  local t = redis.call('HMGET', k_task(id), 'result_ttl_s', 'lineage_ttl_s', 'items')
-  local result_ttl, lineage_ttl = tonumber(t[1]) or 0, tonumber(t[2]) or 0
+-- The attempts list exists only after a first attempt ended (attempt > 0: retry, requeue,
+-- reconstruct), the children set only when the hash says so ('children', set by create):
+-- a plain task expires neither.
+local function set_retention(id, f)
+  local result_ttl, lineage_ttl = tonumber(f.result_ttl_s) or 0, tonumber(f.lineage_ttl_s) or 0
   if result_ttl > 0 then
     redis.call('EXPIRE', k_result(id), result_ttl)
-    for i = 0, (tonumber(t[3]) or 0) - 1 do   -- values returned one by one (stream.lua)
+    for i = 0, (tonumber(f.items) or 0) - 1 do   -- values returned one by one (stream.lua)
       redis.call('EXPIRE', k_result(id .. '#' .. i), result_ttl)
     end
   end
   if lineage_ttl > 0 then
-    for _, key in ipairs({k_task(id), k_args(id), k_attempts(id), k_children(id)}) do
-      redis.call('EXPIRE', key, lineage_ttl)
-    end
+    redis.call('EXPIRE', k_task(id), lineage_ttl)
+    redis.call('EXPIRE', k_args(id), lineage_ttl)
+    if (tonumber(f.attempt) or 0) > 0 then redis.call('EXPIRE', k_attempts(id), lineage_ttl) end
+    if f.children then redis.call('EXPIRE', k_children(id), lineage_ttl) end
   end
 end
 
 -- The final attempt stays in the task hash (state, node, worker, times, error); only the
 -- attempts that ended in a retry are appended to the attempts list.
-local function finish(id, state, error_type, message, result_blob)
+-- Everything finish needs of the task, read at once.
+local FINAL_FIELDS = {'node_id', 'notify', 'waited', 'held', 'shape', 'gpu_ids', 'lent',
+                      'limit_key', 'max_concurrency', 'result_ttl_s', 'lineage_ttl_s', 'items',
+                      'attempt', 'dependents', 'children'}
+
+-- The task's fields `names` by name, and the caller's own fields (`...`, first in the same
+-- HMGET) as HMGET returns them: a caller's read and finish's are one. With `found_in`, a
+-- guarded read (nil, nil for a record of the wrong type).
+local function read_fields(tkey, names, found_in, ...)
+  local all = {...}
+  local n_own = #all
+  for _, name in ipairs(names) do all[#all + 1] = name end
+  local got
+  if found_in then
+    got = guarded('HMGET', tkey, found_in, unpack(all))
+    if not got then return nil, nil end
+  else
+    got = redis.call('HMGET', tkey, unpack(all))
+  end
+  local f = {}
+  for i, name in ipairs(names) do f[name] = got[n_own + i] end
+  return f, got
+end
+
+-- `f`: the task's FINAL_FIELDS by name when the caller read them (read_fields).
+local function finish(id, state, error_type, message, result_blob, f)
   local tkey = k_task(id)
-  local node_id = redis.call('HGET', tkey, 'node_id')
+  f = f or read_fields(tkey, FINAL_FIELDS)
   redis.call('HSET', tkey, 'state', state, 'end_ms', NOW, 'error_type', error_type,
              'error_message', string.sub(message, 1, MESSAGE_MAX))
-  release_lease(id, node_id)
+  release_lease(id, f.node_id, f)
   local stat = 'tasks:' .. state
   if error_type ~= '' then stat = stat .. ':' .. error_type end
   redis.call('HINCRBY', K.stats, stat, 1)
@@ -436,9 +493,9 @@ local function finish(id, state, error_type, message, result_blob)
   else
     count_recent('finished')
   end
-  notify(id, result_blob)
-  release_dependents(id)
-  set_retention(id)
+  notify(id, result_blob, f.notify, f.waited)
+  release_dependents(id, f.dependents)
+  set_retention(id, f)
 end
 
 local function budget_left(id)
@@ -515,6 +572,7 @@ local function wait_for(id, deps)
     local state = guarded('HGET', k_task(dep), 'as a dependency of ' .. id, 'state')
     if state and not TERMINAL[state] then
       safe('SADD', k_dependents(dep), id)
+      redis.call('HSET', k_task(dep), 'dependents', '1')
       pending = pending + 1
     end
   end
@@ -560,6 +618,17 @@ local function place(tkey, strategy, queue, shape)
   return kind == 'soft'     -- soft falls back to any node
 end
 
+-- Queues (and their shapes) this script call has registered already: once per batch.
+local REGISTERED = {}
+
+local function register_queue(queue, shape)
+  local seen = queue .. '@' .. (shape or '')
+  if REGISTERED[seen] then return end
+  REGISTERED[seen] = true
+  redis.call('SADD', K.queues, queue)
+  if shape then safe('SADD', k_shapes(queue), shape) end
+end
+
 local function create(tkey, akey, id, queue, blob, deps, fields)
   local flat = {}
   local given = cjson.decode(fields)
@@ -570,6 +639,10 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
   if due then given.due_ms = tostring(due) end
   local strategy = given.strategy
   given.strategy = nil
+  if deps ~= '' then given.dep_ids = deps end
+  -- The common case (no dependency, no strategy, due now) is queued by the same HSET.
+  local plain = deps == '' and not strategy and not (due and due > NOW)
+  if plain then given.state = 'PENDING_NODE_ASSIGNMENT' end
   for key, value in pairs(given) do
     flat[#flat + 1] = key
     flat[#flat + 1] = value
@@ -578,11 +651,18 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
              'created_ms', NOW, unpack(flat))
   redis.call('SET', akey, blob)
   redis.call('ZADD', K.task_index, NOW, id)
-  local parent = redis.call('HGET', tkey, 'parent_task_id')
-  if parent and parent ~= '' then safe('SADD', k_children(parent), id) end
-  redis.call('SADD', K.queues, queue)
-  if given.shape then safe('SADD', k_shapes(queue), given.shape) end
-  if deps ~= '' then redis.call('HSET', tkey, 'dep_ids', deps) end
+  local parent = given.parent_task_id
+  if parent and parent ~= '' then
+    safe('SADD', k_children(parent), id)
+    -- Flag the parent (its end expires the set), never making a record of a gone parent.
+    local pkey = k_task(parent)
+    if redis.call('EXISTS', pkey) == 1 then redis.call('HSET', pkey, 'children', '1') end
+  end
+  register_queue(queue, given.shape)
+  if plain then
+    enqueue(id, queue, false, {given.shape})
+    return
+  end
   if strategy and not place(tkey, strategy, queue, given.shape) then
     finish(id, 'FAILED', 'TASK_UNSCHEDULABLE_ERROR', 'no live node ' .. strategy ..
            ' can run it (NodeAffinitySchedulingStrategy with soft=False)')

@@ -29,7 +29,10 @@ local function restart(id, tkey, akey, attempts_key, queue, waiting)
   for _, key in ipairs({tkey, akey, attempts_key}) do redis.call('PERSIST', key) end
   redis.call('HINCRBY', K.stats, 'retries:OBJECT_LOST', 1)
   if #waiting > 0 then
-    for _, dep in ipairs(waiting) do safe('SADD', k_dependents(dep), id) end
+    for _, dep in ipairs(waiting) do
+      safe('SADD', k_dependents(dep), id)
+      redis.call('HSET', k_task(dep), 'dependents', '1')
+    end
     redis.call('HSET', tkey, 'state', 'PENDING_ARGS_AVAIL', 'deps', #waiting)
   else
     redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')

@@ -39,6 +39,7 @@ for dep in string.gmatch(t[6] or '', '[^,]+') do
   local state = guarded('HGET', k_task(dep), 'as a dependency of ' .. id, 'state')
   if state and not TERMINAL[state] then
     safe('SADD', k_dependents(dep), id)
+    redis.call('HSET', k_task(dep), 'dependents', '1')
     pending = pending + 1
   end
 end

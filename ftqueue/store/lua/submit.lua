@@ -27,6 +27,7 @@ local function attach(tkey, id, fields)
     redis.call('EXPIRE', n, NOTIFY_TTL_S)
   else
     safe('SADD', k_waiters(id), n)
+    redis.call('HSET', tkey, 'waited', '1')    -- finish looks for waiters only then
   end
 end
 

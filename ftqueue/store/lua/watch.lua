@@ -24,7 +24,10 @@ local function watch_one(id, tkey, rkey, wkey)
   if rkey ~= k_result(id) and redis.call('EXISTS', rkey) == 1 then
     return 'ready'     -- a value the running task already returned (stream.lua)
   end
-  if t[2] ~= notify_key then safe('SADD', wkey, notify_key) end
+  if t[2] ~= notify_key then
+    safe('SADD', wkey, notify_key)
+    redis.call('HSET', tkey, 'waited', '1')    -- finish looks for waiters only then
+  end
   return 'pending'
 end
 
