@@ -23,6 +23,7 @@
 -- KEYS[6] node_tasks(node_id)
 -- KEYS[7] node_free(node_id)
 -- KEYS[8] limit_keys      limit keys that held a task back
+-- KEYS[9] failed_index    a task hard-pinned to a node that is gone fails here (take)
 -- Then per queue, in preference order (strict priority): bell(name), delayed(name), and per
 --         shape of it two slots: queue(<name>@node=<node_id>[@<shape>]),
 --         queue(<name>[@<shape>])

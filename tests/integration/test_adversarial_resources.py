@@ -1,0 +1,64 @@
+"""Adversarial tests of resources and scheduling strategies: nodes killed or frozen around
+tasks pinned to them, capacity after node loss, with real nodes and a real Redis."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from conftest import wait_until
+
+import ftqueue
+from ftqueue.exceptions import TaskUnschedulableError
+from ftqueue.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+
+@ftqueue.remote
+def hold(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@ftqueue.remote
+def plus_one(x):
+    return x + 1
+
+
+def _node_id(node):
+    pid = node.pid
+    return wait_until(lambda: next((n["node_id"] for n in ftqueue.state.list_nodes()
+                                    if n["pid"] == pid and n["state"] == "ALIVE"), None),
+                      30, "the node's id")
+
+
+def _busy(node_id, n):
+    wait_until(lambda: sum(1 for w in ftqueue.state.list_workers()
+                           if w["node_id"] == node_id and w["current_task"]) >= n, 30,
+               f"{n} busy workers on {node_id}")
+
+
+def test_a_hard_pinned_task_whose_node_died_fails_and_releases_its_dependents(
+        driver, start_node):
+    """The claim that fails a task hard-pinned to a dead node finished it halfway (claim.lua
+    could not write the failed index): its dependents and waiters were never told, and the
+    claim itself failed, so the dependent below waited forever."""
+    victim = start_node(1, "--lease-timeout", "2")
+    other = start_node(1, "--lease-timeout", "2")
+    victim_id = _node_id(victim)
+    _node_id(other)
+    pin = NodeAffinitySchedulingStrategy(victim_id, soft=False)
+    blocker = hold.options(scheduling_strategy=pin, max_retries=0).remote(60)
+    _busy(victim_id, 1)
+    pinned = plus_one.options(scheduling_strategy=pin).remote(1)
+    after = plus_one.remote(pinned)
+    ftqueue.flush_submissions(10)
+    victim.stop()
+    with pytest.raises(TaskUnschedulableError, match="gone"):
+        ftqueue.get(pinned, timeout=60)
+    with pytest.raises(TaskUnschedulableError):
+        ftqueue.get(after, timeout=30)
+    with pytest.raises(ftqueue.exceptions.WorkerCrashedError):
+        ftqueue.get(blocker, timeout=30)
+    assert ftqueue.get(plus_one.remote(41), timeout=30) == 42
+    assert "claiming failed" not in other.output(), other.output()
