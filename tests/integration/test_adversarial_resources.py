@@ -62,3 +62,24 @@ def test_a_hard_pinned_task_whose_node_died_fails_and_releases_its_dependents(
         ftqueue.get(blocker, timeout=30)
     assert ftqueue.get(plus_one.remote(41), timeout=30) == 42
     assert "claiming failed" not in other.output(), other.output()
+
+
+def test_a_hard_pinned_task_fails_when_its_node_dies_even_if_no_other_node_fits_it(
+        driver, start_node):
+    """A task hard-pinned to a node that dies was left to "the first node to claim it": when
+    no live node could fit its shape (or served its queue), nobody ever claimed it and its
+    `get` waited forever. It fails as unschedulable when its node is found gone."""
+    victim = start_node(1, "--lease-timeout", "2", "--num-gpus", "1")
+    other = start_node(1, "--lease-timeout", "2")
+    victim_id = _node_id(victim)
+    _node_id(other)
+    pin = NodeAffinitySchedulingStrategy(victim_id, soft=False)
+    blocker = hold.options(scheduling_strategy=pin, max_retries=0).remote(60)
+    _busy(victim_id, 1)
+    pinned = plus_one.options(scheduling_strategy=pin, num_gpus=1).remote(1)
+    ftqueue.flush_submissions(10)
+    victim.stop()
+    with pytest.raises(TaskUnschedulableError, match="gone"):
+        ftqueue.get(pinned, timeout=60)
+    with pytest.raises(ftqueue.exceptions.WorkerCrashedError):
+        ftqueue.get(blocker, timeout=30)

@@ -217,23 +217,41 @@ local function release_resources(id)
   if redis.call('HDEL', fkey, 'blocked') == 1 then ring('@' .. t[1]) end
 end
 
+local finish     -- (Transitions, below) a task that can never be queued fails at once
+
+-- A node is gone when its free hash is (unpin deletes it) and its record says it is not alive
+-- (a live node that offers nothing at all has no free hash).
+local function node_gone(node)
+  return redis.call('EXISTS', k_node_free(node)) == 0
+    and redis.pcall('HGET', k_node(node), 'state') ~= 'ALIVE'
+end
+
 -- A queue that already held work has no idle worker to wake: a worker only sleeps after a
 -- claim found its queues empty, and a claim that leaves work behind rings for the next one.
 -- A task pinned to a node that is gone (its free hash with it): a soft pin is dropped; a
--- hard one stays, and the first node to claim the task fails it (claim.lua).
+-- hard one fails the task as unschedulable, here (no node may be able to claim it, to fail
+-- it: none that fits its shape or serves its queue). Returns whether the task was queued.
+-- Every script that may queue a task (and so fail one) declares what finish needs:
+-- K.leases, K.stats, K.failed_index.
 local function enqueue(id, queue, front)
   local cmd = 'LPUSH'
   if front then cmd = 'RPUSH' end
   local tkey = k_task(id)
   local t = redis.call('HMGET', tkey, 'shape', 'pin', 'pin_soft')
   local pin = t[2]
-  if pin and redis.call('EXISTS', k_node_free(pin)) == 0 then
-    if t[3] == '1' then redis.call('HDEL', tkey, 'pin', 'pin_soft') end
+  if pin and node_gone(pin) then
+    if t[3] ~= '1' then
+      finish(id, 'FAILED', 'TASK_UNSCHEDULABLE_ERROR', 'it must run on node ' .. pin ..
+             ', which is gone (NodeAffinitySchedulingStrategy with soft=False)')
+      return false
+    end
+    redis.call('HDEL', tkey, 'pin', 'pin_soft')
     pin = nil
   end
   local slot = queue_slot(queue, t[1], pin)
   if pin then safe('SADD', k_pins(pin), slot) end
   if safe(cmd, k_queue(slot), id) == 1 then ring(queue) end
+  return true
 end
 
 -- A node is gone: the tasks waiting in its pinned slots go where enqueue now puts them.
@@ -344,10 +362,7 @@ local function wake_limited(key)
     if not id then return end
     local t = guarded('HMGET', k_task(id), 'in ' .. wkey .. '; dropped from it', 'state',
                       'queue')
-    if t and t[1] == 'PENDING_NODE_ASSIGNMENT' then
-      enqueue(id, t[2], true)
-      return
-    end
+    if t and t[1] == 'PENDING_NODE_ASSIGNMENT' and enqueue(id, t[2], true) then return end
   end
 end
 
@@ -421,7 +436,7 @@ end
 
 -- The final attempt stays in the task hash (state, node, worker, times, error); only the
 -- attempts that ended in a retry are appended to the attempts list.
-local function finish(id, state, error_type, message, result_blob)
+function finish(id, state, error_type, message, result_blob)  -- local (above)
   local tkey = k_task(id)
   local node_id = redis.call('HGET', tkey, 'node_id')
   redis.call('HSET', tkey, 'state', state, 'end_ms', NOW, 'error_type', error_type,
