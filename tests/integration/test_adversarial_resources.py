@@ -4,6 +4,7 @@ tasks pinned to them, capacity after node loss, with real nodes and a real Redis
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -83,3 +84,53 @@ def test_a_hard_pinned_task_fails_when_its_node_dies_even_if_no_other_node_fits_
         ftqueue.get(pinned, timeout=60)
     with pytest.raises(ftqueue.exceptions.WorkerCrashedError):
         ftqueue.get(blocker, timeout=30)
+
+
+@ftqueue.remote
+def span(seconds):
+    start = time.time()
+    time.sleep(seconds)
+    return (start, time.time())
+
+
+def _most_at_once(spans):
+    edges = sorted([(s[0], 1) for s in spans] + [(s[1], -1) for s in spans])
+    now = best = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best
+
+
+def _state_of(node_id):
+    return next((n["state"] for n in ftqueue.state.list_nodes() if n["node_id"] == node_id),
+                None)
+
+
+def test_a_node_declared_dead_while_frozen_keeps_to_its_capacity_when_it_comes_back(
+        driver, start_node):
+    """A node frozen past its lease is declared dead (its free capacity dropped with its
+    pins); when it thaws, its heartbeat made it alive again without any capacity record, and
+    a node without one counts nothing: it ran as many tasks at once as it had workers."""
+    from ftqueue.api import _ensure_client
+
+    node = start_node(3, "--lease-timeout", "2", "--num-cpus", "1")
+    node_id = _node_id(node)
+    node.wait_workers(3)
+    total = ftqueue.cluster_resources()
+    assert total["CPU"] == 1
+    wait_until(lambda: ftqueue.available_resources() == total, 30, "all free")
+    store = _ensure_client().store
+    node.signal_group(signal.SIGSTOP)
+    try:
+        def dead():
+            store.sweep(2000, index_ttl_ms=3_600_000)
+            return _state_of(node_id) == "DEAD"
+
+        wait_until(dead, 30, "the frozen node declared dead")
+    finally:
+        node.signal_group(signal.SIGCONT)
+    wait_until(lambda: _state_of(node_id) == "ALIVE", 30, "the node alive again")
+    spans = ftqueue.get([span.remote(0.3) for _ in range(4)], timeout=60)
+    assert _most_at_once(spans) == 1, spans
+    wait_until(lambda: ftqueue.available_resources() == total, 30, "all free again")
