@@ -134,3 +134,16 @@ def test_a_node_declared_dead_while_frozen_keeps_to_its_capacity_when_it_comes_b
     spans = ftqueue.get([span.remote(0.3) for _ in range(4)], timeout=60)
     assert _most_at_once(spans) == 1, spans
     wait_until(lambda: ftqueue.available_resources() == total, 30, "all free again")
+
+
+def test_a_queue_with_more_shapes_than_a_claim_names_runs_them_all(driver, start_node):
+    """A worker names at most MAX_SHAPES shapes per queue in a claim; it took the first ones
+    in sorted order, always, so a task of any later shape (a queue that ever saw more than
+    16: memory= values, fractions) was never claimed and its `get` waited forever."""
+    from ftqueue.shapes import MAX_SHAPES
+
+    start_node(2, "--num-cpus", "2")
+    wait_until(lambda: ftqueue.nodes(), 30, "a node")
+    amounts = [round(0.01 * (i + 1), 2) for i in range(MAX_SHAPES + 4)]
+    refs = [plus_one.options(num_cpus=c).remote(i) for i, c in enumerate(amounts)]
+    assert ftqueue.get(refs, timeout=60) == [i + 1 for i in range(len(amounts))]
