@@ -61,8 +61,12 @@ class NodeRecord:
         """Redis lost its data since we registered (a new epoch)."""
         return self.store.ensure_epoch() != self.epoch
 
-    def renew(self, running: Iterable[str], held: Iterable[str]) -> None:
-        self.store.renew(self.node_id, self.lease_timeout_ms, list(running), list(held))
+    def renew(self, running: Iterable[str], held: Iterable[str],
+              running_by: Iterable[str] = ()) -> list[str]:
+        """Heartbeat; the running tasks this node no longer holds because it was declared
+        dead meanwhile (their attempts must stop: they were handed on)."""
+        return self.store.heartbeat(self.node_id, self.lease_timeout_ms, list(running),
+                                    list(held), list(running_by))[1]
 
     def sweep(self) -> None:
         self.store.sweep(self.lease_timeout_ms, index_ttl_ms=self.index_ttl_ms)

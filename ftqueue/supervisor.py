@@ -342,10 +342,20 @@ class Supervisor:
             self.record.register()
             for handle in self.workers.values():
                 handle.registered = False      # written again by the next publish
-        running = [h.running for h in self.workers.values() if h.running]
+        runners = [h for h in self.workers.values() if h.running]
+        running = [h.running for h in runners]
         held = [t for h in self.workers.values() for t in h.held]
         held += [t for loss in self.losses for t in loss.held]   # until their loss is told
-        self.record.renew(running, held)
+        stale = set(self.record.renew(running, held, [h.worker_id for h in runners]))
+        # Declared dead while frozen or cut off: the attempts its workers still run were
+        # retried meanwhile (perhaps here, on the capacity they held). Ending them now, as a
+        # dead node's workers end, stops running the same task twice. Not charged: their
+        # loss is no longer theirs to report (worker_lost finds the tasks held elsewhere).
+        for handle in list(self.workers.values()):
+            if handle.running and handle.running in stale:
+                self.log(f"this node was declared dead meanwhile: stopping worker process "
+                         f"{handle.pid}, whose task {handle.running} was retried")
+                handle.kill(KillReason.STOP)
 
     def _write_health(self) -> None:
         if self.health_file:

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from conftest import wait_until
+from conftest import mark, runs, wait_until
 
 import ftqueue
 from ftqueue.exceptions import TaskUnschedulableError
@@ -147,3 +147,42 @@ def test_a_queue_with_more_shapes_than_a_claim_names_runs_them_all(driver, start
     amounts = [round(0.01 * (i + 1), 2) for i in range(MAX_SHAPES + 4)]
     refs = [plus_one.options(num_cpus=c).remote(i) for i, c in enumerate(amounts)]
     assert ftqueue.get(refs, timeout=60) == [i + 1 for i in range(len(amounts))]
+
+
+@ftqueue.remote(max_retries=1)
+def long_first_attempt(path):
+    if mark(path) == 0:
+        time.sleep(120)
+    return "second attempt"
+
+
+def test_a_revived_node_stops_the_attempts_that_were_handed_to_others(driver, start_node,
+                                                                      tmp_path):
+    """A node frozen past its lease is declared dead and its tasks retried; when it thawed,
+    its workers went on running those old attempts (fenced at commit, but running: twice
+    the work, and on top of the capacity the retries took). The node stops them."""
+    import psutil
+
+    from ftqueue.api import _ensure_client
+
+    node = start_node(2, "--lease-timeout", "2", "--num-cpus", "1")
+    node_id = _node_id(node)
+    path = tmp_path / "runs"
+    ref = long_first_attempt.remote(path)
+    pid = int(wait_until(lambda: runs(path), 30, "the first attempt")[0])
+    store = _ensure_client().store
+    node.signal_group(signal.SIGSTOP)
+    try:
+        def swept():
+            store.sweep(2000, index_ttl_ms=3_600_000)
+            return _state_of(node_id) == "DEAD" and store.redis.hget(
+                store.keys.task(ref.hex()), "attempt") not in (b"0", "0")
+
+        wait_until(swept, 30, "the frozen node declared dead, its task swept")
+    finally:
+        node.signal_group(signal.SIGCONT)
+    assert ftqueue.get(ref, timeout=60) == "second attempt"
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status()
+               == psutil.STATUS_ZOMBIE, 30, "the old attempt stopped")
+    total = ftqueue.cluster_resources()
+    wait_until(lambda: ftqueue.available_resources() == total, 30, "all free again")

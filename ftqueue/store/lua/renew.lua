@@ -14,8 +14,10 @@
 -- KEYS[NK+i] task(id) of the i-th held id, then of each running id, in ARGV order
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] node_id         ARGV[4] lease_ms       ARGV[5] n_held
--- ARGV[6..5+n_held] held task ids, then the running task ids
--- Returns: the number of leases renewed.
+-- ARGV[6..5+n_held] held task ids, then the running task ids, then (optional) the worker
+--                   that runs each of them, in the same order
+-- Returns: {the number of leases renewed, the running ids this node no longer holds when
+--          it was declared dead before this heartbeat (its workers must stop them)}
 local node, lease_ms, n_held = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local served = advance_served_clock()
 redis.call('ZADD', K.nodes, served, node)
@@ -24,8 +26,8 @@ redis.call('ZADD', K.nodes, served, node)
 -- less what the tasks it still holds have reserved there (those give it back when they end).
 local was = guarded('HMGET', K.node, 'as the record of node ' .. node, 'state', 'resources',
                     'gpu_ids')
-if was and was[1] and was[1] ~= 'ALIVE' and was[2]
-    and redis.call('EXISTS', K.node_free) == 0 then
+local revived = was and was[1] ~= 'ALIVE'
+if revived and was[2] and redis.call('EXISTS', K.node_free) == 0 then
   local free = {}
   for name, units in pairs(cjson.decode(was[2])) do free[name] = tonumber(units) end
   for gid in string.gmatch(was[3] or '', '[^,]+') do free['gpu:' .. gid] = UNIT end
@@ -69,11 +71,20 @@ for i = 1, n_held do
     renewed = renewed + 1
   end
 end
-for i = n_held + 1, #ARGV - 5 do
+-- A revived node's workers may still run attempts whose tasks were handed on meanwhile
+-- (retried, here or elsewhere): returned, for the node to stop them.
+local stale = {}
+local n_running = #KEYS - NK - n_held
+for i = n_held + 1, n_held + n_running do
   local tkey = KEYS[NK + i]
-  local t = guarded('HMGET', tkey, 'run by node ' .. node, 'node_id', 'state')
+  local t = guarded('HMGET', tkey, 'run by node ' .. node, 'node_id', 'state', 'worker_id')
   if t and t[1] == node and t[2] == 'SUBMITTED_TO_WORKER' then
     redis.call('HSET', tkey, 'state', 'RUNNING')
+  end
+  local by = ARGV[5 + n_running + i]     -- the worker that runs it, when given
+  if revived and t and t[2] and not TERMINAL[t[2]] and not (t[1] == node and ACTIVE[t[2]]
+      and (not by or by == t[3])) then
+    stale[#stale + 1] = ARGV[5 + i]
   end
 end
 for _, id in ipairs(safe('SMEMBERS', K.node_tasks)) do
@@ -85,4 +96,4 @@ for _, id in ipairs(safe('SMEMBERS', K.node_tasks)) do
     redis.call('SREM', K.node_tasks, id)
   end
 end
-return reply(renewed)
+return reply({renewed, stale})
