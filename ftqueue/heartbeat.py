@@ -63,8 +63,8 @@ class NodeRecord:
 
     def renew(self, running: Iterable[str], held: Iterable[str],
               running_by: Iterable[str] = ()) -> list[str]:
-        """Heartbeat; the running tasks this node no longer holds because it was declared
-        dead meanwhile (their attempts must stop: they were handed on)."""
+        """Heartbeat; the running tasks this node no longer holds (declared dead meanwhile,
+        or forgotten by a Redis that lost its data): their attempts must stop."""
         return self.store.heartbeat(self.node_id, self.lease_timeout_ms, list(running),
                                     list(held), list(running_by))[1]
 

@@ -347,14 +347,16 @@ class Supervisor:
         held = [t for h in self.workers.values() for t in h.held]
         held += [t for loss in self.losses for t in loss.held]   # until their loss is told
         stale = set(self.record.renew(running, held, [h.worker_id for h in runners]))
-        # Declared dead while frozen or cut off: the attempts its workers still run were
-        # retried meanwhile (perhaps here, on the capacity they held). Ending them now, as a
-        # dead node's workers end, stops running the same task twice. Not charged: their
-        # loss is no longer theirs to report (worker_lost finds the tasks held elsewhere).
+        # Declared dead while frozen or cut off, the attempts its workers still run were
+        # retried meanwhile (perhaps here, on the capacity they held); after Redis lost its
+        # data, drivers submit the tasks again. Ending those attempts now, as a dead node's
+        # workers end, stops running the same task twice (their outcomes could only be
+        # fenced). Not charged: worker_lost finds the tasks held elsewhere, or not at all.
         for handle in list(self.workers.values()):
             if handle.running and handle.running in stale:
-                self.log(f"this node was declared dead meanwhile: stopping worker process "
-                         f"{handle.pid}, whose task {handle.running} was retried")
+                self.log(f"stopping worker process {handle.pid}: its task {handle.running} "
+                         "is no longer this node's (declared dead meanwhile, or Redis lost "
+                         "its data) and runs again elsewhere")
                 handle.kill(KillReason.STOP)
 
     def _write_health(self) -> None:

@@ -249,8 +249,8 @@ class Store:
                   held: Sequence[str] = (), running_by: Sequence[str] = (),
                   ) -> tuple[int, list[str]]:
         """`renew`, and which of `running` (run by the workers `running_by`, in order) the
-        node no longer holds after it was declared dead (frozen or cut off past its
-        lease): attempts its workers must stop."""
+        node no longer holds: after it was declared dead (frozen or cut off past its lease),
+        or that Redis forgot (lost its data). Attempts its workers must stop."""
         keys = [self.keys.task(t) for t in (*held, *running)]
         by = list(running_by) if len(running_by) == len(running) else []
         renewed, stale = self._run("renew", [node_id, lease_timeout_ms, len(held), *held,

@@ -7,10 +7,12 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
-from conftest import mark, runs, wait_until
+from conftest import NodeProcess, mark, runs, wait_until
 
 import ftqueue
+from ftqueue.api import _ensure_client
 from ftqueue.exceptions import TaskUnschedulableError
 from ftqueue.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -112,8 +114,6 @@ def test_a_node_declared_dead_while_frozen_keeps_to_its_capacity_when_it_comes_b
     """A node frozen past its lease is declared dead (its free capacity dropped with its
     pins); when it thaws, its heartbeat made it alive again without any capacity record, and
     a node without one counts nothing: it ran as many tasks at once as it had workers."""
-    from ftqueue.api import _ensure_client
-
     node = start_node(3, "--lease-timeout", "2", "--num-cpus", "1")
     node_id = _node_id(node)
     node.wait_workers(3)
@@ -161,10 +161,6 @@ def test_a_revived_node_stops_the_attempts_that_were_handed_to_others(driver, st
     """A node frozen past its lease is declared dead and its tasks retried; when it thawed,
     its workers went on running those old attempts (fenced at commit, but running: twice
     the work, and on top of the capacity the retries took). The node stops them."""
-    import psutil
-
-    from ftqueue.api import _ensure_client
-
     node = start_node(2, "--lease-timeout", "2", "--num-cpus", "1")
     node_id = _node_id(node)
     path = tmp_path / "runs"
@@ -186,3 +182,23 @@ def test_a_revived_node_stops_the_attempts_that_were_handed_to_others(driver, st
                == psutil.STATUS_ZOMBIE, 30, "the old attempt stopped")
     total = ftqueue.cluster_resources()
     wait_until(lambda: ftqueue.available_resources() == total, 30, "all free again")
+
+
+def test_a_node_stops_the_attempts_redis_forgot_when_it_restarts_empty(own_redis, tmp_path):
+    """Redis restarted empty: the node registers again with all its capacity free and the
+    driver submits its tasks again, but the workers went on running the attempts Redis
+    forgot (their outcomes can only be fenced): each such task ran twice at once, over the
+    node's capacity. The node stops them when it finds Redis emptied."""
+    node = NodeProcess(own_redis.address, 2, "--lease-timeout", "2", "--num-cpus", "1")
+    ftqueue.init(address=own_redis.address)
+    try:
+        path = tmp_path / "runs"
+        ref = long_first_attempt.remote(path)
+        pid = int(wait_until(lambda: runs(path), 30, "the first attempt")[0])
+        own_redis.restart(empty=True)
+        assert ftqueue.get(ref, timeout=60) == "second attempt"
+        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status()
+                   == psutil.STATUS_ZOMBIE, 30, "the forgotten attempt stopped")
+    finally:
+        ftqueue.shutdown()
+        node.stop()

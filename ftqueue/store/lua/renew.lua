@@ -16,8 +16,8 @@
 -- ARGV[3] node_id         ARGV[4] lease_ms       ARGV[5] n_held
 -- ARGV[6..5+n_held] held task ids, then the running task ids, then (optional) the worker
 --                   that runs each of them, in the same order
--- Returns: {the number of leases renewed, the running ids this node no longer holds when
---          it was declared dead before this heartbeat (its workers must stop them)}
+-- Returns: {the number of leases renewed, the running ids whose attempts must stop (see
+--          below)}
 local node, lease_ms, n_held = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local served = advance_served_clock()
 redis.call('ZADD', K.nodes, served, node)
@@ -71,8 +71,9 @@ for i = 1, n_held do
     renewed = renewed + 1
   end
 end
--- A revived node's workers may still run attempts whose tasks were handed on meanwhile
--- (retried, here or elsewhere): returned, for the node to stop them.
+-- Attempts the node's workers must stop, returned: on a revived node, those whose tasks were
+-- handed on meanwhile (retried, here or elsewhere); on any node, those Redis forgot (a running
+-- task's record never expires: none means Redis lost its data; drivers submit it again).
 local stale = {}
 local n_running = #KEYS - NK - n_held
 for i = n_held + 1, n_held + n_running do
@@ -82,8 +83,8 @@ for i = n_held + 1, n_held + n_running do
     redis.call('HSET', tkey, 'state', 'RUNNING')
   end
   local by = ARGV[5 + n_running + i]     -- the worker that runs it, when given
-  if revived and t and t[2] and not TERMINAL[t[2]] and not (t[1] == node and ACTIVE[t[2]]
-      and (not by or by == t[3])) then
+  if t and (not t[2] or (revived and not TERMINAL[t[2]] and not (t[1] == node
+      and ACTIVE[t[2]] and (not by or by == t[3])))) then
     stale[#stale + 1] = ARGV[5 + i]
   end
 end
