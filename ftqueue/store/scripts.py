@@ -57,6 +57,7 @@ LUA_CONSTANTS: dict[str, int] = {
 LUA_STRINGS: dict[str, str] = {
     "DEFAULT_SHAPE": DEFAULT_SHAPE,
     "NO_DEMAND": amounts.NO_DEMAND,
+    "BLOCKED_FLAG": amounts.BLOCKED_FLAG,
 }
 LUA_CONSTANTS["UNIT"] = amounts.UNIT
 

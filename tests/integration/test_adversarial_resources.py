@@ -202,3 +202,16 @@ def test_a_node_stops_the_attempts_redis_forgot_when_it_restarts_empty(own_redis
     finally:
         ftqueue.shutdown()
         node.stop()
+
+
+def test_a_custom_resource_may_be_called_blocked(driver, start_node):
+    """A node's free hash also held a 'blocked' flag (a claim found no room): a custom
+    resource of that name was overwritten by the flag, then deleted with it, and the tasks
+    needing it waited forever."""
+    start_node(3, "--resources", '{"blocked": 2}')
+    wait_until(lambda: ftqueue.nodes(), 30, "a node")
+    refs = [hold.options(resources={"blocked": 1}).remote(0.3) for _ in range(6)]
+    assert len(set(ftqueue.get(refs, timeout=60))) >= 1
+    total = ftqueue.cluster_resources()
+    assert total["blocked"] == 2
+    wait_until(lambda: ftqueue.available_resources() == total, 30, "all free again")

@@ -183,7 +183,7 @@ if #out == 0 then
   for _, q in ipairs(queues) do redis.call('DEL', q.bell) end
   -- Released room rings this node's bell (lib.lua release_resources).
   if blocked and redis.call('EXISTS', K.node_free) == 1 then
-    redis.call('HSET', K.node_free, 'blocked', 1)
+    redis.call('HSET', K.node_free, BLOCKED_FLAG, 1)
   end
 end
 -- After the loop: a task held back by max_rate may have become the earliest due.

@@ -214,7 +214,7 @@ local function release_resources(id)
     for gid in string.gmatch(t[3], '[^,]+') do redis.call('HINCRBY', fkey, 'gpu:' .. gid, per) end
   end
   -- A worker of that node found work it had no room for: wake it (its node's bell).
-  if redis.call('HDEL', fkey, 'blocked') == 1 then ring('@' .. t[1]) end
+  if redis.call('HDEL', fkey, BLOCKED_FLAG) == 1 then ring('@' .. t[1]) end
 end
 
 local finish     -- (Transitions, below) a task that can never be queued fails at once
