@@ -215,3 +215,34 @@ def test_a_custom_resource_may_be_called_blocked(driver, start_node):
     total = ftqueue.cluster_resources()
     assert total["blocked"] == 2
     wait_until(lambda: ftqueue.available_resources() == total, 30, "all free again")
+
+
+@ftqueue.remote(num_gpus=1)
+def gpu_span(seconds):
+    start = time.time()
+    time.sleep(seconds)
+    return (start, time.time(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def test_workers_of_a_node_declared_dead_claim_nothing(driver, start_node):
+    """Only the node's supervisor froze: it was declared dead (its free capacity dropped),
+    but its workers went on claiming, and a claim on a node without a capacity record counts
+    nothing: both workers ran a one-GPU task at once, without GPU ids."""
+    node = start_node(2, "--lease-timeout", "2", "--num-gpus", "1")
+    node_id = _node_id(node)
+    node.wait_workers(2)
+    store = _ensure_client().store
+    os.kill(node.pid, signal.SIGSTOP)
+    try:
+        def dead():
+            store.sweep(2000, index_ttl_ms=3_600_000)
+            return _state_of(node_id) == "DEAD"
+
+        wait_until(dead, 30, "the node declared dead")
+        refs = [gpu_span.remote(0.5) for _ in range(2)]
+        ftqueue.wait(refs, num_returns=2, timeout=3)     # what its workers do meanwhile
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    spans = ftqueue.get(refs, timeout=60)
+    assert [s[2] for s in spans] == ["0", "0"], spans
+    assert _most_at_once(spans) == 1, spans

@@ -37,6 +37,12 @@
 --           these queues is due (-1: none)}
 local deadline = served_now() + tonumber(ARGV[3])
 local node, worker = ARGV[4], ARGV[5]
+-- A node declared dead (its supervisor frozen or cut off while its workers go on) claims
+-- nothing: it has no capacity record to reserve on, and its leases are not renewed.
+if redis.pcall('HGET', k_node(node), 'state') == 'DEAD'
+    and redis.call('EXISTS', K.node_free) == 0 then
+  return reply({{}, -1})
+end
 local max_n, divisor = tonumber(ARGV[6]), tonumber(ARGV[7])
 local out = {}
 
