@@ -26,10 +26,11 @@ redis.call('ZADD', K.nodes, served, node)
 -- less what the tasks it still holds have reserved there (those give it back when they end).
 local was = guarded('HMGET', K.node, 'as the record of node ' .. node, 'state', 'resources',
                     'gpu_ids')
-local revived = was and was[1] ~= 'ALIVE'
-if revived and was[2] and redis.call('EXISTS', K.node_free) == 0 then
+local revived = was and was[1] == 'DEAD'
+local offered = revived and was[2] and select(2, pcall(cjson.decode, was[2]))
+if type(offered) == 'table' and redis.call('EXISTS', K.node_free) == 0 then
   local free = {}
-  for name, units in pairs(cjson.decode(was[2])) do free[name] = tonumber(units) end
+  for name, units in pairs(offered) do free[name] = tonumber(units) or 0 end
   for gid in string.gmatch(was[3] or '', '[^,]+') do free['gpu:' .. gid] = UNIT end
   for _, id in ipairs(safe('SMEMBERS', K.node_tasks)) do
     local t = guarded('HMGET', k_task(id), 'in ' .. K.node_tasks, 'held', 'shape', 'gpu_ids',
