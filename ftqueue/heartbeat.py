@@ -61,8 +61,12 @@ class NodeRecord:
         """Redis lost its data since we registered (a new epoch)."""
         return self.store.ensure_epoch() != self.epoch
 
-    def renew(self, running: Iterable[str], held: Iterable[str]) -> None:
-        self.store.renew(self.node_id, self.lease_timeout_ms, list(running), list(held))
+    def renew(self, running: Iterable[str], held: Iterable[str],
+              running_by: Iterable[str] = ()) -> list[str]:
+        """Heartbeat; the running tasks this node no longer holds (declared dead meanwhile,
+        or forgotten by a Redis that lost its data): their attempts must stop."""
+        return self.store.heartbeat(self.node_id, self.lease_timeout_ms, list(running),
+                                    list(held), list(running_by))[1]
 
     def sweep(self) -> None:
         self.store.sweep(self.lease_timeout_ms, index_ttl_ms=self.index_ttl_ms)

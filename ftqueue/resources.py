@@ -67,6 +67,9 @@ def demand(num_cpus: float, num_gpus: float, memory: float,
 
 
 NO_DEMAND = "none"     # the shape of a task that needs nothing (num_cpus=0)
+# In a node's free hash, beside its resources: a claim found no room there (claim.lua). Has
+# an '=', which no resource name may have: a custom resource named "blocked" was clobbered.
+BLOCKED_FLAG = "=blocked"
 
 
 def shape_of(units: Mapping[str, int]) -> str:

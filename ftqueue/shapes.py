@@ -5,7 +5,10 @@ node could ever fit (what it offers in total), read from the queue's set of shap
 once per REFRESH_S; the claim then takes from the first of them that fits what is free now.
 The order turns at every claim, so one busy shape cannot starve the others. At most
 MAX_SHAPES per queue are named, which bounds a claim's Redis work whatever the number of
-shapes in use.
+shapes in use; with more, each claim names the next MAX_SHAPES of them (a queue's set of
+shapes only grows: a fixed choice of MAX_SHAPES left every other shape's tasks unclaimed
+forever), so every shape is named within a few claims (an idle worker claims at least
+once per second).
 """
 
 from __future__ import annotations
@@ -36,9 +39,8 @@ class ShapeChooser:
     def _fitting(self, shapes: Sequence[str]) -> list[str]:
         every = [DEFAULT_SHAPE, *sorted(s for s in set(shapes) if s != DEFAULT_SHAPE)]
         if not self.offered:          # a node that declares nothing takes every shape
-            return every[:MAX_SHAPES]
-        return [s for s in every
-                if resources.fits(resources.parse_shape(s), self.offered)][:MAX_SHAPES]
+            return every
+        return [s for s in every if resources.fits(resources.parse_shape(s), self.offered)]
 
     def for_claim(self) -> dict[str, list[str]]:
         """Per queue, the shapes to try, rotated."""
@@ -54,6 +56,7 @@ class ShapeChooser:
         self._turn += 1
         out = {}
         for q, shapes in self._known.items():
-            k = self._turn % len(shapes) if shapes else 0
-            out[q] = shapes[k:] + shapes[:k]
+            step = MAX_SHAPES if len(shapes) > MAX_SHAPES else 1
+            k = (self._turn * step) % len(shapes) if shapes else 0
+            out[q] = (shapes[k:] + shapes[:k])[:MAX_SHAPES]
         return out

@@ -336,7 +336,7 @@ class StateReader:
             pipe.hgetall(self.keys.node_free(n["node_id"]))
         for n, raw in zip(nodes, pipe.execute()):
             free = {as_text(k): int(v) for k, v in raw.items()
-                    if not as_text(k).startswith("gpu:") and as_text(k) != "blocked"}
+                    if not as_text(k).startswith("gpu:") and as_text(k) != resources.BLOCKED_FLAG}
             n["resources_free"] = resources.as_amounts(free) if n["state"] == "ALIVE" else {}
             n["resources_total"] = resources.as_amounts(n["resources_total"])
 

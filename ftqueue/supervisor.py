@@ -342,10 +342,22 @@ class Supervisor:
             self.record.register()
             for handle in self.workers.values():
                 handle.registered = False      # written again by the next publish
-        running = [h.running for h in self.workers.values() if h.running]
+        runners = [h for h in self.workers.values() if h.running]
+        running = [h.running for h in runners]
         held = [t for h in self.workers.values() for t in h.held]
         held += [t for loss in self.losses for t in loss.held]   # until their loss is told
-        self.record.renew(running, held)
+        stale = set(self.record.renew(running, held, [h.worker_id for h in runners]))
+        # Declared dead while frozen or cut off, the attempts its workers still run were
+        # retried meanwhile (perhaps here, on the capacity they held); after Redis lost its
+        # data, drivers submit the tasks again. Ending those attempts now, as a dead node's
+        # workers end, stops running the same task twice (their outcomes could only be
+        # fenced). Not charged: worker_lost finds the tasks held elsewhere, or not at all.
+        for handle in list(self.workers.values()):
+            if handle.running and handle.running in stale:
+                self.log(f"stopping worker process {handle.pid}: its task {handle.running} "
+                         "is no longer this node's (declared dead meanwhile, or Redis lost "
+                         "its data) and runs again elsewhere")
+                handle.kill(KillReason.STOP)
 
     def _write_health(self) -> None:
         if self.health_file:

@@ -59,6 +59,7 @@ LUA_CONSTANTS: dict[str, int] = {
 LUA_STRINGS: dict[str, str] = {
     "DEFAULT_SHAPE": DEFAULT_SHAPE,
     "NO_DEMAND": amounts.NO_DEMAND,
+    "BLOCKED_FLAG": amounts.BLOCKED_FLAG,
 }
 LUA_CONSTANTS["UNIT"] = amounts.UNIT
 
@@ -146,7 +147,7 @@ def prelude(fixed_keys: Sequence[FixedKey]) -> str:
     ])
 
 
-_DEFINES = re.compile(r"^local (?:function )?(\w+(?:, *\w+)*)")
+_DEFINES = re.compile(r"^(?:local )?(?:function )?(\w+(?:, *\w+)*)")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COMMENT = re.compile(r"--.*$", re.MULTILINE)
 
@@ -159,7 +160,9 @@ def top_level_chunks(text: str) -> list[tuple[set[str], str]]:
     for line in text.splitlines():
         starts = (line[:1] not in ("", " ", "\t") and not line.startswith("--")
                   and line.split(" ")[0] not in ("end", "}", "})"))
-        if starts and line.startswith("local "):
+        # `function f(...)` gives its body to a `local f` declared above it (a helper that
+        # a helper defined before it calls): a statement of its own, defining f.
+        if starts and line.startswith(("local ", "function ")):
             match = _DEFINES.match(line)
             names = {n.strip() for n in match[1].split(",")} if match else set()
             chunks.append((names, [line]))

@@ -243,9 +243,19 @@ class Store:
               held: Sequence[str] = ()) -> int:
         """Heartbeat; extend the leases of the tasks the node's workers hold; mark the tasks
         they run as RUNNING."""
+        return self.heartbeat(node_id, lease_timeout_ms, running, held)[0]
+
+    def heartbeat(self, node_id: str, lease_timeout_ms: int, running: Sequence[str] = (),
+                  held: Sequence[str] = (), running_by: Sequence[str] = (),
+                  ) -> tuple[int, list[str]]:
+        """`renew`, and which of `running` (run by the workers `running_by`, in order) the
+        node no longer holds: after it was declared dead (frozen or cut off past its lease),
+        or that Redis forgot (lost its data). Attempts its workers must stop."""
         keys = [self.keys.task(t) for t in (*held, *running)]
-        return int(self._run("renew", [node_id, lease_timeout_ms, len(held), *held, *running],
-                             keys, node_id=node_id))
+        by = list(running_by) if len(running_by) == len(running) else []
+        renewed, stale = self._run("renew", [node_id, lease_timeout_ms, len(held), *held,
+                                             *running, *by], keys, node_id=node_id)
+        return int(renewed), [_s(t) for t in stale]
 
     def sweep(self, lease_timeout_ms: int, limit: int = DEFAULT_SWEEP_LIMIT,
               index_ttl_ms: int = DEFAULT_INDEX_TTL_MS,

@@ -29,7 +29,7 @@ def test_every_helper_a_script_names_is_defined_in_it():
 
 def test_scripts_leave_out_the_helpers_they_do_not_use():
     scripts = load_scripts()
-    assert "local function finish(" in scripts["commit"].source
-    assert "local function finish(" not in scripts["clock"].source
+    assert "function finish(" in scripts["commit"].source
+    assert "function finish(" not in scripts["clock"].source
     assert "local function create(" not in scripts["commit"].source
     assert "local function create(" in scripts["submit"].source

@@ -23,6 +23,7 @@
 -- KEYS[6] node_tasks(node_id)
 -- KEYS[7] node_free(node_id)
 -- KEYS[8] limit_keys      limit keys that held a task back
+-- KEYS[9] failed_index    a task hard-pinned to a node that is gone fails here (take)
 -- Then per queue, in preference order (strict priority): bell(name), delayed(name), and per
 --         shape of it two slots: queue(<name>@node=<node_id>[@<shape>]),
 --         queue(<name>[@<shape>])
@@ -36,6 +37,12 @@
 --           these queues is due (-1: none)}
 local deadline = served_now() + tonumber(ARGV[3])
 local node, worker = ARGV[4], ARGV[5]
+-- A node declared dead (its supervisor frozen or cut off while its workers go on) claims
+-- nothing: it has no capacity record to reserve on, and its leases are not renewed.
+if redis.pcall('HGET', k_node(node), 'state') == 'DEAD'
+    and redis.call('EXISTS', K.node_free) == 0 then
+  return reply({{}, -1})
+end
 local max_n, divisor = tonumber(ARGV[6]), tonumber(ARGV[7])
 local out = {}
 
@@ -183,7 +190,7 @@ if #out == 0 then
   for _, q in ipairs(queues) do redis.call('DEL', q.bell) end
   -- Released room rings this node's bell (lib.lua release_resources).
   if blocked and redis.call('EXISTS', K.node_free) == 1 then
-    redis.call('HSET', K.node_free, 'blocked', 1)
+    redis.call('HSET', K.node_free, BLOCKED_FLAG, 1)
   end
 end
 -- After the loop: a task held back by max_rate may have become the earliest due.

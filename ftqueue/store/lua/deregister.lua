@@ -6,6 +6,8 @@
 -- KEYS[2] stats
 -- KEYS[3] corrupt
 -- KEYS[4] node(node_id)
+-- KEYS[5] leases          (a task queued here may fail: lib.lua enqueue)
+-- KEYS[6] failed_index
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] node_id
 -- Returns: 'ok'

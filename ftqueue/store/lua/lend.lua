@@ -16,7 +16,7 @@ if not cpu or redis.call('EXISTS', fkey) == 0 then return reply('unchanged') end
 if ARGV[4] == '1' and not t[3] then
   redis.call('HINCRBY', fkey, 'CPU', cpu)
   redis.call('HSET', K.task, 'lent', '1')
-  if redis.call('HDEL', fkey, 'blocked') == 1 then ring('@' .. t[1]) end
+  if redis.call('HDEL', fkey, BLOCKED_FLAG) == 1 then ring('@' .. t[1]) end
   return reply('lent')
 end
 if ARGV[4] == '0' and t[3] then

@@ -232,13 +232,25 @@ local function release_resources(id, t)
     for gid in string.gmatch(t[3], '[^,]+') do redis.call('HINCRBY', fkey, 'gpu:' .. gid, per) end
   end
   -- A worker of that node found work it had no room for: wake it (its node's bell).
-  if redis.call('HDEL', fkey, 'blocked') == 1 then ring('@' .. t[1]) end
+  if redis.call('HDEL', fkey, BLOCKED_FLAG) == 1 then ring('@' .. t[1]) end
+end
+
+local finish     -- (Transitions, below) a task that can never be queued fails at once
+
+-- A node is gone when its free hash is (unpin deletes it) and its record says it is not alive
+-- (a live node that offers nothing at all has no free hash).
+local function node_gone(node)
+  return redis.call('EXISTS', k_node_free(node)) == 0
+    and redis.pcall('HGET', k_node(node), 'state') ~= 'ALIVE'
 end
 
 -- A queue that already held work has no idle worker to wake: a worker only sleeps after a
 -- claim found its queues empty, and a claim that leaves work behind rings for the next one.
 -- A task pinned to a node that is gone (its free hash with it): a soft pin is dropped; a
--- hard one stays, and the first node to claim the task fails it (claim.lua).
+-- hard one fails the task as unschedulable, here (no node may be able to claim it, to fail
+-- it: none that fits its shape or serves its queue). Returns whether the task was queued.
+-- Every script that may queue a task (and so fail one) declares what finish needs:
+-- K.leases, K.stats, K.failed_index.
 -- `t`: the task's {shape, pin, pin_soft} when the caller knows them.
 local function enqueue(id, queue, front, t)
   local cmd = 'LPUSH'
@@ -246,13 +258,19 @@ local function enqueue(id, queue, front, t)
   local tkey = k_task(id)
   t = t or redis.call('HMGET', tkey, 'shape', 'pin', 'pin_soft')
   local pin = t[2]
-  if pin and redis.call('EXISTS', k_node_free(pin)) == 0 then
-    if t[3] == '1' then redis.call('HDEL', tkey, 'pin', 'pin_soft') end
+  if pin and node_gone(pin) then
+    if t[3] ~= '1' then
+      finish(id, 'FAILED', 'TASK_UNSCHEDULABLE_ERROR', 'it must run on node ' .. pin ..
+             ', which is gone (NodeAffinitySchedulingStrategy with soft=False)')
+      return false
+    end
+    redis.call('HDEL', tkey, 'pin', 'pin_soft')
     pin = nil
   end
   local slot = queue_slot(queue, t[1], pin)
   if pin then safe('SADD', k_pins(pin), slot) end
   if safe(cmd, k_queue(slot), id) == 1 then ring(queue) end
+  return true
 end
 
 -- A node is gone: the tasks waiting in its pinned slots go where enqueue now puts them.
@@ -363,10 +381,7 @@ local function wake_limited(key)
     if not id then return end
     local t = guarded('HMGET', k_task(id), 'in ' .. wkey .. '; dropped from it', 'state',
                       'queue')
-    if t and t[1] == 'PENDING_NODE_ASSIGNMENT' then
-      enqueue(id, t[2], true)
-      return
-    end
+    if t and t[1] == 'PENDING_NODE_ASSIGNMENT' and enqueue(id, t[2], true) then return end
   end
 end
 
@@ -478,7 +493,7 @@ local function read_fields(tkey, names, found_in, ...)
 end
 
 -- `f`: the task's FINAL_FIELDS by name when the caller read them (read_fields).
-local function finish(id, state, error_type, message, result_blob, f)
+function finish(id, state, error_type, message, result_blob, f)  -- local (above)
   local tkey = k_task(id)
   f = f or read_fields(tkey, FINAL_FIELDS)
   redis.call('HSET', tkey, 'state', state, 'end_ms', NOW, 'error_type', error_type,

@@ -8,6 +8,8 @@
 -- KEYS[4] result(object_id)  the lost value: the task's result, or one of its values <id>#<i>
 -- KEYS[5] args(task_id)
 -- KEYS[6] attempts(task_id)
+-- KEYS[7] leases          (a task queued here may fail: lib.lua enqueue)
+-- KEYS[8] failed_index
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] task_id
 -- Returns: 'ready' (nothing lost) | 'waiting' (not final: running or being rebuilt) |

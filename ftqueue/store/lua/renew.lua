@@ -10,14 +10,49 @@
 -- KEYS[5] corrupt
 -- KEYS[6] node(node_id)
 -- KEYS[7] node_tasks(node_id)
+-- KEYS[8] node_free(node_id)  rebuilt when a node declared dead comes back (see below)
 -- KEYS[NK+i] task(id) of the i-th held id, then of each running id, in ARGV order
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] node_id         ARGV[4] lease_ms       ARGV[5] n_held
--- ARGV[6..5+n_held] held task ids, then the running task ids
--- Returns: the number of leases renewed.
+-- ARGV[6..5+n_held] held task ids, then the running task ids, then (optional) the worker
+--                   that runs each of them, in the same order
+-- Returns: {the number of leases renewed, the running ids whose attempts must stop (see
+--          below)}
 local node, lease_ms, n_held = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local served = advance_served_clock()
 redis.call('ZADD', K.nodes, served, node)
+-- A node declared dead while it was only frozen (or cut off) lost its free capacity with its
+-- pins (lib.lua unpin), and a node without it counts nothing: rebuilt from what it offers,
+-- less what the tasks it still holds have reserved there (those give it back when they end).
+local was = guarded('HMGET', K.node, 'as the record of node ' .. node, 'state', 'resources',
+                    'gpu_ids')
+local revived = was and was[1] == 'DEAD'
+local offered = revived and was[2] and select(2, pcall(cjson.decode, was[2]))
+if type(offered) == 'table' and redis.call('EXISTS', K.node_free) == 0 then
+  local free = {}
+  for name, units in pairs(offered) do free[name] = tonumber(units) or 0 end
+  for gid in string.gmatch(was[3] or '', '[^,]+') do free['gpu:' .. gid] = UNIT end
+  for _, id in ipairs(safe('SMEMBERS', K.node_tasks)) do
+    local t = guarded('HMGET', k_task(id), 'in ' .. K.node_tasks, 'held', 'shape', 'gpu_ids',
+                      'lent')
+    if t and t[1] == node then
+      local need = shape_units(t[2])
+      if t[4] then need.CPU = nil end
+      for name, units in pairs(need) do free[name] = (free[name] or 0) - units end
+      if need.GPU and t[3] and t[3] ~= '' then
+        for gid in string.gmatch(t[3], '[^,]+') do
+          free['gpu:' .. gid] = (free['gpu:' .. gid] or 0) - math.min(need.GPU, UNIT)
+        end
+      end
+    end
+  end
+  local flat = {}
+  for name, units in pairs(free) do
+    flat[#flat + 1] = name
+    flat[#flat + 1] = string.format('%.0f', units)    -- memory: bytes, beyond %.14g
+  end
+  if #flat > 0 then redis.call('HSET', K.node_free, unpack(flat)) end
+end
 safe('HSET', K.node, 'state', 'ALIVE', 'heartbeat_ms', NOW)
 redis.call('PERSIST', K.node)
 
@@ -37,11 +72,21 @@ for i = 1, n_held do
     renewed = renewed + 1
   end
 end
-for i = n_held + 1, #ARGV - 5 do
+-- Attempts the node's workers must stop, returned: on a revived node, those whose tasks were
+-- handed on meanwhile (retried, here or elsewhere); on any node, those Redis forgot (a running
+-- task's record never expires: none means Redis lost its data; drivers submit it again).
+local stale = {}
+local n_running = #KEYS - NK - n_held
+for i = n_held + 1, n_held + n_running do
   local tkey = KEYS[NK + i]
-  local t = guarded('HMGET', tkey, 'run by node ' .. node, 'node_id', 'state')
+  local t = guarded('HMGET', tkey, 'run by node ' .. node, 'node_id', 'state', 'worker_id')
   if t and t[1] == node and t[2] == 'SUBMITTED_TO_WORKER' then
     redis.call('HSET', tkey, 'state', 'RUNNING')
+  end
+  local by = ARGV[5 + n_running + i]     -- the worker that runs it, when given
+  if t and (not t[2] or (revived and not TERMINAL[t[2]] and not (t[1] == node
+      and ACTIVE[t[2]] and (not by or by == t[3])))) then
+    stale[#stale + 1] = ARGV[5 + i]
   end
 end
 for _, id in ipairs(safe('SMEMBERS', K.node_tasks)) do
@@ -53,4 +98,4 @@ for _, id in ipairs(safe('SMEMBERS', K.node_tasks)) do
     redis.call('SREM', K.node_tasks, id)
   end
 end
-return reply(renewed)
+return reply({renewed, stale})

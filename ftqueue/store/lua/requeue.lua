@@ -10,6 +10,8 @@
 -- KEYS[5] attempts(task_id)
 -- KEYS[6] result(task_id)
 -- KEYS[7] children(task_id)
+-- KEYS[8] leases          (a task queued here may fail: lib.lua enqueue)
+-- KEYS[9] failed_index
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] task_id
 -- Returns: 'requeued' | 'missing' | 'no_lineage' (its arguments expired) | 'corrupt' |
