@@ -246,3 +246,23 @@ def test_workers_of_a_node_declared_dead_claim_nothing(driver, start_node):
     spans = ftqueue.get(refs, timeout=60)
     assert [s[2] for s in spans] == ["0", "0"], spans
     assert _most_at_once(spans) == 1, spans
+
+
+def test_a_corrupt_free_capacity_record_does_not_stop_its_node(driver, start_node, rclient):
+    """A node's free hash overwritten with another type failed every claim of that node
+    (WRONGTYPE), for good: nothing ran there again. It is isolated and rebuilt from what the
+    node offers, less what its running tasks hold."""
+    start_node(2, "--num-cpus", "2", "--num-gpus", "1")
+    node_id = wait_until(lambda: [n["NodeID"] for n in ftqueue.nodes() if n["Alive"]], 30,
+                         "a node")[0]
+    total = ftqueue.cluster_resources()
+    assert ftqueue.get(plus_one.remote(1), timeout=30) == 2
+    key = f"ftq:node_free:{node_id}"
+    rclient.delete(key)
+    rclient.set(key, "garbage")
+    assert ftqueue.get([plus_one.remote(i) for i in range(4)], timeout=30) == [1, 2, 3, 4]
+    assert rclient.type(key) == "hash"
+    assert key in rclient.hkeys("ftq:corrupt")
+    spans = ftqueue.get([gpu_span.remote(0.2) for _ in range(2)], timeout=30)
+    assert [s[2] for s in spans] == ["0", "0"] and _most_at_once(spans) == 1, spans
+    wait_until(lambda: ftqueue.available_resources() == total, 30, "all free again")

@@ -217,3 +217,21 @@ def test_every_key_a_script_touches_is_a_keys_key_and_declared_if_fixed(monitore
                     assert key in declared, (key, command, declared)
                 checked += 1
     assert checked > 100, checked
+
+
+# lib.lua helpers that may end a task (finish needs leases, stats and failed_index): finish
+# itself, and whatever queues a task (a task hard-pinned to a node that is gone fails there).
+MAY_FINISH = ("finish", "retry", "enqueue", "make_ready", "promote", "wake_limited",
+              "release_limit", "release_lease", "requeue_unstarted", "fail_attempt", "unpin",
+              "release_dependents", "create")
+
+
+@pytest.mark.parametrize("name", [n for n in lua_files() if n != "lib.lua"])
+def test_every_script_that_may_end_a_task_declares_what_finish_needs(name):
+    """claim.lua failed a task hard-pinned to a dead node without the failed index declared:
+    the script errored halfway, leaving the task FAILED with no one told."""
+    code = lua_code(name)
+    if not any(re.search(rf"\b{f}\(", code) for f in MAY_FINISH):
+        return
+    declared = {k.name for k in load_scripts()[name[:-4]].fixed_keys}
+    assert {"leases", "stats", "failed_index"} <= declared, (name, declared)

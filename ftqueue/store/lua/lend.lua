@@ -12,6 +12,7 @@ local t = guarded('HMGET', K.task, 'by a blocked task', 'held', 'shape', 'lent')
 if not t or not t[1] then return reply('unchanged') end
 local cpu = shape_units(t[2]).CPU
 local fkey = k_node_free(t[1])
+sound_free(fkey)
 if not cpu or redis.call('EXISTS', fkey) == 0 then return reply('unchanged') end
 if ARGV[4] == '1' and not t[3] then
   redis.call('HINCRBY', fkey, 'CPU', cpu)

@@ -142,6 +142,51 @@ local function shape_units(shape)
   return out
 end
 
+-- A node's free hash from what it offers (its record) less what the tasks it holds have
+-- reserved there (they give it back when they end): for a node declared dead that comes
+-- back (renew.lua), and for a free hash found corrupt. Nothing if its record says nothing.
+local function rebuild_free(node, fkey)
+  local n = guarded('HMGET', k_node(node), 'as the record of node ' .. node, 'resources',
+                    'gpu_ids')
+  if not n or not n[1] then return end
+  local ok, offered = pcall(cjson.decode, n[1])
+  if not ok or type(offered) ~= 'table' then return end
+  local free = {}
+  for name, units in pairs(offered) do free[name] = tonumber(units) or 0 end
+  for gid in string.gmatch(n[2] or '', '[^,]+') do free['gpu:' .. gid] = UNIT end
+  for _, id in ipairs(safe('SMEMBERS', k_node_tasks(node))) do
+    local t = guarded('HMGET', k_task(id), 'held by node ' .. node, 'held', 'shape', 'gpu_ids',
+                      'lent')
+    if t and t[1] == node then
+      local need = shape_units(t[2])
+      if t[4] then need.CPU = nil end
+      for name, units in pairs(need) do free[name] = (free[name] or 0) - units end
+      if need.GPU and t[3] and t[3] ~= '' then
+        for gid in string.gmatch(t[3], '[^,]+') do
+          free['gpu:' .. gid] = (free['gpu:' .. gid] or 0) - math.min(need.GPU, UNIT)
+        end
+      end
+    end
+  end
+  local flat = {}
+  for name, units in pairs(free) do
+    flat[#flat + 1] = name
+    flat[#flat + 1] = string.format('%.0f', units)    -- memory: bytes, beyond %.14g
+  end
+  if #flat > 0 then redis.call('HSET', fkey, unpack(flat)) end
+end
+
+-- A free hash holding another type (written by someone else) must not stop every claim of
+-- its node: it is moved aside, isolated, and rebuilt.
+local function sound_free(fkey)
+  local was = key_type(fkey)
+  if was == 'hash' or was == 'none' then return end
+  local aside = k_quarantine(fkey)
+  redis.call('RENAME', fkey, aside)
+  isolate(fkey, 'a ' .. was .. ' where ftqueue keeps a hash; moved to ' .. aside)
+  rebuild_free(string.sub(fkey, #k_node_free('') + 1), fkey)
+end
+
 -- The GPU ids `units` of GPU would take from free hash `fkey`, or nil: a fraction shares one
 -- id (the fullest that still fits, so whole ids stay free); whole GPUs take unused ids.
 local function pick_gpus(fkey, units)
@@ -176,7 +221,11 @@ local function can_reserve(fkey, need)
   local names = {}
   for name in pairs(need) do names[#names + 1] = name end
   if #names == 0 then return true, nil, redis.call('EXISTS', fkey) == 1 end
-  local have = redis.call('HMGET', fkey, unpack(names))
+  local have = redis.pcall('HMGET', fkey, unpack(names))
+  if is_wrong_type(have) then       -- corrupt: moved aside and rebuilt (sound_free)
+    sound_free(fkey)
+    have = redis.call('HMGET', fkey, unpack(names))
+  end
   local found = false
   for i = 1, #names do if have[i] then found = true end end
   if not found and redis.call('EXISTS', fkey) == 0 then return true, nil, false end
@@ -223,6 +272,7 @@ local function release_resources(id, t)
     return
   end
   local fkey = k_node_free(t[1])
+  sound_free(fkey)
   if redis.call('EXISTS', fkey) == 0 then return end     -- the node is gone
   local need = shape_units(t[2])
   if t[4] then need.CPU = nil end    -- lent while it waited in get (lend.lua): free already

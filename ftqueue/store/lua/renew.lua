@@ -24,35 +24,10 @@ redis.call('ZADD', K.nodes, served, node)
 -- A node declared dead while it was only frozen (or cut off) lost its free capacity with its
 -- pins (lib.lua unpin), and a node without it counts nothing: rebuilt from what it offers,
 -- less what the tasks it still holds have reserved there (those give it back when they end).
-local was = guarded('HMGET', K.node, 'as the record of node ' .. node, 'state', 'resources',
-                    'gpu_ids')
+local was = guarded('HMGET', K.node, 'as the record of node ' .. node, 'state')
 local revived = was and was[1] == 'DEAD'
-local offered = revived and was[2] and select(2, pcall(cjson.decode, was[2]))
-if type(offered) == 'table' and redis.call('EXISTS', K.node_free) == 0 then
-  local free = {}
-  for name, units in pairs(offered) do free[name] = tonumber(units) or 0 end
-  for gid in string.gmatch(was[3] or '', '[^,]+') do free['gpu:' .. gid] = UNIT end
-  for _, id in ipairs(safe('SMEMBERS', K.node_tasks)) do
-    local t = guarded('HMGET', k_task(id), 'in ' .. K.node_tasks, 'held', 'shape', 'gpu_ids',
-                      'lent')
-    if t and t[1] == node then
-      local need = shape_units(t[2])
-      if t[4] then need.CPU = nil end
-      for name, units in pairs(need) do free[name] = (free[name] or 0) - units end
-      if need.GPU and t[3] and t[3] ~= '' then
-        for gid in string.gmatch(t[3], '[^,]+') do
-          free['gpu:' .. gid] = (free['gpu:' .. gid] or 0) - math.min(need.GPU, UNIT)
-        end
-      end
-    end
-  end
-  local flat = {}
-  for name, units in pairs(free) do
-    flat[#flat + 1] = name
-    flat[#flat + 1] = string.format('%.0f', units)    -- memory: bytes, beyond %.14g
-  end
-  if #flat > 0 then redis.call('HSET', K.node_free, unpack(flat)) end
-end
+sound_free(K.node_free)
+if revived and redis.call('EXISTS', K.node_free) == 0 then rebuild_free(node, K.node_free) end
 safe('HSET', K.node, 'state', 'ALIVE', 'heartbeat_ms', NOW)
 redis.call('PERSIST', K.node)
 
