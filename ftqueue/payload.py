@@ -93,9 +93,10 @@ def pack_args(args: Sequence[Any], kwargs: dict[str, Any],
         return value
 
     marked = ([mark(a) for a in args], {k: mark(v) for k, v in kwargs.items()})
-    extras = {"num_returns": num_returns, "env_vars": dict(env_vars or {})}
-    blob = serialization.dumps((marked[0], marked[1], retry_exceptions, extras),
-                               what=f"arguments for a task {what}")
+    call: tuple[Any, ...] = (marked[0], marked[1], retry_exceptions)
+    if num_returns != 1 or env_vars:      # most tasks: the three, as before
+        call += ({"num_returns": num_returns, "env_vars": dict(env_vars or {})},)
+    blob = serialization.dumps(call, what=f"arguments for a task {what}")
     header = json.dumps(bound or {}, sort_keys=True).encode()
     data = ARGS_MAGIC + len(header).to_bytes(4, "big") + header + blob
     return signer().seal("args", task_id, _limit(data, f"arguments of {what}")), \

@@ -9,6 +9,7 @@ from typing import Any, Callable, Protocol
 
 from . import payload
 from .generators import ObjectRefGenerator
+from .settings import default_max_retries
 from .spec import STREAMING, ObjectRef, ResolvedOptions, item_id, validate_options
 
 IMPORT_PREFIX = "import:"
@@ -52,6 +53,8 @@ class RemoteFunction:
             self._name = import_path.rpartition(":")[2]
         self._exported: tuple[str, str] | None = None  # (client id, function digest)
         self._signature = _signature_of(function)
+        self._positional = _plain_positional(self._signature)
+        self._resolved: tuple[dict[str, Any], int, ResolvedOptions] | None = None
         self._generator = function is not None and (
             inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function))
 
@@ -83,6 +86,16 @@ class RemoteFunction:
     def name(self) -> str:
         return self._name
 
+    def _resolve(self, options: dict[str, Any]) -> ResolvedOptions:
+        """ResolvedOptions.resolve, kept while the options and the env default hold."""
+        default = default_max_retries()
+        cached = self._resolved
+        if cached is not None and cached[0] is options and cached[1] == default:
+            return cached[2]
+        resolved = ResolvedOptions.resolve(options)
+        self._resolved = (options, default, resolved)
+        return resolved
+
     def _fn_ref(self, client: Runtime) -> str:
         if self._import_path is not None:
             return IMPORT_PREFIX + self._import_path
@@ -93,7 +106,9 @@ class RemoteFunction:
 
     def _submit(self, options: dict[str, Any], args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> Any:
-        if self._signature is not None:
+        if self._signature is not None and not (
+                self._positional is not None and not kwargs
+                and self._positional[0] <= len(args) <= self._positional[1]):
             try:    # as Ray: a call that cannot bind fails here, with nothing submitted
                 self._signature.bind(*args, **kwargs)
             except TypeError as e:
@@ -101,7 +116,7 @@ class RemoteFunction:
         if _runtime is None:
             raise RuntimeError("ftqueue is not set up: import ftqueue (its api binds the "
                                "runtime)")
-        resolved = ResolvedOptions.resolve(options)
+        resolved = self._resolve(options)
         if self._generator and resolved.num_returns == 1:
             resolved = dataclasses.replace(resolved, num_returns=STREAMING)
         client = _runtime()
@@ -135,6 +150,25 @@ class _BoundOptions:
 
     def options(self, **options: Any) -> _BoundOptions:
         return _BoundOptions(self._function, {**self._options, **validate_options(options)})
+
+
+def _plain_positional(signature: inspect.Signature | None) -> tuple[int, int] | None:
+    """(fewest, most) positional arguments a call without keywords may pass, when that alone
+    decides whether it binds (no keyword-only parameter without a default): a cheap check
+    for the usual `.remote(a, b)`."""
+    if signature is None:
+        return None
+    fewest, most = 0, 0
+    for p in signature.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            most += 1
+            if p.default is p.empty:
+                fewest = most
+        elif p.kind is p.VAR_POSITIONAL:
+            most = 1 << 30
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return None
+    return fewest, most
 
 
 def _signature_of(function: Callable[..., Any] | None) -> inspect.Signature | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -84,14 +85,15 @@ def _check_limit_options(options: dict[str, Any]) -> None:
         raise ValueError("limit_key needs max_concurrency or max_rate")
 
 TASK_ID_MAX_CHARS = 128
-_TASK_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 _HEX = frozenset("0123456789abcdef")
+
+
+_TASK_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")   # TASK_ID_MAX_CHARS
 
 
 def is_task_id(text: object) -> bool:
     """A task or object id: 1-128 characters of [A-Za-z0-9._:-] (generated ones are hex)."""
-    return (isinstance(text, str) and 0 < len(text) <= TASK_ID_MAX_CHARS
-            and all(c in _TASK_ID_CHARS for c in text))
+    return isinstance(text, str) and _TASK_ID_RE.fullmatch(text) is not None
 
 
 def check_task_id(value: object) -> str:
@@ -268,9 +270,7 @@ class ResolvedOptions:
     env_vars: tuple[tuple[str, str], ...] = ()
     num_returns: int | str = 1
 
-    @property
-    def shape(self) -> str:
-        return resources.shape_of(dict(self.demand))
+    shape: str = "CPU=1"              # the demand's canonical text (resources.shape_of)
 
     @classmethod
     def resolve(cls, options: dict[str, Any]) -> ResolvedOptions:
@@ -297,6 +297,7 @@ class ResolvedOptions:
             queue=options.get("queue") or "default",
             timeout_s=options.get("timeout_s"),
             demand=tuple(sorted(demand.items())),
+            shape=resources.shape_of(demand),
             strategy=strategy,
             env_vars=tuple(sorted(env.items())),
             num_returns=options.get("num_returns") or 1,

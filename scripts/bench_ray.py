@@ -4,11 +4,11 @@
 
 On one redis-server (unix socket) with 2 nodes of 1 worker each (each offering 2 CPUs,
 1 GPU and 1 `accel`): throughput of N no-op tasks of the default shape (`num_cpus=1`), then
-of N no-op tasks mixing 3 shapes (`CPU=1`; `num_cpus=0.5, num_gpus=0.5`;
-`resources={"accel": 0.5}`); and the latency from a generator task yielding a value to its
-consumer holding that value's ref (p50/p99 over 300 values, the producer pausing 5 ms
-between yields). Compare the default-shape figure with `scripts/bench.py` (its embedded
-node has 2 workers on one node).
+of N no-op tasks mixing 3 shapes (`CPU=1`; `num_cpus=0.5, num_gpus=0.5` with `max_calls=0`,
+see SHAPES; `resources={"accel": 0.5}`); and the latency from a generator task yielding a
+value to its consumer holding that value's ref (p50/p99 over 300 values, the producer
+pausing 5 ms between yields). Compare the default-shape figure with `scripts/bench.py` (its
+embedded node has 2 workers on one node).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from ftqueue.embedded import RedisServer
 
 NODE_FLAGS = ["--num-workers", "1", "--num-cpus", "2", "--num-gpus", "1",
               "--resources", '{"accel": 1}']
-SHAPES = [{}, {"num_cpus": 0.5, "num_gpus": 0.5}, {"resources": {"accel": 0.5}}]
+# max_calls=0: a GPU task otherwise runs in a fresh worker process (max_calls=1, as Ray), and
+# the figure would measure process start-up, not claiming.
+SHAPES = [{}, {"num_cpus": 0.5, "num_gpus": 0.5, "max_calls": 0}, {"resources": {"accel": 0.5}}]
 
 
 @ftqueue.remote
