@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
 from conftest import run_script
 
 MAP_REDUCE = '''
@@ -100,6 +101,52 @@ assert replies == [f"{2 * x} {2 * x + 2}" for x in range(20)], replies
 print("ok")
 '''
 
+STARLETTE_HANDLER = '''
+import asyncio, threading, time, urllib.request
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+import ftqueue as ray
+from ftqueue.embedded import free_port
+
+ray.init(num_cpus=2)
+
+@ray.remote
+def predict(x):
+    time.sleep(0.05)
+    return x * 2
+
+async def handler(request):
+    x = int(request.path_params["x"])
+    value = await predict.remote(x)                       # awaited in the event loop
+    both = await asyncio.gather(predict.remote(x), predict.remote(x + 1))
+    return JSONResponse({"value": value, "both": both})
+
+app = Starlette(routes=[Route("/predict/{x}", handler)])
+port = free_port()
+server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+thread = threading.Thread(target=server.run, daemon=True)
+thread.start()
+while not server.started:
+    time.sleep(0.01)
+replies = [None] * 10
+def call(i):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/predict/{i}", timeout=60) as r:
+        replies[i] = r.read().decode()
+callers = [threading.Thread(target=call, args=(i,)) for i in range(10)]
+for c in callers:
+    c.start()
+for c in callers:
+    c.join()
+server.should_exit = True
+thread.join(10)
+import json
+assert [json.loads(r) for r in replies] == [
+    {"value": 2 * i, "both": [2 * i, 2 * i + 2]} for i in range(10)], replies
+print("ok")
+'''
+
 NESTED_WITH_CPUS = '''
 import ftqueue as ray
 
@@ -138,6 +185,12 @@ def test_generator_pipeline_and_multiple_returns():
 
 def test_asyncio_web_handler_awaiting_refs():
     assert run(ASYNC_WEB_HANDLER).strip() == "ok"
+
+
+def test_starlette_handler_awaiting_refs():
+    pytest.importorskip("uvicorn", reason="the dashboard extra (starlette, uvicorn) is not "
+                                          "installed")
+    assert run(STARLETTE_HANDLER).strip() == "ok"
 
 
 def test_nested_tasks_with_num_cpus_on_a_one_cpu_node():
