@@ -68,3 +68,10 @@ def test_bench_state_times_the_dashboards_tasks_page():
     for key in ("page_default_ms", "page_failed_ms", "api_default_ms", "api_failed_ms",
                 "list_limit_100_ms", "filter_failed_limit_100_ms"):
         assert result[key] > 0, key
+
+
+def test_bench_ray_prints_its_figures():
+    result = run("bench_ray.py", "--tasks", "300", "--runs", "1", "--json")
+    assert result["tasks"] == 300
+    assert result["default_shape_tasks_per_s"] > 0 and result["three_shapes_tasks_per_s"] > 0
+    assert 0 < result["yield_to_ref_p50_ms"] <= result["yield_to_ref_p99_ms"]
