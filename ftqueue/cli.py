@@ -300,8 +300,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     setup_console(f"ftqueue node {supervisor.node_id}")
 
-    offered = " ".join(f"{k}={_amount_text(k, v)}" for k, v in resources.as_amounts(
-        dict(supervisor.settings.resources)).items())
+    offered = views.amounts_text(resources.as_amounts(dict(supervisor.settings.resources)))
     supervisor.log(f"serving queues {','.join(args.queues)} with {args.num_workers} workers "
                    f"({offered}) on {redact(args.address)}")
     return supervisor.run()
@@ -534,10 +533,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
-def _amount_text(name: str, amount: float) -> str:
-    return views.size(amount) if name == "memory" else f"{amount:g}"
-
-
 def _status_text(reader: Any, args: argparse.Namespace) -> str:
     from . import schedules
 
@@ -552,8 +547,8 @@ def _status_text(reader: Any, args: argparse.Namespace) -> str:
                  f"{status['workers_alive']}   running: {status['running']}")
     if status["resources_total"]:
         lines.append("resources free / offered: " + "   ".join(
-            f"{k} {_amount_text(k, status['resources_free'].get(k, 0))}"
-            f"/{_amount_text(k, v)}" for k, v in status["resources_total"].items()))
+            f"{k} {views.amount(k, status['resources_free'].get(k, 0))}"
+            f"/{views.amount(k, v)}" for k, v in status["resources_total"].items()))
     lines.append(f"queued: {queues}")
     if status["delayed"]:
         lines.append("delayed: " + ", ".join(f"{q}={n}" for q, n in status["delayed"].items()))

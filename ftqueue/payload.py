@@ -144,9 +144,6 @@ def loads_args(data: bytes) -> CallArgs:
                     extras.get("env_vars", {}))
 
 
-def unpack_args(blob: bytes, task_id: str) -> CallArgs:
-    return loads_args(open_args(blob, task_id)[1])
-
 
 def pack_value(value: Any, object_id: str) -> bytes:
     data = VALUE + serialization.dumps(value, what="task's return value")

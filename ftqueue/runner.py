@@ -218,9 +218,9 @@ class TaskRunner:
                 raise KeyboardInterrupt
             self.interruptible = True
             try:
-                env = dict(call.env_vars)
+                env = call.env_vars
                 if task.gpu_ids:     # the GPUs it holds, as Ray sets them
-                    env["CUDA_VISIBLE_DEVICES"] = ",".join(task.gpu_ids)
+                    env = {**env, "CUDA_VISIBLE_DEVICES": ",".join(task.gpu_ids)}
                 with task_env(env):
                     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
                         return self._run_async(task, fn(*call.args, **call.kwargs))

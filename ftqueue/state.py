@@ -366,10 +366,11 @@ class StateReader:
                                                        else "")})
         return rows
 
-    def queue_depths(self) -> dict[str, int]:
-        """Per queue, the tasks ready to run (every resource shape, pinned ones too)."""
+    def queue_depths(self, slots: dict[tuple[str, str], int] | None = None) -> dict[str, int]:
+        """Per queue, the tasks ready to run (every resource shape, pinned ones too), from
+        `slots` (slot_depths) when the caller has read them."""
         depths: dict[str, int] = {}
-        for (queue, _), n in self.slot_depths().items():
+        for (queue, _), n in (slots if slots is not None else self.slot_depths()).items():
             depths[queue] = depths.get(queue, 0) + n
         return depths
 
@@ -399,18 +400,21 @@ class StateReader:
             depths[(queue, shape)] = depths.get((queue, shape), 0) + int(n)
         return depths
 
-    def infeasible(self, nodes: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    def infeasible(self, nodes: list[dict[str, Any]] | None = None,
+                   slots: dict[tuple[str, str], int] | None = None) -> list[dict[str, Any]]:
         """Ready tasks that no live node serving their queue can ever fit, per queue and
         shape, with what the closest node lacks."""
-        nodes = [n for n in (nodes if nodes is not None else self.list_nodes())
-                 if n["state"] == "ALIVE"]
+        offers = [(node["queues"].split(","),
+                   {k: resources.to_units(v, k) for k, v in node["resources_total"].items()})
+                  for node in (nodes if nodes is not None else self.list_nodes())
+                  if node["state"] == "ALIVE"]
         out = []
-        for (queue, shape), n in sorted(self.slot_depths().items()):
+        for (queue, shape), n in sorted((slots if slots is not None
+                                         else self.slot_depths()).items()):
             if not n:
                 continue
             need = resources.parse_shape(shape)
-            hosts = [{k: resources.to_units(v, k) for k, v in node["resources_total"].items()}
-                     for node in nodes if queue in node["queues"].split(",")]
+            hosts = [total for queues, total in offers if queue in queues]
             if not hosts or any(resources.fits(need, total) for total in hosts):
                 continue
             lacks = min((resources.missing(need, total) for total in hosts), key=len)
@@ -436,10 +440,11 @@ class StateReader:
         return {key: {"running": counts[2 * i], "waiting": counts[2 * i + 1]}
                 for i, key in enumerate(keys)}
 
-    def queue_stats(self, nodes: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    def queue_stats(self, nodes: list[dict[str, Any]] | None = None,
+                    depths: dict[str, int] | None = None) -> list[dict[str, Any]]:
         """Per queue: depth, how long its oldest task has waited, how many live nodes serve
         it. The oldest is the list's right end, where claims pop: O(1) per queue."""
-        depths = self.queue_depths()
+        depths = depths if depths is not None else self.queue_depths()
         nodes = nodes if nodes is not None else self.list_nodes()
         pipe = self.store.redis.pipeline(transaction=False)
         for name in depths:
@@ -492,7 +497,8 @@ class StateReader:
         nodes = nodes if nodes is not None else self.list_nodes()
         workers = workers if workers is not None else self.list_workers(nodes)
         stats = {as_text(k): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
-        depths = self.queue_depths()
+        slots = self.slot_depths()
+        depths = self.queue_depths(slots)
         return {
             "nodes_alive": sum(1 for n in nodes if n["state"] == "ALIVE"),
             "workers_alive": sum(1 for w in workers if w["state"] == "ALIVE"),
@@ -502,7 +508,7 @@ class StateReader:
             "delayed": self.delayed_counts(),
             "limits": self.limits(),
             "unserved_queues": unserved(nodes, depths),
-            "infeasible": self.infeasible(nodes),
+            "infeasible": self.infeasible(nodes, slots),
             "running": self.store.redis.zcard(self.keys.leases),
             "window_minutes": minutes,
             "recent_finished": recent.get("finished", 0),

@@ -37,10 +37,19 @@ def for_people(row: dict[str, Any]) -> dict[str, Any]:
     if "start_time" in row:
         out["duration_s"] = round(end - start, 3) if start and end else None
     for key, value in row.items():
-        if isinstance(value, dict):       # resource amounts: CPU=2 GPU=1 memory=16G
-            out[key] = " ".join(f"{k}={size(v) if k == 'memory' else v}"
-                                for k, v in value.items())
+        if isinstance(value, dict):       # resource amounts
+            out[key] = amounts_text(value)
     return out
+
+
+def amount(name: str, value: float) -> str:
+    """One resource amount for people: memory as a size (16G), the rest as a number."""
+    return size(value) if name == "memory" else f"{value:g}"
+
+
+def amounts_text(amounts: dict[str, Any]) -> str:
+    """Resource amounts for people: `CPU=2 GPU=1 memory=16G`."""
+    return " ".join(f"{k}={amount(k, v)}" for k, v in amounts.items())
 
 
 def size(n: float) -> str:

@@ -186,7 +186,7 @@ class Client:
         refused = {i for i in ids if self.queue.error(i) is not None}
         rest = [i for i in ids if i not in refused]
         ready = self.router.wait(rest, num_ready - len(refused), deadline,
-                                 lambda todo: self._check(todo, deadline), self.on_block)
+                                 lambda todo: self.check(todo, deadline), self.on_block)
         return ready | refused
 
     def future(self, ref: ObjectRef) -> Future[Any]:
@@ -219,10 +219,6 @@ class Client:
         return ObjectRef(item) if isinstance(count, int) and index < count else None
 
     def check(self, ids: list[str], deadline: float | None) -> set[str]:
-        """Which of ids are final, registering us for notices of the others."""
-        return self._check(ids, deadline)
-
-    def _check(self, ids: list[str], deadline: float | None) -> set[str]:
         """Ask Redis which ids are final, registering as a waiter on the others. A task of
         ours that Redis no longer knows (it lost recent writes) is submitted again."""
         try:

@@ -35,7 +35,7 @@ def summary(reader: StateReader) -> dict[str, Any]:
         "workers_shown": len(workers),
         "running": status["running"],
         "tasks_stored": reader.count_tasks(),
-        "queues": reader.queue_stats(nodes),
+        "queues": reader.queue_stats(nodes, status["queues"]),
         "unserved_queues": status["unserved_queues"],
         "recent_retries": status["recent_retries"],
         "recent_failures": status["recent_failures"],
@@ -43,22 +43,18 @@ def summary(reader: StateReader) -> dict[str, Any]:
         "fenced_late_results": status["fenced_late_results"],
         "throughput": throughput,
         "last_hour": {k: sum(throughput[k]) for k in ("finished", "failed", "retried")},
-        "infeasible": [dict(d, missing_text=amounts_text(d["missing"]))
+        "infeasible": [dict(d, missing_text=views.amounts_text(d["missing"]))
                        for d in status["infeasible"]],
         "schedules": schedules(reader)["schedules"],
     }
 
 
-def amounts_text(amounts: Mapping[str, Any]) -> str:
-    """Resource amounts for people: `CPU=2 GPU=1 memory=16G`."""
-    return " ".join(f"{k}={views.size(v) if k == 'memory' else v}" for k, v in amounts.items())
-
 
 def nodes(reader: StateReader) -> dict[str, Any]:
     rows = reader.list_nodes()
     for row in rows:
-        row["offers"] = amounts_text(row["resources_total"])
-        row["free"] = amounts_text(row["resources_free"])
+        row["offers"] = views.amounts_text(row["resources_total"])
+        row["free"] = views.amounts_text(row["resources_free"])
     workers = reader.list_workers(rows, newest=WORKERS_SHOWN)
     return {"nodes": rows, "workers": workers[::-1], "workers_shown": len(workers),
             "workers_recorded": reader.count_workers()}
