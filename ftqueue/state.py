@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from . import resources
 from .keys import DEFAULT_SHAPE, queue_slot
-from .spec import TaskState
+from .spec import TERMINAL_STATES, TaskState
 from .store import Store, as_text
 
 TASK_FIELDS = ("task_id", "attempt_number", "name", "state", "job_id", "actor_id", "type",
@@ -270,23 +270,30 @@ class StateReader:
 
 
     def summarize_tasks(self) -> dict[str, dict[str, int]]:
-        """Per function: how many tasks are in each state."""
+        """Per function: how many tasks are in each state, from counts the scripts keep
+        (no scan): every task created and ended since the counts began, the attempts holding
+        a lease by their state, and the rest, waiting to run, as PENDING."""
+        created: dict[str, int] = {}
         summary: dict[str, dict[str, int]] = {}
-        for chunk in self._index_chunks(self.keys.task_index):
-            for func, state in self.store.task_fields(chunk, "func", "state"):
-                if state:
-                    counts = summary.setdefault(func or "?", {})
-                    counts[state] = counts.get(state, 0) + 1
+        for key, value in self.store.redis.hgetall(self.keys.stats).items():
+            kind, _, rest = as_text(key).partition(":")
+            what, _, func = rest.partition(":")
+            if kind != "summary" or not func:
+                continue
+            if what == "created":
+                created[func] = int(value)
+            elif int(value) > 0:
+                summary.setdefault(func, {})[what] = int(value)
+        leased = [as_text(i) for i in self.store.redis.zrange(self.keys.leases, 0, -1)]
+        for func, state in self.store.task_fields(leased, "func", "state"):
+            if state and state not in TERMINAL_STATES:
+                counts = summary.setdefault(func or "?", {})
+                counts[state] = counts.get(state, 0) + 1
+        for func, n in created.items():
+            waiting = n - sum(summary.get(func, {}).values())
+            if waiting > 0:
+                summary.setdefault(func, {})["PENDING"] = waiting
         return summary
-
-    def _index_chunks(self, index: str) -> Iterable[list[str]]:
-        start = 0
-        while True:
-            chunk = self.store.redis.zrange(index, start, start + SCAN_CHUNK - 1)
-            if not chunk:
-                return
-            start += SCAN_CHUNK
-            yield [as_text(c) for c in chunk]
 
     def _records(self, index: str, key: Any, newest: int | None = None) -> list[dict[str, str]]:
         """Hashes of the ids in `index` (only the `newest` when given); ids whose hash has

@@ -30,6 +30,7 @@ redis.call('ZADD', K.schedules, next_ms, name)
 if id == '' then return reply('skipped') end
 if redis.call('EXISTS', K.task) == 0 then
   create(K.task, K.args, id, ARGV[7], ARGV[8], '', ARGV[9])
+  count_created()
 end
 redis.call('HSET', K.schedule, 'last_tick_ms', ARGV[10], 'last_task_id', id)
 return reply('fired')

@@ -412,6 +412,21 @@ end
 
 -- Per-minute counters of finished tasks, retries and failures, for `ftqueue status` and
 -- the dashboard's charts.
+-- `summary tasks` without a scan: per function, tasks created and tasks ended in each
+-- final state (stats fields `summary:<what>:<func>`); a requeue or a rebuild takes its end
+-- back. docs/design.md, "Per-task Redis work".
+local function count_summary(what, func, n)
+  redis.call('HINCRBY', K.stats, 'summary:' .. what .. ':' .. (func or '?'), n)
+end
+
+-- Tasks this script call created, per function: counted once per call (count_created).
+local CREATED = {}
+
+local function count_created()
+  for func, n in pairs(CREATED) do count_summary('created', func, n) end
+  CREATED = {}
+end
+
 local function count_recent(field)
   local key = k_stats_minute(math.floor(NOW / MINUTE_MS))
   -- The minute's key is new only when a field of it is: expire it then, not on every count.
@@ -521,7 +536,7 @@ end
 -- Everything finish needs of the task, read at once.
 local FINAL_FIELDS = {'node_id', 'notify', 'waited', 'held', 'shape', 'gpu_ids', 'lent',
                       'limit_key', 'max_concurrency', 'result_ttl_s', 'lineage_ttl_s', 'items',
-                      'attempt', 'dependents', 'children'}
+                      'attempt', 'dependents', 'children', 'func'}
 
 -- The task's fields `names` by name, and the caller's own fields (`...`, first in the same
 -- HMGET) as HMGET returns them: a caller's read and finish's are one. With `found_in`, a
@@ -552,6 +567,7 @@ function finish(id, state, error_type, message, result_blob, f)  -- local (above
   local stat = 'tasks:' .. state
   if error_type ~= '' then stat = stat .. ':' .. error_type end
   redis.call('HINCRBY', K.stats, stat, 1)
+  count_summary(state, f.func, 1)
   if state == 'FAILED' then
     redis.call('ZADD', K.failed_index, NOW, id)
     count_recent('failed:' .. error_type)
@@ -708,6 +724,8 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
   -- The common case (no dependency, no strategy, due now) is queued by the same HSET.
   local plain = deps == '' and not strategy and not (due and due > NOW)
   if plain then given.state = 'PENDING_NODE_ASSIGNMENT' end
+  local func = given.func or '?'
+  CREATED[func] = (CREATED[func] or 0) + 1
   for key, value in pairs(given) do
     flat[#flat + 1] = key
     flat[#flat + 1] = value

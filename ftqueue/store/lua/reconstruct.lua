@@ -24,6 +24,7 @@ end
 
 local function restart(id, tkey, akey, attempts_key, queue, waiting)
   record_attempt(id, 'FINISHED', '', '')
+  count_summary('FINISHED', redis.call('HGET', tkey, 'func'), -1)
   redis.call('HINCRBY', tkey, 'attempt', 1)
   redis.call('HINCRBY', tkey, 'retries', 1)
   redis.call('HDEL', tkey, 'node_id', 'worker_id', 'start_ms', 'end_ms', 'error_type',

@@ -18,7 +18,7 @@
 --          the state of a task that is not FAILED
 local id = ARGV[3]
 local t = guarded('HMGET', K.task, 'by a requeue', 'state', 'queue', 'error_type',
-                  'error_message', 'end_ms', 'dep_ids')
+                  'error_message', 'end_ms', 'dep_ids', 'func')
 if not t then return reply('corrupt') end
 if not t[1] then return reply('missing') end
 if t[1] ~= 'FAILED' then return reply(t[1]) end
@@ -35,6 +35,7 @@ redis.call('HDEL', K.task, 'node_id', 'worker_id', 'start_ms', 'end_ms', 'error_
 redis.call('DEL', K.result)
 for _, key in ipairs({K.task, K.args, K.attempts, K.children}) do redis.call('PERSIST', key) end
 redis.call('HINCRBY', K.stats, 'requeued', 1)
+count_summary('FAILED', t[7], -1)
 -- Cancelled while waiting for its arguments: it waits for those not final yet, again.
 local pending = 0
 for dep in string.gmatch(t[6] or '', '[^,]+') do

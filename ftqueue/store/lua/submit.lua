@@ -41,4 +41,5 @@ for i = 1, tonumber(ARGV[3]) do
     attach(KEYS[k], ARGV[b], ARGV[b + 4])
   end
 end
+count_created()
 return reply(created)

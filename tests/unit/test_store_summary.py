@@ -1,0 +1,56 @@
+"""`summary tasks` from the counts the scripts keep: exact per function and state, with no
+scan of the tasks (on fakeredis and the real server)."""
+
+from __future__ import annotations
+
+import storekit
+from storekit import claim, submit
+
+from ftqueue.state import StateReader
+
+env = storekit.env
+
+
+def summary(store):
+    return StateReader(store).summarize_tasks()
+
+
+def test_counts_follow_every_transition_without_reading_the_index(env):
+    store, _clock, client = env
+    for i in range(5):
+        submit(store, f"a{i}", max_retries=0)
+    submit(store, "a0")                                   # idempotent: not counted again
+    (ok,) = claim(store, worker="w1")
+    assert summary(store) == {"f": {"RUNNING": 1, "PENDING": 4}}
+    (bad,) = claim(store, worker="w2")
+    assert summary(store) == {"f": {"RUNNING": 2, "PENDING": 3}}
+    store.commit([(ok.task_id, ok.fence, "ok", b"V", False, "")])
+    assert store.commit([(bad.task_id, bad.fence, "err", b"E", True, "boom")]) == ["failed"]
+    assert summary(store) == {"f": {"FINISHED": 1, "FAILED": 1, "PENDING": 3}}
+    # No scan: the index and the records of waiting tasks are not what it reads.
+    client.delete("ftq:index:tasks")
+    for i in range(2, 5):
+        client.delete(f"ftq:task:a{i}")
+    assert summary(store) == {"f": {"FINISHED": 1, "FAILED": 1, "PENDING": 3}}
+
+
+def test_requeue_and_rebuild_take_their_end_back(env):
+    store, _clock, client = env
+    submit(store, "ok1")
+    submit(store, "bad1", max_retries=0)
+    for worker in ("w1", "w2"):
+        (task,) = claim(store, worker=worker)
+        if task.task_id == "ok1":
+            store.commit([("ok1", task.fence, "ok", b"V", False, "")])
+        else:
+            store.commit([("bad1", task.fence, "err", b"E", True, "boom")])
+    assert summary(store) == {"f": {"FINISHED": 1, "FAILED": 1}}
+    assert store.requeue("bad1") == "requeued"
+    assert summary(store) == {"f": {"FINISHED": 1, "PENDING": 1}}
+    client.delete("ftq:result:ok1")
+    assert store.reconstruct("ok1") == "resubmitted"
+    assert summary(store) == {"f": {"PENDING": 2}}
+    for worker in ("w1", "w2"):
+        (task,) = claim(store, worker=worker)
+        store.commit([(task.task_id, task.fence, "ok", b"V", False, "")])
+    assert summary(store) == {"f": {"FINISHED": 2}}
