@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import time
 from typing import Iterable, Mapping
@@ -13,9 +14,16 @@ from redis.typing import EncodableT, FieldT
 
 from . import resources
 from .settings import NodeSettings
-from .store import Store, redact
+from .store import Store, as_text, redact
 from .watchdog import rss_of
 from .workerpool import WorkerHandle
+
+HOUSEKEEPING_S = 5.0
+# Duties every node shares (sweep, schedules) are spaced so the whole fleet makes about this
+# many calls a second, each node at least every FLEET_MAX_INTERVAL_S.
+FLEET_RATE_PER_S = 10.0
+FLEET_MAX_INTERVAL_S = 5.0
+WORKER_RECORD_MAX_AGE_S = 30.0
 
 
 class NodeRecord:
@@ -28,6 +36,10 @@ class NodeRecord:
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
         self.index_ttl_ms = index_ttl_ms
         self.epoch = ""
+        self.live_nodes = 1
+        self._last_housekeeping = 0.0
+        # What each worker's record last said, and when it was written (publish_workers).
+        self._published: dict[str, tuple[tuple[object, ...], float]] = {}
 
     def register(self) -> None:
         self.store.redis.hset(self.keys.node(self.node_id), mapping={
@@ -59,25 +71,50 @@ class NodeRecord:
 
     def redis_was_reset(self) -> bool:
         """Redis lost its data since we registered (a new epoch)."""
-        return self.store.ensure_epoch() != self.epoch
+        current = self.store.redis.get(self.keys.epoch)
+        if current is None:
+            return self.store.ensure_epoch() != self.epoch
+        return as_text(current) != self.epoch
 
     def renew(self, running: Iterable[str], held: Iterable[str],
               running_by: Iterable[str] = ()) -> list[str]:
         """Heartbeat; the running tasks this node no longer holds (declared dead meanwhile,
         or forgotten by a Redis that lost its data): their attempts must stop."""
-        return self.store.heartbeat(self.node_id, self.lease_timeout_ms, list(running),
-                                    list(held), list(running_by))[1]
+        _, stale, self.live_nodes = self.store.heartbeat(
+            self.node_id, self.lease_timeout_ms, list(running), list(held), list(running_by))
+        return stale
 
     def sweep(self) -> None:
-        self.store.sweep(self.lease_timeout_ms, index_ttl_ms=self.index_ttl_ms)
+        """The cluster's reaper, a share of it: the trims and forgetting only every
+        HOUSEKEEPING_S (they are not urgent, and every node sweeps)."""
+        now = time.monotonic()
+        housekeeping = now - self._last_housekeeping >= HOUSEKEEPING_S
+        self.store.sweep(self.lease_timeout_ms, index_ttl_ms=self.index_ttl_ms,
+                         housekeeping=housekeeping)
+        if housekeeping:
+            self._last_housekeeping = now
+
+    def fleet_interval(self, base_s: float) -> float:
+        """How often this node runs a duty every node shares (sweep, schedules): `base_s`,
+        spaced out as the fleet grows so the fleet's total stays near FLEET_RATE_PER_S
+        calls a second, and never rarer than FLEET_MAX_INTERVAL_S (so a lost node is found
+        within its lease plus that). Jittered, so the nodes' calls do not line up."""
+        spaced = min(FLEET_MAX_INTERVAL_S, self.live_nodes / FLEET_RATE_PER_S)
+        return max(base_s, spaced) * random.uniform(0.9, 1.1)
 
     def publish_workers(self, handles: Iterable[WorkerHandle]) -> None:
-        """Each worker's record, for `ftqueue list workers` (refreshed with the heartbeat,
-        so it comes back after Redis lost its data)."""
+        """Each worker's record, for `ftqueue list workers` (written again after Redis lost
+        its data). Only what changed is written: an idle fleet writes almost nothing."""
         handles = list(handles)
+        now = time.monotonic()
+        shown = {h.worker_id: self._shown(h) for h in handles}
+        self._published = {w: p for w, p in self._published.items() if w in shown}
+        stale = [h for h in handles if self._stale(h.worker_id, shown[h.worker_id], now)]
+        if not stale:
+            return
         pipe = self.store.redis.pipeline(transaction=False)
         now_ms = self.store.clock_ms()
-        for handle in handles:
+        for handle in stale:
             record: dict[FieldT, EncodableT] = {"current_task": handle.running,
                                             "tasks_run": handle.tasks_run,
                                             "blocked": int(handle.blocked),
@@ -90,8 +127,19 @@ class NodeRecord:
                 pipe.zadd(self.keys.workers, {handle.worker_id: now_ms})
             pipe.hset(self.keys.worker(handle.worker_id), mapping=record)
         pipe.execute()
-        for handle in handles:
+        for handle in stale:
             handle.registered = True
+            self._published[handle.worker_id] = (self._shown(handle), now)
+
+    @staticmethod
+    def _shown(handle: WorkerHandle) -> tuple[object, ...]:
+        """What a worker's record shows (its memory to the MiB)."""
+        return (handle.registered, handle.running, handle.tasks_run, handle.blocked,
+                (rss_of(handle) or 0) >> 20)
+
+    def _stale(self, worker_id: str, shown: tuple[object, ...], now: float) -> bool:
+        last = self._published.get(worker_id)
+        return not last or last[0] != shown or now - last[1] >= WORKER_RECORD_MAX_AGE_S
 
     def write_health(self, path: str, redis_ok: bool) -> None:
         """For a container healthcheck (`ftqueue health`): who we are and when we last

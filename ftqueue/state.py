@@ -285,9 +285,9 @@ class StateReader:
             elif int(value) > 0:
                 summary.setdefault(func, {})[what] = int(value)
         leased = [as_text(i) for i in self.store.redis.zrange(self.keys.leases, 0, -1)]
-        for func, state in self.store.task_fields(leased, "func", "state"):
+        for name, state in self.store.task_fields(leased, "func", "state"):
             if state and state not in TERMINAL_STATES:
-                counts = summary.setdefault(func or "?", {})
+                counts = summary.setdefault(name or "?", {})
                 counts[state] = counts.get(state, 0) + 1
         for func, n in created.items():
             waiting = n - sum(summary.get(func, {}).values())

@@ -298,8 +298,9 @@ class Supervisor:
             ("renew", renew_s, self._renew),
             ("workers", renew_s, lambda: self.record.publish_workers(self.workers.values())),
             ("health", renew_s, self._write_health),
-            ("sweep", max(renew_s, 0.5), self.record.sweep),
-            ("schedules", schedules.POLL_S, lambda: schedules.fire_due(self.store)),
+            ("sweep", self.record.fleet_interval(max(renew_s, 0.5)), self.record.sweep),
+            ("schedules", self.record.fleet_interval(schedules.POLL_S),
+             lambda: schedules.fire_due(self.store)),
             ("cancels", CANCEL_POLL_S, self._poll_cancels),
             ("losses", renew_s, self._report_losses),
             ("memory", MEMORY_CHECK_INTERVAL_S, self._watch_memory),
@@ -364,6 +365,10 @@ class Supervisor:
             self.record.write_health(self.health_file, self.redis_ok)
 
     def _poll_cancels(self) -> None:
+        # A cancel is sent to a node only for a task it holds; with none held, any request
+        # still listed is stale (the list is durable: it is read when a task is held).
+        if not any(h.running or h.held for h in self.workers.values()):
+            return
         self.relays.add_cancels(self.store.pop_cancel_requests(self.node_id))
         self.relays.deliver_cancels(self.workers.values())
 

@@ -169,8 +169,10 @@ class CompletionRouter:
                 self._mine.pop(task_id, None)
 
     def has_waiters(self) -> bool:
+        """Someone waits for a task not yet final (a standing watch with nothing in it, as
+        the futures' resolver keeps, is not waiting: its process has no duties to run)."""
         with self._bc.lock:
-            return bool(self._waiting)
+            return any(w.pending for w in self._waiting)
 
     def _is_mine(self, object_id: str) -> bool:
         """We will be told of it: we submitted its task (call with the lock held)."""

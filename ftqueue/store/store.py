@@ -247,20 +247,25 @@ class Store:
 
     def heartbeat(self, node_id: str, lease_timeout_ms: int, running: Sequence[str] = (),
                   held: Sequence[str] = (), running_by: Sequence[str] = (),
-                  ) -> tuple[int, list[str]]:
+                  ) -> tuple[int, list[str], int]:
         """`renew`, and which of `running` (run by the workers `running_by`, in order) the
         node no longer holds: after it was declared dead (frozen or cut off past its lease),
-        or that Redis forgot (lost its data). Attempts its workers must stop."""
+        or that Redis forgot (lost its data). Attempts its workers must stop. Also the number
+        of live nodes."""
         keys = [self.keys.task(t) for t in (*held, *running)]
         by = list(running_by) if len(running_by) == len(running) else []
-        renewed, stale = self._run("renew", [node_id, lease_timeout_ms, len(held), *held,
-                                             *running, *by], keys, node_id=node_id)
-        return int(renewed), [_s(t) for t in stale]
+        renewed, stale, live_nodes = self._run(
+            "renew", [node_id, lease_timeout_ms, len(held), *held, *running, *by], keys,
+            node_id=node_id)
+        return int(renewed), [_s(t) for t in stale], int(live_nodes)
 
     def sweep(self, lease_timeout_ms: int, limit: int = DEFAULT_SWEEP_LIMIT,
-              index_ttl_ms: int = DEFAULT_INDEX_TTL_MS,
+              index_ttl_ms: int = DEFAULT_INDEX_TTL_MS, housekeeping: bool = True,
               ) -> tuple[list[tuple[str, str]], list[str]]:
-        swept, dead = self._run("sweep", [lease_timeout_ms, limit, index_ttl_ms])
+        """See sweep.lua; `housekeeping`: also trim the listing indexes and forget what
+        expired (not urgent: a node does it every few sweeps)."""
+        swept, dead = self._run("sweep", [lease_timeout_ms, limit, index_ttl_ms,
+                                          "1" if housekeeping else "0"])
         return _pairs(swept), [_s(d) for d in dead]
 
     def worker_lost(self, node_id: str, worker_id: str, running_task_id: str, error_type: str,

@@ -148,3 +148,15 @@ def test_forget_and_unfinished(router):
     assert router.unfinished() == ["b"]
     router.forget(["a", "b"])
     assert router.inline(["a"]) == {} and router.unfinished() == []
+
+
+def test_an_empty_standing_watch_runs_no_duties(router, calls):
+    """The futures' resolver keeps a watch open for the life of the process; while it holds
+    no id, nobody waits, so an idle process (a worker, a web app) sweeps nothing."""
+    watch = router.open_watch()
+    assert router.listen_step(0.05) and calls.ticks == 0
+    router.add_to_watch(watch, ["x"])
+    assert router.listen_step(0.05) and calls.ticks == 1
+    router.deliver([("x", None)])
+    assert not watch.pending
+    assert router.listen_step(0.05) and calls.ticks == 1

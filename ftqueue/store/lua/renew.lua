@@ -17,7 +17,7 @@
 -- ARGV[6..5+n_held] held task ids, then the running task ids, then (optional) the worker
 --                   that runs each of them, in the same order
 -- Returns: {the number of leases renewed, the running ids whose attempts must stop (see
---          below)}
+--          below), the number of live nodes (nodes space their sweeps by it)}
 local node, lease_ms, n_held = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local served = advance_served_clock()
 redis.call('ZADD', K.nodes, served, node)
@@ -73,4 +73,4 @@ for _, id in ipairs(safe('SMEMBERS', K.node_tasks)) do
     redis.call('SREM', K.node_tasks, id)
   end
 end
-return reply({renewed, stale})
+return reply({renewed, stale, redis.call('ZCARD', K.nodes)})

@@ -17,7 +17,7 @@
 -- KEYS[10] queues         every queue's due DELAYED tasks are moved to its front
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3] lease_ms        ARGV[4] limit (expired leases handled per call)
--- ARGV[5] index_ttl_ms
+-- ARGV[5] index_ttl_ms    ARGV[6] '1': also the housekeeping (trims and forgetting), '0' not
 -- Returns: {{task_id, outcome, ...}, {dead_node_id, ...}}
 local lease_ms, limit, index_ttl_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local served = advance_served_clock()
@@ -48,6 +48,7 @@ for _, queue in ipairs(safe('SMEMBERS', K.queues)) do
   promote(queue, k_delayed(queue), PROMOTE_BATCH)
 end
 
+if ARGV[6] == '0' then return reply({swept, dead}) end
 local horizon = NOW - index_ttl_ms
 redis.call('ZREMRANGEBYSCORE', K.task_index, '-inf', horizon)
 redis.call('ZREMRANGEBYSCORE', K.failed_index, '-inf', horizon)
