@@ -54,3 +54,18 @@ def test_requeue_and_rebuild_take_their_end_back(env):
         (task,) = claim(store, worker=worker)
         store.commit([(task.task_id, task.fence, "ok", b"V", False, "")])
     assert summary(store) == {"f": {"FINISHED": 2}}
+
+
+def test_a_result_is_stored_with_its_retention_in_one_write(env):
+    store, _clock, client = env
+    fields = {"name": "f", "func": "f", "fn": "d", "job_id": "1", "max_retries": "0",
+              "notify": "ftq:done:me", "result_ttl_s": "100", "lineage_ttl_s": "200"}
+    store.submit([("ok1", "default", b"args", [], fields), ("bad1", "default", b"args", [],
+                                                           fields)])
+    for worker in ("w1", "w2"):
+        (task,) = claim(store, worker=worker)
+        outcome = "ok" if task.task_id == "ok1" else "err"
+        store.commit([(task.task_id, task.fence, outcome, b"V", True, "boom")])
+    for task_id in ("ok1", "bad1"):
+        assert 90 < client.ttl(f"ftq:result:{task_id}") <= 100
+        assert 190 < client.ttl(f"ftq:task:{task_id}") <= 200

@@ -163,13 +163,15 @@ for qi, q in ipairs(queues) do
         if qi == 1 and shape == DEFAULT_SHAPE then
           want = math.max(1, math.min(max_n, math.floor(len / divisor)))
         end
-        local held = 0
+        local held, popped = 0, 0
         while want > 0 and held < HOLD_MAX do
           local id = redis.call('RPOP', qkey)
           if not id then break end
+          popped = popped + 1
           local row = take(id, #out == 0, need, gpus, registered)
           if row == 'later' then
             redis.call('RPUSH', qkey, id)    -- back to the front, for the next claim
+            popped = popped - 1
             break
           elseif row == 'held' then
             held = held + 1
@@ -178,7 +180,9 @@ for qi, q in ipairs(queues) do
             want = want - 1
           end
         end
-        if redis.call('LLEN', qkey) > 0 then left = true end
+        -- What a take adds to this list (a task its end makes ready) rings the bell itself
+        -- when the list was empty; otherwise some of `len` are left.
+        if len > popped then left = true end
       end
     end
     if #out > 0 then break end

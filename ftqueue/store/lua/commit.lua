@@ -32,7 +32,7 @@ local function commit_one(tkey, rkey, id, fence, outcome, blob, retryable, messa
     return 'fenced'
   end
   if outcome == 'ok' then
-    redis.call('SET', rkey, blob)
+    store_result(rkey, blob, f)
     finish(id, 'FINISHED', '', '', blob, f)
     return 'finished'
   end
@@ -40,7 +40,7 @@ local function commit_one(tkey, rkey, id, fence, outcome, blob, retryable, messa
     retry(id, 'TASK_EXECUTION_EXCEPTION', message, true)
     return 'retried'
   end
-  redis.call('SET', rkey, blob)
+  store_result(rkey, blob, f)
   local error_type = 'TASK_EXECUTION_EXCEPTION'
   if outcome == 'cancelled' then
     error_type = 'TASK_CANCELLED'

@@ -104,8 +104,7 @@ end
 
 local function ring(queue)
   local bell = k_bell(queue)
-  safe('LPUSH', bell, '1')
-  redis.call('LTRIM', bell, 0, BELL_MAX - 1)
+  if safe('LPUSH', bell, '1') > BELL_MAX then redis.call('LTRIM', bell, 0, BELL_MAX - 1) end
 end
 
 -- Resources (docs/design.md, "Resources") ---------------------------------------------------
@@ -518,7 +517,7 @@ end
 local function set_retention(id, f)
   local result_ttl, lineage_ttl = tonumber(f.result_ttl_s) or 0, tonumber(f.lineage_ttl_s) or 0
   if result_ttl > 0 then
-    redis.call('EXPIRE', k_result(id), result_ttl)
+    if not f.result_stored then redis.call('EXPIRE', k_result(id), result_ttl) end
     for i = 0, (tonumber(f.items) or 0) - 1 do   -- values returned one by one (stream.lua)
       redis.call('EXPIRE', k_result(id .. '#' .. i), result_ttl)
     end
@@ -529,6 +528,18 @@ local function set_retention(id, f)
     if (tonumber(f.attempt) or 0) > 0 then redis.call('EXPIRE', k_attempts(id), lineage_ttl) end
     if f.children then redis.call('EXPIRE', k_children(id), lineage_ttl) end
   end
+end
+
+-- A commit's result (or error), stored with its retention at once: one write, no EXPIRE.
+-- `f`: the task's FINAL_FIELDS (read_fields), told that its result is stored.
+local function store_result(rkey, blob, f)
+  local ttl = tonumber(f.result_ttl_s) or 0
+  if ttl > 0 then
+    redis.call('SET', rkey, blob, 'EX', ttl)
+  else
+    redis.call('SET', rkey, blob)
+  end
+  f.result_stored = true
 end
 
 -- The final attempt stays in the task hash (state, node, worker, times, error); only the
