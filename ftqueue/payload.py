@@ -12,6 +12,7 @@ FTQUEUE_MAX_PAYLOAD_BYTES.
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import traceback
@@ -97,10 +98,16 @@ def pack_args(args: Sequence[Any], kwargs: dict[str, Any],
     if num_returns != 1 or env_vars:      # most tasks: the three, as before
         call += ({"num_returns": num_returns, "env_vars": dict(env_vars or {})},)
     blob = serialization.dumps(call, what=f"arguments for a task {what}")
-    header = json.dumps(bound or {}, sort_keys=True).encode()
+    header = _header(tuple(sorted((bound or {}).items())))
     data = ARGS_MAGIC + len(header).to_bytes(4, "big") + header + blob
     return signer().seal("args", task_id, _limit(data, f"arguments of {what}")), \
         list(dict.fromkeys(deps))
+
+
+@functools.lru_cache(maxsize=256)
+def _header(bound: tuple[tuple[str, str], ...]) -> bytes:
+    """The envelope's header, the same for every call of a function with the same options."""
+    return json.dumps(dict(bound), sort_keys=True).encode()
 
 
 def reseal_args(blob: bytes, from_id: str, to_id: str) -> bytes:

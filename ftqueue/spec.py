@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import re
-import uuid
+import threading
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime
@@ -319,14 +320,41 @@ _before_hex: Callable[[], None] | None = None
 _future_of: Callable[[ObjectRef], concurrent.futures.Future[Any]] | None = None
 
 
+class _RandomPool:
+    """Random bytes from the OS, read in blocks: one system call per ID_POOL ids instead of
+    one per id (it cost a submit 13 µs here). A forked child starts a pool of its own, so
+    parent and child never hand out the same bytes."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._block = b""
+        self._pos = 0
+        self._lock = threading.Lock()     # a child never inherits it held
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if self._pos + n > len(self._block):
+                self._block, self._pos = os.urandom(n * ID_POOL), 0
+            start = self._pos
+            self._pos += n
+            return self._block[start:self._pos]
+
+
+ID_POOL = 512
+_random = _RandomPool()
+
+
 def new_id() -> str:
-    """A task id: 32 hex digits."""
-    return uuid.uuid4().hex
+    """A task id: 32 hex digits (128 random bits)."""
+    return _random.take(16).hex()
 
 
 def new_put_id() -> str:
     """An object from `put`: 40 hex digits, so a lost one is known to have no lineage."""
-    return uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    return _random.take(20).hex()
 
 
 PUT_ID_LENGTH = 40

@@ -3,6 +3,7 @@ argument blob are built."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,12 +71,17 @@ def limit_fields(options: ResolvedOptions) -> dict[str, str]:
     return fields
 
 
+@functools.lru_cache(maxsize=1024)
+def _printable(name: str) -> str:
+    return "".join(c if c.isprintable() and not c.isspace() else "_" for c in name)
+
+
 def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
                      args: Sequence[Any], kwargs: dict[str, Any], origin: Origin,
                      function: str | None) -> Submission:
     """The task's record fields, then its arguments pickled and sealed for it."""
     task_id = options.task_id or new_id()
-    func_name = "".join(c if c.isprintable() and not c.isspace() else "_" for c in func_name)
+    func_name = _printable(func_name)
     parent = current_task()
     fields = {
         "name": options.name or func_name, "func": func_name, "fn": fn_ref,
