@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 import redis
@@ -21,6 +22,8 @@ from test_seed_examples import CRASH_RETRY_EXAMPLE, ERRORS_EXAMPLE, EXCEPTION_RE
 
 import ftqueue
 import ftqueue.state
+from ftqueue.dashboard.server import DashboardProcess
+from ftqueue.embedded import free_port
 from ftqueue.embedded_cluster import LocalCluster
 from ftqueue.exceptions import TaskCancelledError, TaskError
 from ftqueue.store import Store, connect
@@ -166,6 +169,17 @@ def test_dependencies_nested_tasks_lineage_and_the_cli_on_a_cluster(on_cluster3,
         "make", "plus", "fan_out", "square", "boom"}
     status = cli(cluster.address, "status")
     assert status.returncode == 0 and "nodes alive: 1" in status.stdout, status
+    dashboard = DashboardProcess.start(cluster.address, "ftq", "127.0.0.1", free_port(),
+                                       env=child_env())
+    try:
+        with urllib.request.urlopen(dashboard.url + "/api/summary", timeout=30) as reply:
+            summary = json.loads(reply.read())
+        assert summary["nodes_alive"] == 1
+        assert summary["last_hour"]["finished"] == 13 and summary["last_hour"]["failed"] == 2
+        with urllib.request.urlopen(dashboard.url + "/healthz", timeout=30) as reply:
+            assert json.loads(reply.read()) == {"ok": True}
+    finally:
+        dashboard.stop()
 
 
 def test_recursive_cancel_on_a_cluster(on_cluster3):
