@@ -124,6 +124,8 @@ class LocalCluster:
                     if start <= slot <= end:
                         host, port = primary[0], int(primary[1])
                         host = host.decode() if isinstance(host, bytes) else host
+                        # A lone node does not know its own address: it answers ''.
+                        host = host or host_port(server).rsplit(":", 1)[0]
                         for s in self.servers:
                             if host_port(s) == f"{host}:{port}":
                                 return s
