@@ -27,8 +27,9 @@ within 5 %).
 
 instead runs the throughput case on a local Redis Cluster of 1 and of 3 primaries (a
 `redis+cluster://` address, one node of 2 workers), reporting per primary the Redis CPU and
-commands per task. A namespace is one hash slot at this stage, so all of its work lands on
-the primary that holds it; the others show only the cluster's own upkeep.
+commands per task, beside the same run on one plain Redis over TCP (`plain_tcp`). A
+namespace is one hash slot at this stage, so all of its work lands on the primary that
+holds it; the others show only the cluster's own upkeep.
 """
 
 from __future__ import annotations
@@ -384,24 +385,29 @@ def _options():
 # -- Redis Cluster (--cluster) ------------------------------------------------------------------
 
 def cluster_figures(primaries: int, tasks: int, runs: int) -> dict[str, object]:
+    """Throughput and per-primary Redis cost on a local cluster of `primaries` primaries;
+    0: one plain Redis over TCP, the same measurement without cluster mode."""
     import subprocess
 
     from ftqueue.embedded_cluster import LocalCluster
     from ftqueue.keys import Keys
 
-    cluster = LocalCluster.start(primaries, 0)
+    cluster = LocalCluster.start(primaries, 0) if primaries else None
+    plain = None if cluster else RedisServer.start(unix_socket=False)
+    address = cluster.address if cluster else plain.address  # type: ignore[union-attr]
+    servers = cluster.primaries if cluster else [plain]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     node = subprocess.Popen([sys.executable, "-m", "ftqueue", "worker", "--address",
-                             cluster.address, "--num-workers", str(WORKERS),
+                             address, "--num-workers", str(WORKERS),
                              "--exit-with-parent", str(os.getpid())],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
-        ftqueue.init(address=cluster.address)
+        ftqueue.init(address=address)
         try:
             ftqueue_throughput(200)     # warm up: workers started, function cached
-            owner = cluster.owner_of(Keys("ftq", hash_tag=True).stats)
-            meters = [PrimaryMeter(s.address) for s in cluster.primaries]
+            owner = cluster.owner_of(Keys("ftq", hash_tag=True).stats) if cluster else plain
+            meters = [PrimaryMeter(s.address) for s in servers]  # type: ignore[union-attr]
             rates = [ftqueue_throughput(tasks) for _ in range(runs)]
             costs = [m.per_task(tasks * runs) for m in meters]
         finally:
@@ -409,11 +415,14 @@ def cluster_figures(primaries: int, tasks: int, runs: int) -> dict[str, object]:
     finally:
         os.killpg(node.pid, 9)
         node.wait()
-        cluster.stop()
+        if cluster:
+            cluster.stop()
+        if plain:
+            plain.stop()
     return {
         "primaries": primaries,
         "tasks_per_s": round(statistics.median(rates)),
-        "slot_primary": cluster.primaries.index(owner),
+        "slot_primary": servers.index(owner),
         "redis_cpu_us_per_task_by_primary": [c[0] for c in costs],
         "redis_cmds_per_task_by_primary": [c[1] for c in costs],
     }
@@ -440,15 +449,18 @@ class PrimaryMeter:
 
 
 def cluster_main(args: argparse.Namespace) -> int:
-    by_primaries = [cluster_figures(p, args.tasks, args.runs) for p in (1, 3)]
+    plain, *by_primaries = [cluster_figures(p, args.tasks, args.runs) for p in (0, 1, 3)]
     result = {"mode": "cluster", "tasks": args.tasks, "runs": args.runs, "workers": WORKERS,
               "one_namespace_one_slot": True,
+              "plain_tcp": {k: v for k, v in plain.items() if k not in ("primaries",
+                                                                          "slot_primary")},
               **{f"primaries_{r['primaries']}": r for r in by_primaries}}
-    print(f"{args.tasks} no-op tasks on a local Redis Cluster, {WORKERS} worker processes, "
-          f"median of {args.runs} runs (one namespace = one hash slot = one primary)")
-    for r in by_primaries:
-        print(f"  {r['primaries']} primaries: {r['tasks_per_s']} tasks/s; Redis CPU us per task "
-              f"by primary {r['redis_cpu_us_per_task_by_primary']}, commands per task "
+    print(f"{args.tasks} no-op tasks, {WORKERS} worker processes, median of {args.runs} runs; "
+          "a namespace is one hash slot, so one primary carries it")
+    for r in [plain, *by_primaries]:
+        name = f"{r['primaries']} primaries" if r["primaries"] else "plain Redis (TCP)"
+        print(f"  {name}: {r['tasks_per_s']} tasks/s; Redis CPU us per task by primary "
+              f"{r['redis_cpu_us_per_task_by_primary']}, commands per task "
               f"{r['redis_cmds_per_task_by_primary']} (the slot is on primary "
               f"{r['slot_primary']})")
     if args.json:

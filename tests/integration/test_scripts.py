@@ -45,6 +45,8 @@ def test_chaos_cluster_quick_survives_a_primary_failover():
 def test_bench_cluster_quick_reports_each_primary():
     result = run("bench.py", "--cluster", "--quick", "--json")
     assert result["mode"] == "cluster" and result["one_namespace_one_slot"]
+    assert result["plain_tcp"]["tasks_per_s"] > 0
+    assert result["plain_tcp"]["redis_cmds_per_task_by_primary"][0] > 10
     for primaries in (1, 3):
         r = result[f"primaries_{primaries}"]
         assert r["tasks_per_s"] > 0
