@@ -266,11 +266,19 @@ def read_log(path) -> list[tuple[str, str, str, int]]:
         return []
 
 
-def test_a_primary_sigkilled_mid_workload_fails_over_and_loses_nothing(cluster6, tmp_path):
+@ftqueue.remote
+def shout(text):
+    print(text)
+    return text
+
+
+def test_a_primary_sigkilled_mid_workload_fails_over_and_loses_nothing(cluster6, tmp_path,
+                                                                       capsys):
     """The primary holding the namespace is SIGKILLed while tasks run and are submitted; its
     replica is promoted. Every result is correct; a task ran twice only if it was running at
     the kill, or its commit had not reached the replica (what async replication may lose,
-    docs/guarantees.md): read on the replica before its promotion."""
+    docs/guarantees.md): read on the replica before its promotion. The driver still prints
+    what tasks print (its subscription moved to the new primary)."""
     start, nodes = node_starter(cluster6.address)
     log = tmp_path / "executions"
     try:
@@ -297,6 +305,11 @@ def test_a_primary_sigkilled_mid_workload_fails_over_and_loses_nothing(cluster6,
         assert ftqueue.get(first + second, timeout=120) == [i * i for i in range(300)]
         wait_until(lambda: cluster6.owner_of(KEYS.stats) is heir, 30, "the replica promoted")
         replica.close()
+        printed: list[str] = []
+        marker = "printed-after-the-failover"
+        assert ftqueue.get(shout.remote(marker), timeout=60) == marker
+        wait_until(lambda: printed.append(capsys.readouterr().out) or marker in "".join(printed),
+                   30, "the driver to print the task's output")
     finally:
         ftqueue.shutdown()
         for node in nodes:
