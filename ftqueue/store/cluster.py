@@ -33,8 +33,13 @@ def slot_client(client: redis.RedisCluster, key: str) -> redis.Redis:
 
 
 def reload_slots(client: redis.RedisCluster) -> None:
-    """Learn the map of the slots again (after a MOVED the cluster client did not see)."""
-    client.nodes_manager.initialize()
+    """Learn the map of the slots again (after a MOVED or a lost node that the cluster
+    client did not see itself). Best effort: mid-failover the nodes may not agree yet, and
+    the caller's retry comes back here."""
+    try:
+        client.nodes_manager.initialize()
+    except (redis.RedisError, redis.exceptions.RedisClusterException):
+        pass
 
 
 def connection_pools(client: Client) -> list[redis.ConnectionPool]:

@@ -162,7 +162,9 @@ class Store:
             try:
                 return self._evalsha_wait(slot_client(self.redis, keys[0]), name, sha, keys,
                                           args)
-            except redis.exceptions.AskError:   # MOVED too: the script did not run there
+            except (redis.exceptions.AskError, redis.ConnectionError, redis.TimeoutError):
+                # Redirected (MOVED is an AskError: the script did not run there) or the
+                # node is gone: learn the map again, so the retry goes to the slot's primary.
                 reload_slots(self.redis)
                 raise
         return self._evalsha_wait(self.redis, name, sha, keys, args)

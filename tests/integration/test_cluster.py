@@ -272,13 +272,17 @@ def shout(text):
     return text
 
 
-def test_a_primary_sigkilled_mid_workload_fails_over_and_loses_nothing(cluster6, tmp_path,
-                                                                       capsys):
-    """The primary holding the namespace is SIGKILLed while tasks run and are submitted; its
-    replica is promoted. Every result is correct; a task ran twice only if it was running at
-    the kill, or its commit had not reached the replica (what async replication may lose,
-    docs/guarantees.md): read on the replica before its promotion. The driver still prints
-    what tasks print (its subscription moved to the new primary)."""
+@pytest.mark.parametrize("durability", ["async", "replicated"])
+def test_a_primary_sigkilled_mid_workload_fails_over_and_loses_nothing(
+        cluster6, tmp_path, capsys, monkeypatch, durability):
+    """The primary holding the namespace is SIGKILLed while tasks run (and, with `async`,
+    are submitted); its replica is promoted. Every result is correct; a task ran twice only
+    if it was running at the kill, or its commit had not reached the replica (what async
+    replication may lose, docs/guarantees.md): read on the replica before its promotion.
+    With `replicated` the killed server comes back as the new primary's replica (the
+    replacement host), and every WAIT goes to whichever primary holds the slot. The driver
+    still prints what tasks print (its subscription moved to the new primary)."""
+    monkeypatch.setenv("FTQUEUE_DURABILITY", durability)
     start, nodes = node_starter(cluster6.address)
     log = tmp_path / "executions"
     try:
@@ -293,7 +297,8 @@ def test_a_primary_sigkilled_mid_workload_fails_over_and_loses_nothing(cluster6,
         heir = replica_of(cluster6, owner)
         kill_ns = time.time_ns()
         owner.kill()
-        second = [logged.remote(i, log, 0.02) for i in range(200, 300)]   # mid-failover
+        if durability == "async":
+            second = [logged.remote(i, log, 0.02) for i in range(200, 300)]   # mid-failover
         replica = redis.Redis.from_url(heir.address, decode_responses=True)
         replica.execute_command("READONLY")
         wait_until(lambda: replica.info("replication")["master_link_status"] == "down", 10,
@@ -302,8 +307,13 @@ def test_a_primary_sigkilled_mid_workload_fails_over_and_loses_nothing(cluster6,
         ended = {task for kind, task, _, at in before if kind == "E" and at < kill_ns}
         states = {task: replica.hget(KEYS.task(task), "state") for task in ended}
         commits_missing = {t for t, s in states.items() if s not in ("FINISHED", "FAILED")}
-        assert ftqueue.get(first + second, timeout=120) == [i * i for i in range(300)]
         wait_until(lambda: cluster6.owner_of(KEYS.stats) is heir, 30, "the replica promoted")
+        if durability == "replicated":
+            owner.restart()     # rejoins (nodes.conf) as a replica of the promoted one
+            wait_until(lambda: replica.info("replication")["connected_slaves"] >= 1, 30,
+                       "the new primary to have a replica")
+            second = [logged.remote(i, log, 0.02) for i in range(200, 300)]
+        assert ftqueue.get(first + second, timeout=120) == [i * i for i in range(300)]
         replica.close()
         printed: list[str] = []
         marker = "printed-after-the-failover"
