@@ -1,6 +1,6 @@
 """Redis Cluster with real servers (tests/clusterkit.py): 3 primaries, and 3 primaries with a
 replica each. The seed's programs, dependencies, nested tasks, cancel recursion, lineage
-rebuild, worker and node SIGKILLs run on a `redis+cluster://` address with every result
+rebuild, a schedule, worker and node SIGKILLs run on a `redis+cluster://` address with every result
 correct and every execution counted; a namespace's keys all live in one slot; a primary
 SIGKILLed mid-workload fails over to its replica and nothing is lost."""
 
@@ -200,6 +200,28 @@ def test_recursive_cancel_on_a_cluster(on_cluster3):
                    "the child to be cancelled")
         assert owner.hget(KEYS.task(child), "error_type") == "TASK_CANCELLED"
     owner.close()
+
+
+@ftqueue.remote(max_retries=0)
+def beat(path):
+    with open(path, "a") as f:
+        f.write(f"{ftqueue.get_runtime_context().get_task_id()}\n")
+
+
+def test_a_schedule_fires_each_tick_once_from_two_nodes_on_a_cluster(on_cluster3, tmp_path):
+    """A schedule is written in one MULTI and fired by fire.lua on the cluster's clock
+    (TIME from the slot's primary): two nodes race for every tick, each tick runs once."""
+    _cluster, start = on_cluster3
+    for node in [start(1, "--lease-timeout", "3") for _ in range(2)]:
+        node.wait_workers(1)
+    path = str(tmp_path / "beats")
+    ftqueue.schedule("beat", beat, path, every_s=1)
+    wait_until(lambda: len(names(path)) >= 2, 30, "two ticks")
+    assert ftqueue.unschedule("beat") is True and ftqueue.list_schedules() == []
+    fired = [r["task_id"] for r in ftqueue.state.list_tasks(limit=1000)
+             if r["task_id"].startswith("sched:beat:")]
+    wait_until(lambda: len(names(path)) == len(fired), 30, "every fired tick to run")
+    assert sorted(names(path)) == sorted(fired) and len(set(fired)) == len(fired)
 
 
 def test_worker_and_node_sigkill_mid_task_on_a_cluster(on_cluster3, tmp_path):
