@@ -94,8 +94,6 @@ class Keys:
     def __init__(self, namespace: str = DEFAULT_NAMESPACE, *, hash_tag: bool = False) -> None:
         if not namespace or any(c in namespace for c in " \n\r\t*?[]{}"):
             raise ValueError(f"invalid namespace {namespace!r}")
-        self.namespace = namespace
-        self.hash_tag = hash_tag
         self.prefix = f"{{{namespace}}}" if hash_tag else namespace
 
     def _single(self, name: str) -> str:

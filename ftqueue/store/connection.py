@@ -108,9 +108,8 @@ def _host_port(item: str, default_port: int, what: str) -> tuple[str, int]:
 def connect(address: str, *, check: bool = True,
             socket_timeout: float = SOCKET_TIMEOUT_S) -> Client:
     """A client for `address` (redis://, rediss://, unix://, redis+sentinel://,
-    redis+cluster://) with
-    redis-py's own command retries off: every ftqueue step is retried by ftqueue itself,
-    only where that is safe. `socket_timeout` bounds one call to a frozen Redis. Through
+    redis+cluster://) with redis-py's own command retries off: every ftqueue step is
+    retried by ftqueue itself, only where that is safe. `socket_timeout` bounds one call to a frozen Redis. Through
     Sentinel, every new connection asks the sentinels for the primary, so a process follows
     a failover by reconnecting (its connections to the old primary fail, or answer
     READONLY, which redis-py turns into a lost connection). Through a cluster, redis-py

@@ -4,8 +4,8 @@
 long script, `LOADING` after a restart, `READONLY`/`MASTERDOWN` around a failover,
 `TRYAGAIN`; on a Redis Cluster also `CLUSTERDOWN`, a `MOVED`/`ASK` redirect redis-py did not
 follow, or a map of the slots it could not load while nodes fail over), or no replica
-confirmed a replicated write in time. A step that is idempotent
-or fenced is waited out and run again.
+confirmed a replicated write in time. A step that is idempotent or fenced is waited out and
+run again.
 *Full*: `OOM` under `maxmemory` with `noeviction`. A write that must not be lost (an
 outcome) is held and retried; a new submission is refused with a clear error.
 *Corrupt*: `WRONGTYPE`, a key holding something ftqueue did not write there. The record is
