@@ -109,12 +109,13 @@ def connect(address: str, *, check: bool = True,
             socket_timeout: float = SOCKET_TIMEOUT_S) -> Client:
     """A client for `address` (redis://, rediss://, unix://, redis+sentinel://,
     redis+cluster://) with redis-py's own command retries off: every ftqueue step is
-    retried by ftqueue itself, only where that is safe. `socket_timeout` bounds one call to a frozen Redis. Through
-    Sentinel, every new connection asks the sentinels for the primary, so a process follows
-    a failover by reconnecting (its connections to the old primary fail, or answer
-    READONLY, which redis-py turns into a lost connection). Through a cluster, redis-py
-    follows MOVED, ASK and TRYAGAIN itself (the command did not run); a lost node or
-    CLUSTERDOWN reloads its map of the slots and reaches ftqueue as a transient error."""
+    retried by ftqueue itself, only where that is safe. `socket_timeout` bounds one call to
+    a frozen Redis. Through Sentinel, every new connection asks the sentinels for the
+    primary, so a process follows a failover by reconnecting (its connections to the old
+    primary fail, or answer READONLY, which redis-py turns into a lost connection). Through
+    a cluster, redis-py follows MOVED, ASK and TRYAGAIN itself (the command did not run); a
+    lost node or CLUSTERDOWN reloads its map of the slots and reaches ftqueue as a
+    transient error."""
     options: dict[str, Any] = {
         "retry": Retry(NoBackoff(), 0), "socket_timeout": socket_timeout,
         "socket_connect_timeout": min(CONNECT_TIMEOUT_S, socket_timeout),
