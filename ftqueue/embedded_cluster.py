@@ -20,8 +20,9 @@ SLOTS = 16384
 NODE_TIMEOUT_MS = 1000
 FORM_TIMEOUT_S = 30.0
 # A node's bus listens on its port + 10000 (Redis 6.2 has no cluster-port setting), so ports
-# come from a range whose bus ports stay below the ephemeral ones.
-PORT_RANGE = (20000, 30000)
+# come from a range whose bus ports stay below Linux's ephemeral ones (32768 and up), where
+# a client socket could take one between our check and the server's start.
+PORT_RANGE = (12000, 22000)
 BUS_OFFSET = 10000
 
 
@@ -41,7 +42,8 @@ def cluster_port() -> int:
 
 @dataclass
 class LocalCluster:
-    """`primaries` primaries with `replicas` replicas each; `stop()` ends every server."""
+    """`primaries` primaries with `replicas` replicas each, as started (a failover swaps
+    roles: `owner_of` asks the live cluster); `stop()` ends every server."""
 
     primaries: list[RedisServer]
     replicas: list[RedisServer] = field(default_factory=list)
