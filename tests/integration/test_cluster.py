@@ -365,3 +365,12 @@ def test_a_primary_sigkilled_mid_workload_fails_over_and_loses_nothing(
           f"{len(commits_missing)}, tasks run twice {len(duplicated)}")
     assert duplicated <= running_at_kill | commits_missing, (
         duplicated, running_at_kill, commits_missing)
+
+
+def test_a_bad_cluster_address_is_one_line_from_the_cli_without_its_password():
+    for address, says in [("redis+cluster://:s3cret@127.0.0.1:1", "cannot reach"),
+                          ("redis+cluster://:s3cret@127.0.0.1:1/3", "invalid Redis address")]:
+        proc = cli(address, "status")
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, lines
+        assert says in lines[0] and "127.0.0.1:1" in lines[0] and "s3cret" not in lines[0]
