@@ -7,6 +7,10 @@ their keys from here too: the ones a script can name in advance arrive in `KEYS`
 these methods), the ones it finds at run time are built by `k_<name>(id)` functions that
 ftqueue/store/scripts.py generates from `PER_ID`. tests/unit/test_keys_contract.py checks
 that no other key name exists.
+
+On a Redis Cluster the prefix is the namespace as a hash tag (`{ftq}:task:<task_id>`), so
+every key of a namespace lives in one hash slot and each script, which may only touch keys
+of one slot, can reach any of them (docs/design.md, "Redis Cluster").
 """
 
 from __future__ import annotations
@@ -84,12 +88,13 @@ LOG_SEGMENT = "log"
 
 
 class Keys:
-    """Key names for one namespace (the prefix of every key)."""
+    """Key names for one namespace (the prefix of every key); with `hash_tag` (a Redis
+    Cluster) the prefix is `{<namespace>}`, one hash slot for the whole namespace."""
 
-    def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE, *, hash_tag: bool = False) -> None:
         if not namespace or any(c in namespace for c in " \n\r\t*?[]{}"):
             raise ValueError(f"invalid namespace {namespace!r}")
-        self.prefix = namespace
+        self.prefix = f"{{{namespace}}}" if hash_tag else namespace
 
     def _single(self, name: str) -> str:
         return f"{self.prefix}:{SINGLE[name]}"
@@ -98,7 +103,8 @@ class Keys:
         return f"{self.prefix}:{PER_ID[name]}:{ident}"
 
     def kind(self, key: str) -> str | None:
-        """The name of the method that builds `key` in this namespace, or None if none does."""
+        """The name of the method that builds `key` in this namespace, or None if none does
+        (a key of the same namespace with the other prefix, tagged or not, is not one)."""
         head, sep, rest = key.partition(":")
         if head != self.prefix or not sep:
             return None

@@ -136,11 +136,13 @@ class OutputCapture:
             key = self.keys.log(task_id, attempt)
             pipe.append(key, stored.encode(errors="replace"))
             pipe.expire(key, ttl_s or DEFAULT_RESULT_TTL_S)
-        if room > 0:
-            for stream, part in _merge(chunks):
-                pipe.publish(self.keys.log_channel(job_id), json.dumps({
-                    "func": func, "pid": _pid(), "host": self.host, "stream": stream,
-                    "text": part[:room]}))
+        messages = [json.dumps({"func": func, "pid": _pid(), "host": self.host,
+                                "stream": stream, "text": part[:room]})
+                    for stream, part in (_merge(chunks) if room > 0 else [])]
+        # redis-py's cluster pipelines refuse PUBLISH: on a cluster it is a call of its own.
+        publish = pipe if not self.store.cluster else self.store.redis
+        for message in messages:
+            publish.publish(self.keys.log_channel(job_id), message)
         pipe.execute()
 
 
@@ -162,8 +164,8 @@ class DriverEcho:
     """Prints the output of this job's tasks on the driver's console as it arrives."""
 
     def __init__(self, store: Any, job_id: str) -> None:
-        self.pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(store.keys.log_channel(job_id))
+        self.store, self.channel = store, store.keys.log_channel(job_id)
+        self.pubsub = self._subscribe()
         self._stop = threading.Event()
         self._partial: dict[tuple[str, str, int], str] = {}
         self.thread = threading.Thread(target=self._loop, name="ftqueue-log-echo", daemon=True)
@@ -176,12 +178,34 @@ class DriverEcho:
             except Exception:  # noqa: BLE001 - Redis outage: echo resumes when it is back
                 if self._stop.wait(1.0):
                     return
+                self._resubscribe()
                 continue
             if message and message.get("type") == "message":
                 try:
                     self.echo(json.loads(message["data"]))
                 except (ValueError, KeyError):
                     continue
+
+    def _subscribe(self) -> Any:
+        pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.channel)
+        return pubsub
+
+    def _resubscribe(self) -> None:
+        """A cluster's subscription stays on the node it was made on, which may be gone
+        (failed over): subscribe again where the map of the slots now says."""
+        if not self.store.cluster:
+            return      # a plain client reconnects to the same address by itself
+        try:
+            pubsub = self._subscribe()
+        except Exception as e:  # noqa: BLE001 - still down: tried again after the next error
+            log.debug("subscribing to the task output again failed: %s", e)
+            return
+        old, self.pubsub = self.pubsub, pubsub
+        try:
+            old.close()
+        except Exception as e:  # noqa: BLE001 - closing a dead connection
+            log.debug("closing the log subscription failed: %s", e)
 
     def echo(self, item: dict[str, Any]) -> None:
         stream = sys.stderr if item["stream"] == "stderr" else sys.stdout

@@ -27,7 +27,16 @@ from .policy import KillReason, Restart
 from .relays import Relays
 from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings
 from .spec import new_id
-from .store import Store, backoff, connect, describe, is_corrupt, is_full, is_transient
+from .store import (
+    Store,
+    backoff,
+    connect,
+    connection_pools,
+    describe,
+    is_corrupt,
+    is_full,
+    is_transient,
+)
 from .watchdog import memory_kills, node_memory
 from .workerpool import WorkerHandle, spawn_worker
 
@@ -123,8 +132,9 @@ class Supervisor:
 
     def shutdown(self) -> None:
         # A frozen Redis must not hold the exit for a socket timeout per call.
-        self.store.redis.connection_pool.connection_kwargs["socket_timeout"] = FINAL_REPORT_S
-        self.store.redis.connection_pool.disconnect()
+        for pool in connection_pools(self.store.redis):
+            pool.connection_kwargs["socket_timeout"] = FINAL_REPORT_S
+            pool.disconnect()
         for handle in list(self.workers.values()):
             self._kill_and_reap(handle)
         deadline = time.monotonic() + FINAL_REPORT_S

@@ -22,6 +22,14 @@ workers; and the throughput of tasks under `max_concurrency` equal to the worker
 `--dashboard` also measures the throughput again while a dashboard serves the cluster and a
 client polls its overview and tasks page every second, as an open browser tab does (target:
 within 5 %).
+
+    python scripts/bench.py --cluster [--tasks N] [--quick] [--json]
+
+instead runs the throughput case on a local Redis Cluster of 1 and of 3 primaries (a
+`redis+cluster://` address, one node of 2 workers), reporting per primary the Redis CPU and
+commands per task, beside the same run on one plain Redis over TCP (`plain_tcp`). A
+namespace is one hash slot at this stage, so all of its work lands on the primary that
+holds it; the others show only the cluster's own upkeep.
 """
 
 from __future__ import annotations
@@ -374,6 +382,92 @@ def _options():
     return ResolvedOptions.resolve({})
 
 
+# -- Redis Cluster (--cluster) ------------------------------------------------------------------
+
+def cluster_figures(primaries: int, tasks: int, runs: int) -> dict[str, object]:
+    """Throughput and per-primary Redis cost on a local cluster of `primaries` primaries;
+    0: one plain Redis over TCP, the same measurement without cluster mode."""
+    import subprocess
+
+    from ftqueue.embedded_cluster import LocalCluster
+    from ftqueue.keys import Keys
+
+    cluster = LocalCluster.start(primaries, 0) if primaries else None
+    plain = None if cluster else RedisServer.start(unix_socket=False)
+    address = cluster.address if cluster else plain.address  # type: ignore[union-attr]
+    servers = cluster.primaries if cluster else [plain]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    node = subprocess.Popen([sys.executable, "-m", "ftqueue", "worker", "--address",
+                             address, "--num-workers", str(WORKERS),
+                             "--exit-with-parent", str(os.getpid())],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        ftqueue.init(address=address)
+        try:
+            ftqueue_throughput(200)     # warm up: workers started, function cached
+            owner = cluster.owner_of(Keys("ftq", hash_tag=True).stats) if cluster else plain
+            meters = [PrimaryMeter(s.address) for s in servers]  # type: ignore[union-attr]
+            rates = [ftqueue_throughput(tasks) for _ in range(runs)]
+            costs = [m.per_task(tasks * runs) for m in meters]
+        finally:
+            ftqueue.shutdown()
+    finally:
+        os.killpg(node.pid, 9)
+        node.wait()
+        if cluster:
+            cluster.stop()
+        if plain:
+            plain.stop()
+    return {
+        "primaries": primaries,
+        "tasks_per_s": round(statistics.median(rates)),
+        "slot_primary": servers.index(owner),
+        "redis_cpu_us_per_task_by_primary": [c[0] for c in costs],
+        "redis_cmds_per_task_by_primary": [c[1] for c in costs],
+    }
+
+
+class PrimaryMeter:
+    """One primary's CPU (INFO cpu) and commands (INFO commandstats) between two reads."""
+
+    def __init__(self, address: str) -> None:
+        self.r = redis.Redis.from_url(address)
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, int]:
+        cpu = self.r.info("cpu")
+        calls = sum(int(v["calls"]) for name, v in self.r.info("commandstats").items()
+                    if name != "cmdstat_info")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
+
+    def per_task(self, tasks: int) -> tuple[float, float]:
+        cpu1, calls1 = self._read()
+        self.r.close()
+        return (round((cpu1 - self.start[0]) * 1e6 / tasks, 1),
+                round((calls1 - self.start[1]) / tasks, 2))
+
+
+def cluster_main(args: argparse.Namespace) -> int:
+    plain, *by_primaries = [cluster_figures(p, args.tasks, args.runs) for p in (0, 1, 3)]
+    result = {"mode": "cluster", "tasks": args.tasks, "runs": args.runs, "workers": WORKERS,
+              "one_namespace_one_slot": True,
+              "plain_tcp": {k: v for k, v in plain.items() if k not in ("primaries",
+                                                                          "slot_primary")},
+              **{f"primaries_{r['primaries']}": r for r in by_primaries}}
+    print(f"{args.tasks} no-op tasks, {WORKERS} worker processes, median of {args.runs} runs; "
+          "a namespace is one hash slot, so one primary carries it")
+    for r in [plain, *by_primaries]:
+        name = f"{r['primaries']} primaries" if r["primaries"] else "plain Redis (TCP)"
+        print(f"  {name}: {r['tasks_per_s']} tasks/s; Redis CPU us per task by primary "
+              f"{r['redis_cpu_us_per_task_by_primary']}, commands per task "
+              f"{r['redis_cmds_per_task_by_primary']} (the slot is on primary "
+              f"{r['slot_primary']})")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10_000)
@@ -390,10 +484,15 @@ def main() -> int:
     parser.add_argument("--lateness-samples", type=int, default=200)
     parser.add_argument("--dashboard", action="store_true",
                         help="also measure throughput while a dashboard is polled")
+    parser.add_argument("--cluster", action="store_true",
+                        help="instead: throughput and Redis CPU per primary on a local Redis "
+                             "Cluster of 1 and of 3 primaries")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.samples, args.queued = 1000, 50, 5000
         args.delayed, args.limit_keys, args.lateness_samples = 2000, 50, 50
+    if args.cluster:
+        return cluster_main(args)
 
     info = ftqueue.init(num_workers=WORKERS)
     polled_rates: list[float] = []

@@ -4,7 +4,12 @@ then full (maxmemory, noeviction) for a while, some tasks `os._exit(75)` on thei
 attempt, and the nodes' consoles are closed. Nothing may be lost, committed twice, or run
 twice.
 
-    python scripts/chaos.py [--tasks N] [--seed S] [--quick] [--json]
+    python scripts/chaos.py [--tasks N] [--seed S] [--quick] [--json] [--cluster]
+
+`--cluster` runs it all on a local Redis Cluster (3 primaries, a replica each) instead of one
+Redis: Redis is then not frozen but the primary holding the namespace is SIGKILLed (its
+replica is promoted, and the killed server comes back as a replica), and the new primary is
+the one filled up.
 
 Every run of a task body appends a line (task, attempt, pid) to a file: executions are
 counted, not only commits. `duplicate_executions` counts runs of an attempt that had
@@ -26,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 import psutil
 import redis
@@ -33,6 +39,9 @@ import redis
 import ftqueue
 import ftqueue.state
 from ftqueue.embedded import RedisServer
+from ftqueue.embedded_cluster import LocalCluster
+from ftqueue.keys import Keys
+from ftqueue.store import connect
 
 
 @ftqueue.remote(max_retries=-1)
@@ -108,10 +117,11 @@ class Node:
 class Killer(threading.Thread):
     """Every ~interval, SIGKILL the worker process of a random running task."""
 
-    def __init__(self, r: redis.Redis, nodes: list[Node], rng: random.Random,
+    def __init__(self, r: Any, keys: Keys, nodes: list[Node], rng: random.Random,
                  interval_s: float) -> None:
         super().__init__(daemon=True)
         self.r, self.nodes, self.rng, self.interval_s = r, nodes, rng, interval_s
+        self.keys = keys
         self.kills: list[tuple[str, int]] = []   # (task id, kill time ms)
         self.stop_event = threading.Event()
         # Held while Redis itself is frozen or full: a death then is recorded only when Redis
@@ -124,18 +134,19 @@ class Killer(threading.Thread):
                 continue
             try:
                 self.kill_one()
-            except (redis.RedisError, psutil.Error, OSError):
+            except (redis.RedisError, redis.exceptions.RedisClusterException, psutil.Error,
+                    OSError):
                 pass
 
     def kill_one(self) -> None:
         ours = set().union(*(n.pids() for n in self.nodes if n.process.poll() is None))
-        running = [t.decode() for t in self.r.zrange("ftq:leases", 0, -1)]
+        running = [t.decode() for t in self.r.zrange(self.keys.leases, 0, -1)]
         self.rng.shuffle(running)
         for task_id in running:
-            state, worker_id = self.r.hmget(f"ftq:task:{task_id}", "state", "worker_id")
+            state, worker_id = self.r.hmget(self.keys.task(task_id), "state", "worker_id")
             if state != b"RUNNING" or not worker_id:
                 continue
-            pid = self.r.hget(f"ftq:worker:{worker_id.decode()}", "pid")
+            pid = self.r.hget(self.keys.worker(worker_id.decode()), "pid")
             if pid is None or int(pid) not in ours:
                 continue
             proc = psutil.Process(int(pid))
@@ -167,6 +178,61 @@ def detection_latencies(kills: list[tuple[str, int]]) -> tuple[list[float], list
     return detected, restarted
 
 
+class Redis:
+    """The Redis under test: one server, or a local cluster (3 primaries, a replica each)."""
+
+    def __init__(self, server: RedisServer | None, cluster: LocalCluster | None) -> None:
+        self.server, self.cluster = server, cluster
+        self.address = cluster.address if cluster else server.address  # type: ignore[union-attr]
+
+    @classmethod
+    def start(cls, cluster: bool) -> Redis:
+        if cluster:
+            return cls(None, LocalCluster.start(3, 1))
+        return cls(RedisServer.start(unix_socket=True), None)
+
+    def primary(self, keys: Keys) -> redis.Redis:
+        """A plain client of the server holding the namespace."""
+        if self.cluster is None:
+            assert self.server is not None
+            return redis.Redis.from_url(self.server.address)
+        return redis.Redis.from_url(self.cluster.owner_of(keys.stats).address)
+
+    def outage(self, keys: Keys, freeze_s: float) -> dict[str, Any]:
+        """One Redis frozen past the lease; on a cluster, the namespace's primary SIGKILLed
+        (its replica is promoted) and brought back, as a replica of the new one."""
+        if self.cluster is None:
+            assert self.server is not None
+            os.kill(self.server.process.pid, signal.SIGSTOP)
+            try:
+                time.sleep(freeze_s)
+            finally:
+                os.kill(self.server.process.pid, signal.SIGCONT)
+            return {"redis_frozen_s": freeze_s}
+        victim = self.cluster.owner_of(keys.stats)
+        killed = time.monotonic()
+        victim.kill()
+        deadline = killed + 60
+        while True:
+            try:
+                if self.cluster.owner_of(keys.stats) is not victim:
+                    break
+            except Exception:  # noqa: BLE001 - the survivors are reconfiguring
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica was not promoted")
+            time.sleep(0.05)
+        promoted_s = time.monotonic() - killed
+        victim.restart()        # rejoins as a replica of the promoted one (nodes.conf)
+        return {"primary_killed": 1, "replica_promoted_s": round(promoted_s, 2)}
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.server is not None:
+            self.server.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
@@ -175,47 +241,49 @@ def main() -> int:
     parser.add_argument("--lease-timeout", type=float, default=3.0)
     parser.add_argument("--quick", action="store_true", help="a short profile (< 1 min)")
     parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    parser.add_argument("--cluster", action="store_true",
+                        help="on a local Redis Cluster (3 primaries, a replica each)")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.lease_timeout = 800, 1.5
     rng = random.Random(args.seed)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))   # still clean up in `finally`
 
-    server = RedisServer.start(unix_socket=True)
+    deployment = Redis.start(args.cluster)
+    keys = Keys("ftq", hash_tag=args.cluster)
+    address = deployment.address
     nodes: list[Node] = []
     log_dir = tempfile.mkdtemp(prefix="ftqueue-chaos-")
     log_path = os.path.join(log_dir, "executions")
     try:
-        r = redis.Redis.from_url(server.address)
-        nodes += [Node(server.address, 2, args.lease_timeout) for _ in range(2)]
-        ftqueue.init(address=server.address)
+        r = connect(address)
+        nodes += [Node(address, 2, args.lease_timeout) for _ in range(2)]
+        ftqueue.init(address=address)
         started = time.monotonic()
         refs = [chaos_task.remote(i, rng.randint(5, 50), log_path, i % 97 == 5)
                 for i in range(args.tasks)]
         ftqueue.flush_submissions()
-        killer = Killer(r, nodes, rng, args.kill_interval)
+        killer = Killer(r, keys, nodes, rng, args.kill_interval)
         killer.start()
 
         time.sleep(1.0)
         node_kill_ms = now_ms()
         nodes[0].signal(signal.SIGKILL)                 # a whole node lost
-        nodes.append(Node(server.address, 2, args.lease_timeout))
+        nodes.append(Node(address, 2, args.lease_timeout))
         time.sleep(1.0)
         nodes[1].signal(signal.SIGSTOP)                 # a node frozen past its lease
         time.sleep(args.lease_timeout + 2.0)
         nodes[1].signal(signal.SIGCONT)
         killer.paused.set()
         time.sleep(0.5)
-        os.kill(server.process.pid, signal.SIGSTOP)     # Redis itself frozen past the lease
-        try:
-            time.sleep(args.lease_timeout + 2.0)
-        finally:
-            os.kill(server.process.pid, signal.SIGCONT)
+        redis_outage = deployment.outage(keys, args.lease_timeout + 2.0)
         time.sleep(0.5)
-        r.config_set("maxmemory-policy", "noeviction")
-        r.config_set("maxmemory", 1)                   # Redis full: every write refused
+        full = deployment.primary(keys)
+        full.config_set("maxmemory-policy", "noeviction")
+        full.config_set("maxmemory", 1)                # Redis full: every write refused
         time.sleep(min(2.0, args.lease_timeout))
-        r.config_set("maxmemory", 0)
+        full.config_set("maxmemory", 0)
+        full.close()
         time.sleep(0.5)
         killer.paused.clear()
 
@@ -231,7 +299,7 @@ def main() -> int:
         killer.stop_event.set()
         killer.join(5)
         time.sleep(args.lease_timeout)              # let late (frozen) commits arrive
-        stats = {k.decode(): int(v) for k, v in r.hgetall("ftq:stats").items()}
+        stats = {k.decode(): int(v) for k, v in r.hgetall(keys.stats).items()}
         finished_commits = stats.get("tasks:FINISHED", 0)
         executions, duplicate_executions, retried_executions = count_executions(log_path)
         node_died = [row["end_time"] for ref in refs for row in ftqueue.state.get_task(ref.hex())
@@ -258,12 +326,13 @@ def main() -> int:
                                    if node_died else None),
             "lease_timeout_s": args.lease_timeout,
             "elapsed_s": round(elapsed, 1),
+            **redis_outage,
         }
     finally:
         ftqueue.shutdown()
         for node in nodes:
             node.stop()
-        server.stop()
+        deployment.stop()
         shutil.rmtree(log_dir, ignore_errors=True)
 
     print(f"submitted {result['submitted']}  finished {result['finished']}  lost {result['lost']}  "

@@ -18,6 +18,7 @@ import ftqueue
 from ftqueue.embedded import RedisServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+pytest_plugins = ["clusterkit"]     # the Redis Cluster fixtures
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str,

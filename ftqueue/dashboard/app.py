@@ -128,7 +128,7 @@ def create_app(reader: StateReader, access: Access,
                 return error(request, e.status, str(e))
             except FilterError as e:
                 return error(request, 400, str(e))
-            except redis.RedisError as e:
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
                 return error(request, 503, f"cannot read Redis: {e}")
             except FtqueueError as e:
                 return error(request, 503, str(e))
@@ -143,7 +143,7 @@ def create_app(reader: StateReader, access: Access,
     # -- JSON ----------------------------------------------------------------------------
 
     def healthz(request: Request) -> Any:
-        reader.store.redis.ping()
+        reader.store.ping()
         return {"ok": True}
 
     def api_summary(request: Request) -> Any:

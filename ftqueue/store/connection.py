@@ -9,11 +9,13 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ..exceptions import FtqueueConnectionError
 from ..settings import Settings
+from .cluster import Client
 from .errors import is_transient
 
 SOCKET_TIMEOUT_S = 10.0   # above the 1 s BLPOP waits; bounds a call to a frozen Redis
@@ -22,6 +24,8 @@ CONNECT_TIMEOUT_S = 5.0
 SENTINEL_TIMEOUT_S = 1.0
 SENTINEL_SCHEME = "redis+sentinel"
 DEFAULT_SENTINEL_PORT = 26379
+CLUSTER_SCHEME = "redis+cluster"
+DEFAULT_REDIS_PORT = 6379
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,8 @@ def parse_sentinel_address(address: str) -> SentinelAddress:
         raise ValueError(f"not a {SENTINEL_SCHEME}:// address")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    sentinels = []
-    for item in hostlist.split(","):
-        host, port = _host_port(item.strip())
-        sentinels.append((host, port))
+    sentinels = [_host_port(item.strip(), DEFAULT_SENTINEL_PORT, "a sentinel")
+                 for item in hostlist.split(",")]
     segments = [s for s in parts.path.split("/") if s]
     if not segments or len(segments) > 2:
         raise ValueError("expected /service_name or /service_name/db after the sentinels")
@@ -63,48 +65,85 @@ def parse_sentinel_address(address: str) -> SentinelAddress:
                            query.get("sentinel_password") or None)
 
 
-def _host_port(item: str) -> tuple[str, int]:
+@dataclass(frozen=True)
+class ClusterAddress:
+    """`redis+cluster://[user:password@]host:port[,host:port…]`: startup nodes, any of the
+    cluster's nodes (the client learns the others from them)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_cluster_address(address: str) -> ClusterAddress:
+    """Raises ValueError saying what is wrong (never echoing the password)."""
+    parts = urlsplit(address)
+    if parts.scheme != CLUSTER_SCHEME:
+        raise ValueError(f"not a {CLUSTER_SCHEME}:// address")
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    nodes = tuple(_host_port(item.strip(), DEFAULT_REDIS_PORT, "a cluster node")
+                  for item in hostlist.split(","))
+    if parts.path.strip("/"):
+        raise ValueError("a Redis Cluster has only database 0: nothing may follow the nodes")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if query:
+        raise ValueError(f"unknown option(s): {', '.join(sorted(query))}")
+    return ClusterAddress(nodes, unquote(username) or None, unquote(password) or None)
+
+
+def _host_port(item: str, default_port: int, what: str) -> tuple[str, int]:
     if item.startswith("["):                     # [::1]:26379
         host, _, rest = item[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port = item.partition(":")
     if not host:
-        raise ValueError("a sentinel without a host")
-    if port and not port.isdigit():
+        raise ValueError(f"{what} without a host")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
         raise ValueError(f"not a port: {port!r}")
-    return host, int(port) if port else DEFAULT_SENTINEL_PORT
+    return host, int(port) if port else default_port
 
 
 def connect(address: str, *, check: bool = True,
-            socket_timeout: float = SOCKET_TIMEOUT_S) -> redis.Redis:
-    """A client for `address` (redis://, rediss://, unix://, redis+sentinel://) with
-    redis-py's own command retries off: every ftqueue step is retried by ftqueue itself,
-    only where that is safe. `socket_timeout` bounds one call to a frozen Redis. Through
-    Sentinel, every new connection asks the sentinels for the primary, so a process follows
-    a failover by reconnecting (its connections to the old primary fail, or answer
-    READONLY, which redis-py turns into a lost connection)."""
+            socket_timeout: float = SOCKET_TIMEOUT_S) -> Client:
+    """A client for `address` (redis://, rediss://, unix://, redis+sentinel://,
+    redis+cluster://) with redis-py's own command retries off: every ftqueue step is
+    retried by ftqueue itself, only where that is safe. `socket_timeout` bounds one call to
+    a frozen Redis. Through Sentinel, every new connection asks the sentinels for the
+    primary, so a process follows a failover by reconnecting (its connections to the old
+    primary fail, or answer READONLY, which redis-py turns into a lost connection). Through
+    a cluster, redis-py follows MOVED, ASK and TRYAGAIN itself (the command did not run); a
+    lost node or CLUSTERDOWN reloads its map of the slots and reaches ftqueue as a
+    transient error."""
     options: dict[str, Any] = {
         "retry": Retry(NoBackoff(), 0), "socket_timeout": socket_timeout,
         "socket_connect_timeout": min(CONNECT_TIMEOUT_S, socket_timeout),
         "health_check_interval": 10,
     }
+    client: Client
     try:
         if address.startswith(SENTINEL_SCHEME + "://"):
             client = _sentinel_client(parse_sentinel_address(address), options)
+        elif address.startswith(CLUSTER_SCHEME + "://"):
+            client = _cluster_client(parse_cluster_address(address), options)
         else:
             if address.startswith("rediss://"):
                 options.update(tls_options(Settings.from_env()))
             client = redis.Redis.from_url(address, **options)
     except ValueError as e:
         raise FtqueueConnectionError(f"invalid Redis address {redact(address)}: {e}") from None
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+        # redis-py's cluster client loads the map of the slots when it is made.
+        raise FtqueueConnectionError(f"cannot reach Redis at {redact(address)}: "
+                                     f"{_one_line(e)}") from None
     if check:
         try:
             client.ping()
         except redis.AuthenticationError as e:
             raise FtqueueConnectionError(
                 f"Redis at {redact(address)} refused the credentials: {e}") from None
-        except redis.RedisError as e:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
             client.close()
             raise FtqueueConnectionError(f"cannot reach Redis at {redact(address)}: "
                                          f"{_one_line(e)}") from None
@@ -130,6 +169,15 @@ def _sentinel_client(parsed: SentinelAddress, options: dict[str, Any]) -> redis.
         parsed.service, redis_class=redis.Redis, db=parsed.db, username=parsed.username,
         password=parsed.password, **options)
     return client
+
+
+def _cluster_client(parsed: ClusterAddress, options: dict[str, Any]) -> redis.RedisCluster:
+    nodes = [ClusterNode(host, port)  # type: ignore[no-untyped-call]
+             for host, port in parsed.nodes]
+    options = dict(options)
+    retry = options.pop("retry")   # given apart: redis-py refuses it among the node options
+    return redis.RedisCluster(startup_nodes=nodes, username=parsed.username,
+                              password=parsed.password, retry=retry, **options)
 
 
 def _one_line(e: BaseException) -> str:

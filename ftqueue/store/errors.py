@@ -2,8 +2,10 @@
 
 *Transient*: the server is unreachable, or reachable but not serving for now (`BUSY` with a
 long script, `LOADING` after a restart, `READONLY`/`MASTERDOWN` around a failover,
-`TRYAGAIN`), or no replica confirmed a replicated write in time. A step that is idempotent
-or fenced is waited out and run again.
+`TRYAGAIN`; on a Redis Cluster also `CLUSTERDOWN`, a `MOVED`/`ASK` redirect redis-py did not
+follow, or a map of the slots it could not load while nodes fail over), or no replica
+confirmed a replicated write in time. A step that is idempotent or fenced is waited out and
+run again.
 *Full*: `OOM` under `maxmemory` with `noeviction`. A write that must not be lost (an
 outcome) is held and retried; a new submission is refused with a clear error.
 *Corrupt*: `WRONGTYPE`, a key holding something ftqueue did not write there. The record is
@@ -33,6 +35,16 @@ _CODE = re.compile(r"(?:^|[\s:-])(" + "|".join(_TRANSIENT_CODES + ("OOM", "WRONG
                    + r")\b")
 
 
+# redis-py's cluster client reports a map of the slots it could not (re)load as a bare
+# RedisClusterException, by these words: nodes unreachable, or disagreeing mid-failover.
+_CLUSTER_UNREACHABLE = "Redis Cluster cannot be connected"
+_CLUSTER_RESHAPING = ("startup_nodes could not agree", "All slots are not covered")
+
+
+def _cluster_says(e: BaseException, *phrases: str) -> bool:
+    return type(e) is redis.exceptions.RedisClusterException and str(e).startswith(phrases)
+
+
 def _code(e: BaseException) -> str:
     """The error code Redis put first in its reply (`BUSY`, `OOM`, ...), or ''."""
     if not isinstance(e, redis.ResponseError):
@@ -47,7 +59,8 @@ def is_unreachable(e: BaseException) -> bool:
     """The connection failed or timed out (credentials refused are not this)."""
     if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
         return False
-    return isinstance(e, (redis.ConnectionError, redis.TimeoutError, FtqueueConnectionError))
+    return isinstance(e, (redis.ConnectionError, redis.TimeoutError, FtqueueConnectionError)) \
+        or _cluster_says(e, _CLUSTER_UNREACHABLE)
 
 
 def is_transient(e: BaseException) -> bool:
@@ -55,8 +68,9 @@ def is_transient(e: BaseException) -> bool:
     if is_unreachable(e) or isinstance(e, ReplicaWaitTimeout):
         return True
     return isinstance(e, (redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError,
-                          redis.exceptions.BusyLoadingError)) \
-        or _code(e) in _TRANSIENT_CODES
+                          redis.exceptions.BusyLoadingError, redis.exceptions.ClusterDownError,
+                          redis.exceptions.AskError, redis.exceptions.SlotNotCoveredError)) \
+        or _code(e) in _TRANSIENT_CODES or _cluster_says(e, *_CLUSTER_RESHAPING)
 
 
 def is_full(e: BaseException) -> bool:

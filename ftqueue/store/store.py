@@ -22,6 +22,7 @@ import redis
 from ..keys import DEFAULT_SHAPE, Keys, queue_slot
 from ..settings import DEFAULT_LINEAGE_TTL_S, Settings
 from ..spec import item_id, split_object_id
+from .cluster import Client, is_cluster, reload_slots, slot_client, slot_node
 from .errors import ReplicaWaitTimeout, is_corrupt
 from .scripts import load_scripts
 
@@ -101,7 +102,7 @@ def _reply_or_raise(reply: Any) -> Any:
 class Store:
     """Every read and write ftqueue makes to Redis goes through here."""
 
-    def __init__(self, client: redis.Redis, namespace: str = "ftq",
+    def __init__(self, client: Client, namespace: str = "ftq",
                  clock_ms: Callable[[], int] | None = REDIS_CLOCK, *,
                  replica_timeout_s: float | None = None) -> None:
         """`replica_timeout_s`: wait that long for one replica after each replicated step
@@ -111,7 +112,8 @@ class Store:
             replica_timeout_s = settings.replica_timeout_s if settings.replicated else 0.0
         self.replica_timeout_ms = int(replica_timeout_s * 1000)
         self.redis = client
-        self.keys = Keys(namespace)
+        self.cluster = is_cluster(client)
+        self.keys = Keys(namespace, hash_tag=self.cluster)
         self._script_clock = clock_ms
         self.clock_ms = clock_ms or wall_clock_ms   # for reads that show ages
         self._sha: dict[str, str] = {}
@@ -140,15 +142,36 @@ class Store:
                 return self._evalsha(name, sha, keys, args)
             except redis.exceptions.NoScriptError:
                 pass  # Redis restarted, failed over, or flushed its script cache
-        self._sha[name] = _s(self.redis.script_load(source))
+        if isinstance(self.redis, redis.RedisCluster):
+            # To the namespace's primary only: redis-py sends it to every primary, and one
+            # that is down (or failing over) would fail the load for nothing.
+            sha = self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "SCRIPT LOAD", source, target_nodes=slot_node(self.redis, keys[0]))
+        else:
+            sha = self.redis.script_load(source)
+        self._sha[name] = _s(sha)
         return self._evalsha(name, self._sha[name], keys, args)
 
     def _evalsha(self, name: str, sha: str, keys: list[str], args: list[Any]) -> Any:
         if not (self.replica_timeout_ms and name in REPLICATED_SCRIPTS):
             return self.redis.evalsha(sha, len(keys), *keys, *args)
         # WAIT counts the replicas that hold this connection's writes: the script and its
-        # WAIT must share one connection, which a pooled client does not promise.
-        pool = self.redis.connection_pool
+        # WAIT must share one connection, which a pooled client does not promise. On a
+        # cluster that is a connection to the primary owning the namespace's slot.
+        if isinstance(self.redis, redis.RedisCluster):
+            try:
+                return self._evalsha_wait(slot_client(self.redis, keys[0]), name, sha, keys,
+                                          args)
+            except (redis.exceptions.AskError, redis.ConnectionError, redis.TimeoutError):
+                # Redirected (MOVED is an AskError: the script did not run there) or the
+                # node is gone: learn the map again, so the retry goes to the slot's primary.
+                reload_slots(self.redis)
+                raise
+        return self._evalsha_wait(self.redis, name, sha, keys, args)
+
+    def _evalsha_wait(self, client: redis.Redis, name: str, sha: str, keys: list[str],
+                      args: list[Any]) -> Any:
+        pool = client.connection_pool
         conn = pool.get_connection()
         try:
             conn.send_command("EVALSHA", sha, len(keys), *keys,  # type: ignore[no-untyped-call]
@@ -329,7 +352,11 @@ class Store:
         """Redis's clock (the scripts' NOW), or the injected one."""
         if self._script_clock is not None:
             return int(self._script_clock())
-        seconds, micros = self.redis.time()
+        if isinstance(self.redis, redis.RedisCluster):
+            seconds, micros = self.redis.time(target_nodes=slot_node(self.redis,
+                                                                     self.keys.clock))
+        else:
+            seconds, micros = self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
     def schedules_due(self, max_n: int) -> tuple[int, list[tuple[str, int]]]:
@@ -489,6 +516,14 @@ class Store:
         for q in queues:
             pipe.lpop(self.keys.bell(q))
         return any(r is not None for r in pipe.execute())
+
+    def ping(self) -> None:
+        """Raises if the Redis holding this namespace does not answer."""
+        if isinstance(self.redis, redis.RedisCluster):
+            self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "PING", target_nodes=slot_node(self.redis, self.keys.clock))
+        else:
+            self.redis.ping()
 
     def next_job_id(self) -> str:
         return f"{int(self.redis.incr(self.keys.job_counter)):08x}"

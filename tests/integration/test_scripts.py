@@ -31,6 +31,32 @@ def test_chaos_quick_loses_nothing_and_commits_once():
     assert result["detect_p99_s"] <= 1.0
 
 
+def test_chaos_cluster_quick_survives_a_primary_failover():
+    """The same chaos on a Redis Cluster, whose namespace's primary is SIGKILLed instead of
+    frozen: its replica is promoted and nothing is lost, committed or run twice."""
+    result = run("chaos.py", "--cluster", "--quick", "--json")
+    assert result["submitted"] == result["finished"] == 800
+    assert result["lost"] == 0 and result["duplicate_commits"] == 0
+    assert result["duplicate_executions"] == 0
+    assert result["primary_killed"] == 1 and 0 < result["replica_promoted_s"] < 30
+    assert result["worker_kills"] > 0 and result["retries"].get("WORKER_DIED", 0) > 0
+
+
+def test_bench_cluster_quick_reports_each_primary():
+    result = run("bench.py", "--cluster", "--quick", "--json")
+    assert result["mode"] == "cluster" and result["one_namespace_one_slot"]
+    assert result["plain_tcp"]["tasks_per_s"] > 0
+    assert result["plain_tcp"]["redis_cmds_per_task_by_primary"][0] > 10
+    for primaries in (1, 3):
+        r = result[f"primaries_{primaries}"]
+        assert r["tasks_per_s"] > 0
+        cpu, cmds = r["redis_cpu_us_per_task_by_primary"], r["redis_cmds_per_task_by_primary"]
+        assert len(cpu) == len(cmds) == primaries
+        # One slot: the primary holding it does the work, the others nearly none.
+        slot = r["slot_primary"]
+        assert cmds[slot] > 10 and all(c < 1 for i, c in enumerate(cmds) if i != slot)
+
+
 def test_bench_quick_prints_its_figures():
     result = run("bench.py", "--quick", "--json", "--dashboard")
     for key in ("ftqueue_tasks_per_s", "raw_tasks_per_s", "ratio", "p50_ms", "p99_ms",

@@ -59,12 +59,28 @@ def test_every_script_header_is_a_contract(name):
     assert load_scripts()[name].fixed_keys, "a script with no fixed KEYS"
 
 
-def test_generated_key_functions_build_what_keys_builds(env):
+@pytest.mark.parametrize("keys", [KEYS, Keys("ftq", hash_tag=True)], ids=["plain", "tagged"])
+def test_generated_key_functions_build_what_keys_builds(env, keys):
     _store, _clock, client = env
     names = list(PER_ID)
     body = "return {" + ", ".join(f"k_{n}(ARGV[2])" for n in names) + "}"
-    built = client.eval(prelude(()) + "\n" + body, 0, "ftq", "some-id")
-    assert [b.decode() for b in built] == [getattr(KEYS, n)("some-id") for n in names]
+    built = client.eval(prelude(()) + "\n" + body, 0, keys.prefix, "some-id")
+    assert [b.decode() for b in built] == [getattr(keys, n)("some-id") for n in names]
+
+
+def test_a_cluster_namespace_is_one_hash_slot_and_a_plain_one_is_unchanged():
+    tagged = Keys("ftq", hash_tag=True)
+    assert KEYS.task("t1") == "ftq:task:t1" and KEYS.stats == "ftq:stats"
+    assert tagged.task("t1") == "{ftq}:task:t1" and tagged.log("t1", 2) == "{ftq}:log:t1:2"
+    every = [getattr(tagged, n) for n in SINGLE] + [getattr(tagged, n)("a{b}:c") for n in PER_ID]
+    # Redis hashes the text between the first '{' and the next '}': the namespace, always.
+    assert {k[k.index("{") + 1:k.index("}")] for k in every} == {"ftq"}
+    for name in SINGLE:
+        assert tagged.kind(getattr(tagged, name)) == name
+    for name in PER_ID:
+        assert tagged.kind(getattr(tagged, name)("x:y")) == name
+    assert tagged.kind(tagged.log("t1", 2)) == "log"
+    assert tagged.kind("ftq:task:1") is None and KEYS.kind("{ftq}:task:1") is None
 
 
 def test_keys_kind_names_each_key_builder():
