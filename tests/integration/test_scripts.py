@@ -33,11 +33,14 @@ def test_chaos_quick_loses_nothing_and_commits_once():
 
 def test_chaos_cluster_quick_survives_a_primary_failover():
     """The same chaos on a Redis Cluster, whose namespace's primary is SIGKILLed instead of
-    frozen: its replica is promoted and nothing is lost, committed or run twice."""
+    frozen: its replica is promoted and nothing is lost or committed twice. Replication is
+    asynchronous here, so the writes of the last moment before the kill may be missing on the
+    replica (docs/guarantees.md): a task then runs again, at most the tasks in flight (3
+    nodes x 2 workers, each with one prefetched)."""
     result = run("chaos.py", "--cluster", "--quick", "--json")
     assert result["submitted"] == result["finished"] == 800
     assert result["lost"] == 0 and result["duplicate_commits"] == 0
-    assert result["duplicate_executions"] == 0
+    assert result["duplicate_executions"] <= 12
     assert result["primary_killed"] == 1 and 0 < result["replica_promoted_s"] < 30
     assert result["worker_kills"] > 0 and result["retries"].get("WORKER_DIED", 0) > 0
 
