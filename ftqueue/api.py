@@ -46,6 +46,9 @@ class ClusterInfo:
 
 _lock = threading.RLock()
 _client: Client | None = None
+# In a worker process: (address, namespace, on_block) for the client made at first use.
+_worker_session: tuple[str, str, Callable[[bool], None]] | None = None
+WORKER_JOB_ID = "worker"
 _cluster: EmbeddedCluster | None = None
 _info: ClusterInfo | None = None
 _atexit_registered = False
@@ -124,7 +127,7 @@ def shutdown() -> None:
 
 
 def is_initialized() -> bool:
-    return _client is not None or _forked_from is not None
+    return _client is not None or _forked_from is not None or _worker_session is not None
 
 
 def _ensure_client() -> Client:
@@ -137,6 +140,13 @@ def _ensure_client() -> Client:
                 _client = Client(address, namespace, job_id=job_id)
                 _info = ClusterInfo(address, namespace, job_id, False)
                 _forked_from = None
+        client = _client
+    if client is None and _worker_session is not None:
+        with _lock:
+            if _client is None:
+                address, namespace, on_block = _worker_session
+                _client = Client(address, namespace, job_id=WORKER_JOB_ID)
+                _client.on_block = on_block
         client = _client
     if client is None:
         init(ignore_reinit_error=True)
@@ -163,12 +173,12 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def _attach_worker_client(address: str, namespace: str,
                           on_block: Callable[[bool], None]) -> None:
-    """Worker processes are already part of a cluster: nested calls use it."""
-    global _client, _info
-    client = Client(address, namespace, job_id="worker")
-    client.on_block = on_block
-    _client = client
-    _info = ClusterInfo(address, namespace, client.job_id, False)
+    """Worker processes are already part of a cluster: nested calls use it. Their client is
+    made at the first call that needs one: a worker whose tasks never submit or get costs
+    Redis nothing for it (no listener polling a notification list)."""
+    global _worker_session, _info
+    _worker_session = (address, namespace, on_block)
+    _info = ClusterInfo(address, namespace, WORKER_JOB_ID, False)
 
 
 def remote(*args: Any, **options: Any) -> Any:
@@ -244,6 +254,8 @@ def put(value: Any) -> ObjectRef:
 
 def get_runtime_context() -> RuntimeContext:
     client = _client
+    if client is None and _worker_session is not None:
+        return RuntimeContext(WORKER_JOB_ID, current_task())
     return RuntimeContext(client.job_id if client else None, current_task())
 
 

@@ -34,6 +34,8 @@ def test_an_idle_node_polls_no_cancels_and_writes_no_worker_records(own_redis):
         seen = watch(client, 3.0)
         assert seen["LPOP cancel"] == 0, seen
         assert seen["HSET worker"] == 0, seen
+        # Its workers' tasks submit nothing: no client, no listener polling a notice list.
+        assert seen["BLPOP done"] == seen["LPOP done"] == 0, seen
         assert seen["ZADD nodes"] >= 2, seen            # it still heartbeats
     finally:
         node.stop()

@@ -90,6 +90,10 @@ def test_node_without_heartbeat_is_marked_dead(env):
     serve(store, clock, LEASE_MS / 1000 + 1)
     assert store.sweep(LEASE_MS)[1] == ["n1"]
     assert client.hget("ftq:node:n1", "state") == b"DEAD"
+    assert client.ttl("ftq:node:n1") > 0              # a dead node's record is forgotten
+    store.renew("n1", LEASE_MS)                        # unless it comes back
+    assert client.hget("ftq:node:n1", "state") == b"ALIVE"
+    assert client.ttl("ftq:node:n1") == -1
 
 
 def test_worker_lost_charges_the_running_task_only(env):

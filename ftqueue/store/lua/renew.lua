@@ -29,7 +29,8 @@ local revived = was and was[1] == 'DEAD'
 sound_free(K.node_free)
 if revived and redis.call('EXISTS', K.node_free) == 0 then rebuild_free(node, K.node_free) end
 safe('HSET', K.node, 'state', 'ALIVE', 'heartbeat_ms', NOW)
-redis.call('PERSIST', K.node)
+-- Only a record marked DEAD (or lost) was given a TTL (sweep, deregister).
+if not (was and was[1] == 'ALIVE') then redis.call('PERSIST', K.node) end
 
 local function forget(id)
   redis.call('ZREM', K.leases, id)
