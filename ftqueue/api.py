@@ -68,10 +68,11 @@ def init(address: str | None = None, *, num_workers: int | None = None,
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
     with _lock:
-        if _client is not None:
+        if _client is not None or _worker_session is not None:
+            # A task's process is part of its worker's cluster already (its client is made
+            # at the first nested call): as a second init, never a cluster of its own.
             if ignore_reinit_error:
-                assert _info is not None
-                return _info
+                return _current_info()
             raise RuntimeError("Maybe you called ftqueue.init twice by accident? This error "
                                "can be suppressed by passing in 'ignore_reinit_error=True' or "
                                "by calling 'ftqueue.shutdown()' prior to 'ftqueue.init()'.")
@@ -126,6 +127,14 @@ def shutdown() -> None:
         cluster.stop()
 
 
+def _current_info() -> ClusterInfo:
+    global _info
+    if _info is None and _worker_session is not None:   # after shutdown() in a task
+        _info = ClusterInfo(_worker_session[0], _worker_session[1], WORKER_JOB_ID, False)
+    assert _info is not None
+    return _info
+
+
 def is_initialized() -> bool:
     return _client is not None or _forked_from is not None or _worker_session is not None
 
@@ -161,10 +170,15 @@ _forked_from: tuple[str, str, str] | None = None
 def _after_fork_in_child() -> None:
     """The parent's client has no threads here (its flusher would never send what this
     process submits) and its embedded cluster belongs to the parent: start afresh."""
-    global _client, _cluster, _info, _forked_from, _lock
+    global _client, _cluster, _info, _forked_from, _lock, _worker_session
     _lock = threading.RLock()
     if _client is not None:
         _forked_from = (_client.address, _client.namespace, _client.job_id)
+    elif _worker_session is not None:
+        _forked_from = (_worker_session[0], _worker_session[1], WORKER_JOB_ID)
+    # A child forked by a task is not its worker: its client must not tell the supervisor
+    # that the worker blocks, nor lend the task's CPUs (the worker's on_block).
+    _worker_session = None
     _client = _cluster = _info = None
 
 

@@ -1,0 +1,79 @@
+"""A task's own calls into ftqueue from a worker process, whose client is made lazily at the
+first nested call: `init()` inside a task, and a process a task forks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from conftest import wait_until
+
+import ftqueue
+
+
+@ftqueue.remote
+def double(x):
+    return x * 2
+
+
+def test_init_inside_a_task_joins_the_workers_cluster(driver, start_node, redis_url):
+    """A task calling `init(ignore_reinit_error=True)` (as code written for Ray does) is
+    already part of its worker's cluster: it gets that cluster's info, never an embedded
+    cluster of its own, and its nested `get` still lends the slot (one worker: no
+    deadlock)."""
+    start_node(1)
+
+    @ftqueue.remote
+    def parent():
+        info = ftqueue.init(ignore_reinit_error=True)
+        try:
+            ftqueue.init()
+            twice = "no error"
+        except RuntimeError:
+            twice = "RuntimeError"
+        return info.address, info.embedded, twice, ftqueue.get(double.remote(21), timeout=60)
+
+    address, embedded, twice, value = ftqueue.get(parent.remote(), timeout=90)
+    assert (address, embedded, twice, value) == (redis_url, False, "RuntimeError", 42)
+
+
+def test_a_process_forked_by_a_task_does_not_speak_for_its_worker(driver, start_node,
+                                                                   rclient, tmp_path):
+    """A child forked by a task that blocks in `get` has a client of its own: it must not
+    tell the supervisor that the worker is blocked (nor lend the task's CPUs). Killed while
+    blocked, it would leave the worker marked blocked for good, with a stand-in worker
+    beside it."""
+    node = start_node(2)
+    node.wait_workers(2)
+    release = str(tmp_path / "release")
+
+    @ftqueue.remote
+    def sleeper(path):
+        while not os.path.exists(path):
+            time.sleep(0.05)
+        return 1
+
+    @ftqueue.remote
+    def parent(path):
+        pid = os.fork()
+        if pid == 0:        # the child: blocks in get until the parent kills it
+            try:
+                ftqueue.get(sleeper.remote(path), timeout=60)
+            finally:
+                os._exit(0)
+        time.sleep(3.0)     # the child is blocked in get by now
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return "done"
+
+    try:
+        assert ftqueue.get(parent.remote(release), timeout=60) == "done"
+        time.sleep(2.5)     # the supervisor publishes its workers' records meanwhile
+        blocked = [k for k in rclient.scan_iter("ftq:worker:*")
+                   if rclient.hget(k, "state") == "ALIVE" and rclient.hget(k, "blocked") == "1"]
+        assert blocked == []
+        # No stand-in worker for a slot that was never lent.
+        wait_until(lambda: len(node.workers()) == 2, 10, "the node's 2 workers, no more")
+    finally:
+        open(release, "w").close()
