@@ -77,3 +77,29 @@ def test_a_process_forked_by_a_task_does_not_speak_for_its_worker(driver, start_
         wait_until(lambda: len(node.workers()) == 2, 10, "the node's 2 workers, no more")
     finally:
         open(release, "w").close()
+
+
+def test_a_burst_of_nested_submissions_survives_the_workers_exit(driver, start_node, rclient):
+    """`.remote()` in a burst returns before its task is sent; a worker that exits right after
+    the task (max_calls=1, as every GPU task) must not take the unsent ones with it."""
+    start_node(2)
+
+    @ftqueue.remote
+    def child(i):
+        return i
+
+    @ftqueue.remote(max_calls=1)
+    def parent(n):
+        for i in range(n):
+            child.remote(i)           # fire and forget: nobody waits for these
+        return "ok"
+
+    assert ftqueue.get([parent.remote(1500) for _ in range(2)], timeout=120) == ["ok", "ok"]
+
+    def created() -> int:
+        stats = rclient.hgetall("ftq:stats")
+        return sum(int(v) for k, v in stats.items()
+                   if k.startswith("summary:created:") and k.endswith("child"))
+
+    time.sleep(1.0)     # any stragglers would have arrived by now
+    assert created() == 3000
