@@ -20,6 +20,7 @@ from .embedded import EmbeddedCluster
 from .remote_function import RemoteFunction
 from .settings import Settings
 from .spec import ObjectRef
+from .store import retry_across_outage
 
 # Ray's init arguments that mean nothing for ftqueue are accepted and ignored, so ported
 # scripts run; anything else is a mistake.
@@ -154,8 +155,12 @@ def _ensure_client() -> Client:
         with _lock:
             if _client is None:
                 address, namespace, on_block = _worker_session
-                _client = Client(address, namespace, job_id=WORKER_JOB_ID)
-                _client.on_block = on_block
+                # Made at a task's first nested call, perhaps while Redis restarts or fails
+                # over: waited out as every other step of a worker is, never the task's error.
+                made = retry_across_outage(
+                    lambda: Client(address, namespace, job_id=WORKER_JOB_ID))
+                made.on_block = on_block
+                _client = made
         client = _client
     if client is None:
         init(ignore_reinit_error=True)

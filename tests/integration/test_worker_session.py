@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import redis
 from conftest import wait_until
 
 import ftqueue
@@ -103,3 +104,43 @@ def test_a_burst_of_nested_submissions_survives_the_workers_exit(driver, start_n
 
     time.sleep(1.0)     # any stragglers would have arrived by now
     assert created() == 3000
+
+
+def test_a_tasks_first_nested_call_waits_out_a_redis_restart(tmp_path):
+    """The worker's client is made at a task's first nested call: made while Redis restarts,
+    it waits the outage out as every other step does, instead of failing the task with a
+    connection error (the client made at the worker's start never had to)."""
+    from conftest import NodeProcess
+
+    from ftqueue.embedded import RedisServer
+
+    server = RedisServer.start(unix_socket=True, directory=str(tmp_path / "redis"),
+                               appendonly=True)
+    node = None
+    go = str(tmp_path / "go")
+    try:
+        node = NodeProcess(server.address, 1, "--lease-timeout", "5")
+        ftqueue.init(address=server.address)
+
+        @ftqueue.remote
+        def parent(path):
+            while not os.path.exists(path):
+                time.sleep(0.02)
+            return ftqueue.get(double.remote(21), timeout=60)
+
+        ref = parent.remote(go)
+        ftqueue.flush_submissions()
+        client = redis.Redis.from_url(server.address, decode_responses=True)
+        wait_until(lambda: client.hget(f"ftq:task:{ref.hex()}", "state") == "RUNNING", 30,
+                   "the parent task to run")
+        client.close()
+        server.kill()
+        open(go, "w").close()       # the task's first nested call meets no Redis
+        time.sleep(1.5)
+        server.restart()
+        assert ftqueue.get(ref, timeout=90) == 42
+    finally:
+        ftqueue.shutdown()
+        if node is not None:
+            node.stop()
+        server.kill()
