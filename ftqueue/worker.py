@@ -62,8 +62,7 @@ class Worker:
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
         self._next_due_s: float | None = None
         self._once = LogOnce(log)
-        # Sends what the task submitted that is still buffered (api.flush_submissions): a
-        # burst of `.remote()` calls may still be on its way when the task returns.
+        # Sends what tasks submitted that is still buffered (api.flush_submissions).
         self.flush_nested: Callable[[], object] = lambda: True
 
     def later(self, message: protocol.WorkerMessage) -> None:
@@ -120,17 +119,17 @@ class Worker:
                         task.task_id)
             self.tell(protocol.Settled((task.task_id,)))
             return None
-        outcome = self.runner.run(task)
-        # The tasks it submitted are in Redis before its outcome is, and before this process
-        # may exit (max_calls, a GPU task, a recycle, a stop): none is lost in a buffer.
-        self._flush_nested()
-        self.commits.add(outcome)
+        self.commits.add(self.runner.run(task))
         if not self.local:
             self.commits.flush()
             self.tell()
         return self._exit_code_after(task)
 
-    def _flush_nested(self) -> None:
+    def flush_nested_before_exit(self) -> None:
+        """What tasks submitted and is still buffered (a burst of `.remote()` returns before
+        it is sent) goes to Redis before this process exits (max_calls, a GPU task, a
+        recycle, a stop): none is lost with it. After the outcomes are committed, so no task
+        waits on it (a timeout enforced meanwhile would re-run a finished task)."""
         try:
             self.flush_nested()
         except Exception as e:  # noqa: BLE001 - a refused submission is its getter's error
@@ -333,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _attach_worker_client(settings.address, settings.namespace, worker.on_block)
     worker.flush_nested = flush_submissions
     code = worker.run()
+    worker.flush_nested_before_exit()
     # Everything is committed or handed back: leave now. The interpreter's own exit would
     # wait for any non-daemon thread a task left running, and hold the node's slot (and the
     # memory a recycle is meant to free) for as long as that thread lives.
