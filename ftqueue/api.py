@@ -140,7 +140,9 @@ def is_initialized() -> bool:
     return _client is not None or _forked_from is not None or _worker_session is not None
 
 
-def _ensure_client() -> Client:
+def _ensure_client(timeout: float | None = None) -> Client:
+    """The process's client, made on first use. `timeout`: the caller's own bound (get,
+    wait), which waiting out an outage for a worker's first client must not outlive."""
     global _client, _info, _forked_from
     client = _client
     if client is None and _forked_from is not None:
@@ -157,8 +159,10 @@ def _ensure_client() -> Client:
                 address, namespace, on_block = _worker_session
                 # Made at a task's first nested call, perhaps while Redis restarts or fails
                 # over: waited out as every other step of a worker is, never the task's error.
+                deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
                 made = retry_across_outage(
-                    lambda: Client(address, namespace, job_id=WORKER_JOB_ID))
+                    lambda: Client(address, namespace, job_id=WORKER_JOB_ID),
+                    deadline=deadline)
                 made.on_block = on_block
                 _client = made
         client = _client
@@ -222,12 +226,12 @@ def _make_remote(function: Any, options: dict[str, Any]) -> RemoteFunction:
 
 
 def get(refs: Any, *, timeout: float | None = None) -> Any:
-    return _ensure_client().get(refs, timeout=timeout)
+    return _ensure_client(timeout).get(refs, timeout=timeout)
 
 
 def wait(refs: Any, *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    return _ensure_client().wait(refs, num_returns=num_returns, timeout=timeout)
+    return _ensure_client(timeout).wait(refs, num_returns=num_returns, timeout=timeout)
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

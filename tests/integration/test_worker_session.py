@@ -144,3 +144,49 @@ def test_a_tasks_first_nested_call_waits_out_a_redis_restart(tmp_path):
         if node is not None:
             node.stop()
         server.kill()
+
+
+def test_a_tasks_first_get_keeps_its_timeout_while_redis_is_away(tmp_path):
+    """Waiting out the outage to make the worker's client does not outlive the timeout of
+    the `get` that needs it (DESIGN invariant 11)."""
+    from conftest import NodeProcess
+
+    from ftqueue.embedded import RedisServer
+
+    server = RedisServer.start(unix_socket=True, directory=str(tmp_path / "redis"),
+                               appendonly=True)
+    node = None
+    go = str(tmp_path / "go")
+    try:
+        node = NodeProcess(server.address, 1, "--lease-timeout", "30")
+        ftqueue.init(address=server.address)
+
+        @ftqueue.remote
+        def parent(path, refs):
+            while not os.path.exists(path):
+                time.sleep(0.02)
+            start = time.monotonic()
+            try:
+                ftqueue.get(refs[0], timeout=2)
+                outcome = "returned"
+            except Exception as e:  # noqa: BLE001 - what the task saw is the result
+                outcome = type(e).__name__
+            return outcome, time.monotonic() - start
+
+        ref = parent.remote(go, [double.remote(1)])
+        ftqueue.flush_submissions()
+        client = redis.Redis.from_url(server.address, decode_responses=True)
+        wait_until(lambda: client.hget(f"ftq:task:{ref.hex()}", "state") == "RUNNING", 30,
+                   "the parent task to run")
+        client.close()
+        server.kill()
+        open(go, "w").close()
+        time.sleep(6.0)             # longer than the task's get may wait
+        server.restart()
+        outcome, waited = ftqueue.get(ref, timeout=90)
+        assert outcome == "FtqueueConnectionError" and waited < 5.0
+    finally:
+        ftqueue.shutdown()
+        if node is not None:
+            node.stop()
+        server.kill()
