@@ -20,6 +20,7 @@ from .embedded import EmbeddedCluster
 from .remote_function import RemoteFunction
 from .settings import Settings
 from .spec import ObjectRef
+from .store import retry_across_outage
 
 # Ray's init arguments that mean nothing for ftqueue are accepted and ignored, so ported
 # scripts run; anything else is a mistake.
@@ -68,10 +69,11 @@ def init(address: str | None = None, *, num_workers: int | None = None,
     if unknown:
         raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}")
     with _lock:
-        if _client is not None:
+        if _client is not None or _worker_session is not None:
+            # A task's process is part of its worker's cluster already (its client is made
+            # at the first nested call): as a second init, never a cluster of its own.
             if ignore_reinit_error:
-                assert _info is not None
-                return _info
+                return _current_info()
             raise RuntimeError("Maybe you called ftqueue.init twice by accident? This error "
                                "can be suppressed by passing in 'ignore_reinit_error=True' or "
                                "by calling 'ftqueue.shutdown()' prior to 'ftqueue.init()'.")
@@ -126,11 +128,21 @@ def shutdown() -> None:
         cluster.stop()
 
 
+def _current_info() -> ClusterInfo:
+    global _info
+    if _info is None and _worker_session is not None:   # after shutdown() in a task
+        _info = ClusterInfo(_worker_session[0], _worker_session[1], WORKER_JOB_ID, False)
+    assert _info is not None
+    return _info
+
+
 def is_initialized() -> bool:
     return _client is not None or _forked_from is not None or _worker_session is not None
 
 
-def _ensure_client() -> Client:
+def _ensure_client(timeout: float | None = None) -> Client:
+    """The process's client, made on first use. `timeout`: the caller's own bound (get,
+    wait), which waiting out an outage for a worker's first client must not outlive."""
     global _client, _info, _forked_from
     client = _client
     if client is None and _forked_from is not None:
@@ -145,8 +157,14 @@ def _ensure_client() -> Client:
         with _lock:
             if _client is None:
                 address, namespace, on_block = _worker_session
-                _client = Client(address, namespace, job_id=WORKER_JOB_ID)
-                _client.on_block = on_block
+                # Made at a task's first nested call, perhaps while Redis restarts or fails
+                # over: waited out as every other step of a worker is, never the task's error.
+                deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+                made = retry_across_outage(
+                    lambda: Client(address, namespace, job_id=WORKER_JOB_ID),
+                    deadline=deadline)
+                made.on_block = on_block
+                _client = made
         client = _client
     if client is None:
         init(ignore_reinit_error=True)
@@ -161,10 +179,15 @@ _forked_from: tuple[str, str, str] | None = None
 def _after_fork_in_child() -> None:
     """The parent's client has no threads here (its flusher would never send what this
     process submits) and its embedded cluster belongs to the parent: start afresh."""
-    global _client, _cluster, _info, _forked_from, _lock
+    global _client, _cluster, _info, _forked_from, _lock, _worker_session
     _lock = threading.RLock()
     if _client is not None:
         _forked_from = (_client.address, _client.namespace, _client.job_id)
+    elif _worker_session is not None:
+        _forked_from = (_worker_session[0], _worker_session[1], WORKER_JOB_ID)
+    # A child forked by a task is not its worker: its client must not tell the supervisor
+    # that the worker blocks, nor lend the task's CPUs (the worker's on_block).
+    _worker_session = None
     _client = _cluster = _info = None
 
 
@@ -203,12 +226,12 @@ def _make_remote(function: Any, options: dict[str, Any]) -> RemoteFunction:
 
 
 def get(refs: Any, *, timeout: float | None = None) -> Any:
-    return _ensure_client().get(refs, timeout=timeout)
+    return _ensure_client(timeout).get(refs, timeout=timeout)
 
 
 def wait(refs: Any, *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    return _ensure_client().wait(refs, num_returns=num_returns, timeout=timeout)
+    return _ensure_client(timeout).wait(refs, num_returns=num_returns, timeout=timeout)
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -40,6 +40,7 @@ class NodeRecord:
         self._last_housekeeping = 0.0
         # What each worker's record last said, and when it was written (publish_workers).
         self._published: dict[str, tuple[tuple[object, ...], float]] = {}
+        self._started_ms: dict[str, int] = {}     # each worker's record's start time
 
     def register(self) -> None:
         self.store.redis.hset(self.keys.node(self.node_id), mapping={
@@ -109,6 +110,7 @@ class NodeRecord:
         now = time.monotonic()
         shown = {h.worker_id: self._shown(h) for h in handles}
         self._published = {w: p for w, p in self._published.items() if w in shown}
+        self._started_ms = {w: t for w, t in self._started_ms.items() if w in shown}
         stale = [h for h in handles if self._stale(h.worker_id, shown[h.worker_id], now)]
         if not stale:
             return
@@ -119,12 +121,19 @@ class NodeRecord:
                                             "tasks_run": handle.tasks_run,
                                             "blocked": int(handle.blocked),
                                             "rss_bytes": rss_of(handle) or 0}
-            if not handle.registered:
-                record.update({"worker_id": handle.worker_id, "node_id": self.node_id,
-                               "pid": handle.pid, "host": socket.gethostname(),
-                               "state": "ALIVE", "started_ms": now_ms,
-                               "temporary": int(handle.temporary)})
-                pipe.zadd(self.keys.workers, {handle.worker_id: now_ms})
+            # Whole every time (it is written only when it changed, or every
+            # WORKER_RECORD_MAX_AGE_S): a record Redis lost without losing its epoch (a
+            # failover to a replica that missed it, a restart from an older snapshot) is
+            # listed again at the next write, with its first start time.
+            if not handle.registered or handle.worker_id not in self._started_ms:
+                self._started_ms[handle.worker_id] = now_ms
+            started_ms = self._started_ms[handle.worker_id]
+            record.update({"worker_id": handle.worker_id, "node_id": self.node_id,
+                           "pid": handle.pid, "host": socket.gethostname(),
+                           "state": "ALIVE", "started_ms": started_ms,
+                           "temporary": int(handle.temporary)})
+            pipe.zadd(self.keys.workers, {handle.worker_id: started_ms},
+                      nx=handle.registered)
             pipe.hset(self.keys.worker(handle.worker_id), mapping=record)
         pipe.execute()
         for handle in stale:

@@ -12,6 +12,7 @@ from .keys import DEFAULT_SHAPE, queue_slot
 from .spec import TERMINAL_STATES, TaskState
 from .store import Store, as_text
 
+LEASED_STATES = frozenset({TaskState.SUBMITTED_TO_WORKER.value, TaskState.RUNNING.value})
 TASK_FIELDS = ("task_id", "attempt_number", "name", "state", "job_id", "actor_id", "type",
                "func_or_class_name", "parent_task_id", "node_id", "worker_id", "error_type")
 DETAIL_FIELDS = TASK_FIELDS + ("error_message", "start_time", "end_time", "creation_time",
@@ -272,10 +273,17 @@ class StateReader:
     def summarize_tasks(self) -> dict[str, dict[str, int]]:
         """Per function: how many tasks are in each state, from counts the scripts keep
         (no scan): every task created and ended since the counts began, the attempts holding
-        a lease by their state, and the rest, waiting to run, as PENDING."""
+        a lease by their state, and the rest, waiting to run, as PENDING. The counts and the
+        leases are read as one snapshot; a task leased in it is counted in the state it has
+        when read, final too (its end came after the counts were read), so no task is
+        counted twice or as waiting when it is not."""
         created: dict[str, int] = {}
         summary: dict[str, dict[str, int]] = {}
-        for key, value in self.store.redis.hgetall(self.keys.stats).items():
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.hgetall(self.keys.stats)
+        pipe.zrange(self.keys.leases, 0, -1)
+        stats, leases = pipe.execute()
+        for key, value in stats.items():
             kind, _, rest = as_text(key).partition(":")
             what, _, func = rest.partition(":")
             if kind != "summary" or not func:
@@ -284,15 +292,21 @@ class StateReader:
                 created[func] = int(value)
             elif int(value) > 0:
                 summary.setdefault(func, {})[what] = int(value)
-        leased = [as_text(i) for i in self.store.redis.zrange(self.keys.leases, 0, -1)]
+        leased = [as_text(i) for i in leases]
         for name, state in self.store.task_fields(leased, "func", "state"):
-            if state and state not in TERMINAL_STATES:
-                counts = summary.setdefault(name or "?", {})
-                counts[state] = counts.get(state, 0) + 1
+            if not state:
+                continue
+            if state not in TERMINAL_STATES and state not in LEASED_STATES:
+                state = "PENDING"        # retried or handed back since: waiting again
+            counts = summary.setdefault(name or "?", {})
+            counts[state] = counts.get(state, 0) + 1
         for func, n in created.items():
-            waiting = n - sum(summary.get(func, {}).values())
+            counts = summary.get(func, {})
+            waiting = n - sum(v for k, v in counts.items() if k != "PENDING")
             if waiting > 0:
                 summary.setdefault(func, {})["PENDING"] = waiting
+            elif "PENDING" in counts:
+                del counts["PENDING"]
         return summary
 
     def _records(self, index: str, key: Any, newest: int | None = None) -> list[dict[str, str]]:

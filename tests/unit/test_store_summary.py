@@ -69,3 +69,22 @@ def test_a_result_is_stored_with_its_retention_in_one_write(env):
     for task_id in ("ok1", "bad1"):
         assert 90 < client.ttl(f"ftq:result:{task_id}") <= 100
         assert 190 < client.ttl(f"ftq:task:{task_id}") <= 200
+
+
+def test_a_task_ending_while_the_summary_reads_is_counted_once_and_final(env, monkeypatch):
+    """The counts and the leases are one snapshot; a task leased in it that has ended by
+    the time its state is read is counted in its final state, never as PENDING."""
+    store, _clock, _client = env
+    submit(store, "a1")
+    submit(store, "a2")
+    (task,) = claim(store, worker="w1")
+    read_states = store.task_fields
+
+    def commit_first(task_ids, *fields):
+        store.commit([(task.task_id, task.fence, "ok", b"V", False, "")])  # ends meanwhile
+        return read_states(task_ids, *fields)
+
+    monkeypatch.setattr(store, "task_fields", commit_first)
+    assert summary(store) == {"f": {"FINISHED": 1, "PENDING": 1}}
+    monkeypatch.setattr(store, "task_fields", read_states)
+    assert summary(store) == {"f": {"FINISHED": 1, "PENDING": 1}}
