@@ -78,12 +78,13 @@ class NodeRecord:
         return as_text(current) != self.epoch
 
     def renew(self, running: Iterable[str], held: Iterable[str],
-              running_by: Iterable[str] = ()) -> list[str]:
+              running_by: Iterable[str] = ()) -> tuple[list[str], list[tuple[str, bool]]]:
         """Heartbeat; the running tasks this node no longer holds (declared dead meanwhile,
-        or forgotten by a Redis that lost its data): their attempts must stop."""
-        _, stale, self.live_nodes = self.store.heartbeat(
+        or forgotten by a Redis that lost its data): their attempts must stop; and the
+        running tasks whose cancel was asked, (task id, forced)."""
+        _, stale, self.live_nodes, cancels = self.store.heartbeat(
             self.node_id, self.lease_timeout_ms, list(running), list(held), list(running_by))
-        return stale
+        return stale, cancels
 
     def sweep(self) -> None:
         """The cluster's reaper, a share of it: the trims and forgetting only every

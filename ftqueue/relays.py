@@ -27,6 +27,17 @@ class Relays:
         for task_id, forced in requests:
             self.pending[task_id] = (forced, keep_until)
 
+    def remind_cancels(self, requests: Iterable[tuple[str, bool]],
+                       handles: Iterable[WorkerHandle]) -> None:
+        """Cancels the heartbeat found asked in running tasks' records: delivered to a task
+        not told yet (its relayed request was lost with a reply), once per attempt, so a task
+        cleaning up after its KeyboardInterrupt is not interrupted again every second."""
+        handles = list(handles)
+        for task_id, forced in requests:
+            handle = next((h for h in handles if h.running == task_id), None)
+            if handle is not None and (forced or handle.cancel_sent != task_id):
+                relay_cancel(handles, task_id, forced)
+
     def deliver_cancels(self, handles: Iterable[WorkerHandle]) -> None:
         handles = list(handles)
         now = time.monotonic()
@@ -71,4 +82,5 @@ def relay_cancel(handles: list[WorkerHandle], task_id: str, forced: bool) -> boo
         handle.kill(KillReason.CANCEL, f"task {task_id} was cancelled with force=True")
     else:
         handle.tell(Cancel(task_id))
+        handle.cancel_sent = task_id
     return True

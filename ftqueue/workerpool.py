@@ -25,6 +25,7 @@ class WorkerHandle:
     inbox: int = -1              # we write requests here, then send SIGUSR1
     temporary: bool = False
     running: str = ""            # the task whose body runs now
+    cancel_sent: str = ""        # the running task this worker was told to cancel
     unsettled: str = ""          # the task whose body ended, outcome not yet in Redis
     fence: str = ""
     func_name: str = ""
@@ -60,6 +61,7 @@ class WorkerHandle:
             self.func_name = message.func_name
             self.task_started = time.monotonic()
             self.interrupted_at = 0.0
+            self.cancel_sent = ""
             self.tasks_run += 1
         elif isinstance(message, protocol.Ended):
             ran = time.monotonic() - self.task_started if self.running else None

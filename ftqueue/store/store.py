@@ -270,17 +270,19 @@ class Store:
 
     def heartbeat(self, node_id: str, lease_timeout_ms: int, running: Sequence[str] = (),
                   held: Sequence[str] = (), running_by: Sequence[str] = (),
-                  ) -> tuple[int, list[str], int]:
+                  ) -> tuple[int, list[str], int, list[tuple[str, bool]]]:
         """`renew`, and which of `running` (run by the workers `running_by`, in order) the
         node no longer holds: after it was declared dead (frozen or cut off past its lease),
         or that Redis forgot (lost its data). Attempts its workers must stop. Also the number
-        of live nodes."""
+        of live nodes, and (task id, forced) for each running task whose cancel was asked."""
         keys = [self.keys.task(t) for t in (*held, *running)]
         by = list(running_by) if len(running_by) == len(running) else []
-        renewed, stale, live_nodes = self._run(
+        renewed, stale, live_nodes, cancels = self._run(
             "renew", [node_id, lease_timeout_ms, len(held), *held, *running, *by], keys,
             node_id=node_id)
-        return int(renewed), [_s(t) for t in stale], int(live_nodes)
+        pairs = _pairs(cancels)
+        return (int(renewed), [_s(t) for t in stale], int(live_nodes),
+                [(task_id, mode == "force") for task_id, mode in pairs])
 
     def sweep(self, lease_timeout_ms: int, limit: int = DEFAULT_SWEEP_LIMIT,
               index_ttl_ms: int = DEFAULT_INDEX_TTL_MS, housekeeping: bool = True,

@@ -210,3 +210,48 @@ def test_node_memory_threshold_kills_as_out_of_memory(driver, start_node, tmp_pa
     with pytest.raises(OutOfMemoryError) as info:
         ftqueue.get(sleeper.options(max_retries=0).remote(path, 30), timeout=30)
     assert "threshold" in str(info.value)
+
+
+@ftqueue.remote
+def stubborn(path, seconds):
+    """Notes each KeyboardInterrupt and carries on until `seconds` have passed."""
+    note(path, f"start:{os.getpid()}")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            note(path, "interrupted")
+    return "done"
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_cancel_whose_relay_was_lost_still_reaches_the_task(driver, start_node, rclient,
+                                                              tmp_path, force):
+    """A cancel is relayed to the node through a list it pops; a pop whose reply is lost
+    takes the request with it. The request also stays in the task's record, and the node's
+    heartbeat finds it there: the task is interrupted (or its worker killed) all the same."""
+    import signal
+
+    node = start_node(1)
+    path = tmp_path / "log"
+    ref = (sleeper.remote(path, 60) if force else stubborn.remote(path, 8))
+    wait_until(lambda: lines(path), 30, "the task to start")
+    worker_pid = int(lines(path)[0].split(":")[1])
+    (node_id,) = [n["node_id"] for n in ftqueue.state.list_nodes() if n["state"] == "ALIVE"]
+    os.kill(node.pid, signal.SIGSTOP)          # the supervisor cannot pop meanwhile
+    try:
+        ftqueue.cancel(ref, force=force)
+        assert rclient.delete(f"ftq:cancel:{node_id}") == 1    # the relayed request, lost
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    if force:
+        wait_until(lambda: not psutil.pid_exists(worker_pid) or
+                   psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE, 15,
+                   "the worker process to be killed")
+    else:
+        wait_until(lambda: "interrupted" in lines(path), 6, "the task's KeyboardInterrupt")
+    with pytest.raises(TaskCancelledError):
+        ftqueue.get(ref, timeout=30)
+    # The task swallowed it and ran on while the heartbeat still found the request: once.
+    assert lines(path).count("interrupted") == (0 if force else 1)

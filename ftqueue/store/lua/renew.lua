@@ -17,7 +17,8 @@
 -- ARGV[6..5+n_held] held task ids, then the running task ids, then (optional) the worker
 --                   that runs each of them, in the same order
 -- Returns: {the number of leases renewed, the running ids whose attempts must stop (see
---          below), the number of live nodes (nodes space their sweeps by it)}
+--          below), the number of live nodes (nodes space their sweeps by it), and
+--          {task id, 'interrupt' | 'force'} for each running task with a cancel request}
 local node, lease_ms, n_held = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local served = advance_served_clock()
 redis.call('ZADD', K.nodes, served, node)
@@ -51,11 +52,18 @@ end
 -- Attempts the node's workers must stop, returned: on a revived node, those whose tasks were
 -- handed on meanwhile (retried, here or elsewhere); on any node, those Redis forgot (a running
 -- task's record never expires: none means Redis lost its data; drivers submit it again).
-local stale = {}
+local stale, cancels = {}, {}
 local n_running = #KEYS - NK - n_held
 for i = n_held + 1, n_held + n_running do
   local tkey = KEYS[NK + i]
-  local t = guarded('HMGET', tkey, 'run by node ' .. node, 'node_id', 'state', 'worker_id')
+  local t = guarded('HMGET', tkey, 'run by node ' .. node, 'node_id', 'state', 'worker_id',
+                    'cancel')
+  -- A cancel request of a running task, again: the node's relay list is a fast path whose
+  -- pop can be lost with its reply; the request in the record is not.
+  if t and t[4] and t[1] == node then
+    cancels[#cancels + 1] = ARGV[5 + i]
+    cancels[#cancels + 1] = t[4]
+  end
   if t and t[1] == node and t[2] == 'SUBMITTED_TO_WORKER' then
     redis.call('HSET', tkey, 'state', 'RUNNING')
   end
@@ -74,4 +82,4 @@ for _, id in ipairs(safe('SMEMBERS', K.node_tasks)) do
     redis.call('SREM', K.node_tasks, id)
   end
 end
-return reply({renewed, stale, redis.call('ZCARD', K.nodes)})
+return reply({renewed, stale, redis.call('ZCARD', K.nodes), cancels})
