@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -49,7 +50,22 @@ def find_redis_server() -> str:
         "put redis-server on PATH, or pass an address (FTQUEUE_ADDRESS=redis://host:6379)")
 
 
+# Ports for servers we start: below Linux's ephemeral range (32768 and up) and below the
+# local clusters' range (embedded_cluster.PORT_RANGE), so no client socket of another
+# process takes one between the check here and the server's bind.
+FREE_PORT_RANGE = (2000, 12000)
+
+
 def free_port() -> int:
+    """A loopback port free now, from FREE_PORT_RANGE (else any the system gives)."""
+    for _ in range(100):
+        port = random.randrange(*FREE_PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

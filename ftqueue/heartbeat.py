@@ -15,6 +15,7 @@ from redis.typing import EncodableT, FieldT
 from . import resources
 from .settings import NodeSettings
 from .store import Store, as_text, redact
+from .store.store import CancelRequest
 from .watchdog import rss_of
 from .workerpool import WorkerHandle
 
@@ -78,10 +79,10 @@ class NodeRecord:
         return as_text(current) != self.epoch
 
     def renew(self, running: Iterable[str], held: Iterable[str],
-              running_by: Iterable[str] = ()) -> tuple[list[str], list[tuple[str, bool]]]:
+              running_by: Iterable[str] = ()) -> tuple[list[str], list[CancelRequest]]:
         """Heartbeat; the running tasks this node no longer holds (declared dead meanwhile,
         or forgotten by a Redis that lost its data): their attempts must stop; and the
-        running tasks whose cancel was asked, (task id, forced)."""
+        running tasks whose cancel was asked."""
         _, stale, self.live_nodes, cancels = self.store.heartbeat(
             self.node_id, self.lease_timeout_ms, list(running), list(held), list(running_by))
         return stale, cancels

@@ -11,6 +11,7 @@ from . import payload
 from .policy import KillReason
 from .protocol import Cancel, Timeout
 from .spec import Outcome
+from .store.store import CancelRequest
 from .workerpool import WorkerHandle
 
 
@@ -20,29 +21,21 @@ class Relays:
         self.timeout_grace_s = timeout_grace_s
         # A cancel can reach the node before the worker's claim lines reach us: kept until
         # some worker says it holds the task (or for a lease timeout).
-        self.pending: dict[str, tuple[bool, float]] = {}
+        self.pending: dict[str, tuple[CancelRequest, float]] = {}
 
-    def add_cancels(self, requests: Iterable[tuple[str, bool]]) -> None:
+    def add_cancels(self, requests: Iterable[CancelRequest]) -> None:
+        """Cancels relayed to the node, or found by its heartbeat in the records of the tasks
+        it runs (a relayed request can be lost with a reply): each request is delivered once
+        (its number), whichever way brings it first."""
         keep_until = time.monotonic() + self.keep_cancels_s
-        for task_id, forced in requests:
-            self.pending[task_id] = (forced, keep_until)
-
-    def remind_cancels(self, requests: Iterable[tuple[str, bool]],
-                       handles: Iterable[WorkerHandle]) -> None:
-        """Cancels the heartbeat found asked in running tasks' records: delivered to a task
-        not told yet (its relayed request was lost with a reply), once per attempt, so a task
-        cleaning up after its KeyboardInterrupt is not interrupted again every second."""
-        handles = list(handles)
-        for task_id, forced in requests:
-            handle = next((h for h in handles if h.running == task_id), None)
-            if handle is not None and (forced or handle.cancel_sent != task_id):
-                relay_cancel(handles, task_id, forced)
+        for request in requests:
+            self.pending[request.task_id] = (request, keep_until)
 
     def deliver_cancels(self, handles: Iterable[WorkerHandle]) -> None:
         handles = list(handles)
         now = time.monotonic()
-        for task_id, (forced, keep_until) in list(self.pending.items()):
-            if relay_cancel(handles, task_id, forced) or now > keep_until:
+        for task_id, (request, keep_until) in list(self.pending.items()):
+            if relay_cancel(handles, request) or now > keep_until:
                 del self.pending[task_id]
 
     def enforce_timeouts(self, handles: Iterable[WorkerHandle], now: float) -> None:
@@ -68,9 +61,10 @@ class Relays:
                        f"TaskTimeoutError: {cause}")
 
 
-def relay_cancel(handles: list[WorkerHandle], task_id: str, forced: bool) -> bool:
-    """Interrupt (or kill, when forced) the worker running the task; tell the one that
-    holds it unstarted to drop it. False: no worker has said it holds it."""
+def relay_cancel(handles: list[WorkerHandle], request: CancelRequest) -> bool:
+    """Interrupt (or kill, when forced) the worker running the task, once per request; tell
+    the one that holds it unstarted to drop it. False: no worker has said it holds it."""
+    task_id = request.task_id
     handle = next((h for h in handles if h.running == task_id), None)
     if handle is None:  # prefetched, not started: the worker drops it
         handle = next((h for h in handles if task_id in h.held), None)
@@ -78,9 +72,9 @@ def relay_cancel(handles: list[WorkerHandle], task_id: str, forced: bool) -> boo
             return False
         handle.tell(Cancel(task_id))
         return True
-    if forced:
+    if request.forced:
         handle.kill(KillReason.CANCEL, f"task {task_id} was cancelled with force=True")
-    else:
+    elif not request.number or request.number > handle.cancels_told:
         handle.tell(Cancel(task_id))
-        handle.cancel_sent = task_id
+        handle.cancels_told = max(handle.cancels_told, request.number)
     return True

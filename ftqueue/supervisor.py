@@ -359,7 +359,7 @@ class Supervisor:
         held += [t for loss in self.losses for t in loss.held]   # until their loss is told
         stale_ids, cancels = self.record.renew(running, held, [h.worker_id for h in runners])
         stale = set(stale_ids)
-        self.relays.remind_cancels(cancels, self.workers.values())
+        self.relays.add_cancels(cancels)
         # Declared dead while frozen or cut off, the attempts its workers still run were
         # retried meanwhile (perhaps here, on the capacity they held); after Redis lost its
         # data, drivers submit the tasks again. Ending those attempts now, as a dead node's

@@ -25,7 +25,7 @@ class WorkerHandle:
     inbox: int = -1              # we write requests here, then send SIGUSR1
     temporary: bool = False
     running: str = ""            # the task whose body runs now
-    cancel_sent: str = ""        # the running task this worker was told to cancel
+    cancels_told: int = 0        # the running task's cancel requests told it (by number)
     unsettled: str = ""          # the task whose body ended, outcome not yet in Redis
     fence: str = ""
     func_name: str = ""
@@ -61,7 +61,7 @@ class WorkerHandle:
             self.func_name = message.func_name
             self.task_started = time.monotonic()
             self.interrupted_at = 0.0
-            self.cancel_sent = ""
+            self.cancels_told = 0
             self.tasks_run += 1
         elif isinstance(message, protocol.Ended):
             ran = time.monotonic() - self.task_started if self.running else None

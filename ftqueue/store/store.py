@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import redis
 
@@ -75,6 +75,22 @@ _s = as_text
 def _b(value: Any) -> bytes:
     """redis-py's replies are bytes here (no decode_responses); typed loosely upstream."""
     return value if isinstance(value, bytes) else str(value).encode()
+
+
+class CancelRequest(NamedTuple):
+    """A cancel asked of a task this node runs: its request number orders the requests of
+    one task, so each is delivered once (by the relay list or the heartbeat)."""
+
+    task_id: str
+    forced: bool
+    number: int
+
+
+def _cancel_request(text: str) -> CancelRequest:
+    """From `<task id> <interrupt|force> [<number>]`."""
+    task_id, _, rest = text.partition(" ")
+    mode, _, number = rest.partition(" ")
+    return CancelRequest(task_id, mode == "force", int(number) if number.isdigit() else 0)
 
 
 def _pairs(flat: Sequence[Any]) -> list[tuple[str, str]]:
@@ -270,7 +286,7 @@ class Store:
 
     def heartbeat(self, node_id: str, lease_timeout_ms: int, running: Sequence[str] = (),
                   held: Sequence[str] = (), running_by: Sequence[str] = (),
-                  ) -> tuple[int, list[str], int, list[tuple[str, bool]]]:
+                  ) -> tuple[int, list[str], int, list[CancelRequest]]:
         """`renew`, and which of `running` (run by the workers `running_by`, in order) the
         node no longer holds: after it was declared dead (frozen or cut off past its lease),
         or that Redis forgot (lost its data). Attempts its workers must stop. Also the number
@@ -280,9 +296,8 @@ class Store:
         renewed, stale, live_nodes, cancels = self._run(
             "renew", [node_id, lease_timeout_ms, len(held), *held, *running, *by], keys,
             node_id=node_id)
-        pairs = _pairs(cancels)
         return (int(renewed), [_s(t) for t in stale], int(live_nodes),
-                [(task_id, mode == "force") for task_id, mode in pairs])
+                [_cancel_request(f"{task_id} {asked}") for task_id, asked in _pairs(cancels)])
 
     def sweep(self, lease_timeout_ms: int, limit: int = DEFAULT_SWEEP_LIMIT,
               index_ttl_ms: int = DEFAULT_INDEX_TTL_MS, housekeeping: bool = True,
@@ -384,14 +399,10 @@ class Store:
                                      json.dumps(fields or {}), tick_ms],
                             sched=name, task_id=task_id or "-"))
 
-    def pop_cancel_requests(self, node_id: str, max_n: int = 100) -> list[tuple[str, bool]]:
-        """(task id, forced) for each cancel relayed to this node."""
+    def pop_cancel_requests(self, node_id: str, max_n: int = 100) -> list[CancelRequest]:
+        """Each cancel relayed to this node (see cancel.lua)."""
         items = self.redis.lpop(self.keys.cancel(node_id), max_n) or []
-        out = []
-        for item in items:
-            task_id, _, mode = _s(item).partition(" ")
-            out.append((task_id, mode == "force"))
-        return out
+        return [_cancel_request(_s(item)) for item in items]
 
     def watch(self, notify_key: str, object_ids: Sequence[str]) -> list[str]:
         if not object_ids:

@@ -24,8 +24,11 @@ local function request(id, tkey, state, node_id)
   local mode = 'interrupt'
   if force then mode = 'force' end
   redis.call('HSET', tkey, 'cancel', mode)
+  -- Each request numbered: the node delivers each once, whether the relay or its heartbeat
+  -- (renew.lua) brings it first.
+  local n = redis.call('HINCRBY', tkey, 'cancel_n', 1)
   local relay = k_cancel(node_id or '')
-  safe('RPUSH', relay, id .. ' ' .. mode)
+  safe('RPUSH', relay, id .. ' ' .. mode .. ' ' .. n)
   redis.call('EXPIRE', relay, NOTIFY_TTL_S)
   if force or state == 'SUBMITTED_TO_WORKER' then
     finish(id, 'FAILED', 'TASK_CANCELLED', 'cancelled')

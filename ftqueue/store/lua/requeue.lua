@@ -31,7 +31,7 @@ safe('RPUSH', K.attempts, cjson.encode({
 redis.call('HINCRBY', K.task, 'attempt', 1)
 redis.call('HSET', K.task, 'retries', 0)
 redis.call('HDEL', K.task, 'node_id', 'worker_id', 'start_ms', 'end_ms', 'error_type',
-           'error_message', 'cancel', 'due_ms')
+           'error_message', 'cancel', 'cancel_n', 'due_ms')
 redis.call('DEL', K.result)
 for _, key in ipairs({K.task, K.args, K.attempts, K.children}) do redis.call('PERSIST', key) end
 redis.call('HINCRBY', K.stats, 'requeued', 1)
