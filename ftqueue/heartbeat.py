@@ -39,9 +39,9 @@ class NodeRecord:
         self.epoch = ""
         self.live_nodes = 1
         self._last_housekeeping = 0.0
-        # What each worker's record last said, and when it was written (publish_workers).
-        self._published: dict[str, tuple[tuple[object, ...], float]] = {}
-        self._started_ms: dict[str, int] = {}     # each worker's record's start time
+        # Per worker: what its record last said, when that was written, and the start time
+        # the record keeps (publish_workers).
+        self._published: dict[str, tuple[tuple[object, ...], float, int]] = {}
 
     def register(self) -> None:
         self.store.redis.hset(self.keys.node(self.node_id), mapping={
@@ -112,12 +112,12 @@ class NodeRecord:
         now = time.monotonic()
         shown = {h.worker_id: self._shown(h) for h in handles}
         self._published = {w: p for w, p in self._published.items() if w in shown}
-        self._started_ms = {w: t for w, t in self._started_ms.items() if w in shown}
         stale = [h for h in handles if self._stale(h.worker_id, shown[h.worker_id], now)]
         if not stale:
             return
         pipe = self.store.redis.pipeline(transaction=False)
         now_ms = self.store.clock_ms()
+        written: list[tuple[WorkerHandle, int]] = []
         for handle in stale:
             record: dict[FieldT, EncodableT] = {"current_task": handle.running,
                                             "tasks_run": handle.tasks_run,
@@ -127,9 +127,8 @@ class NodeRecord:
             # WORKER_RECORD_MAX_AGE_S): a record Redis lost without losing its epoch (a
             # failover to a replica that missed it, a restart from an older snapshot) is
             # listed again at the next write, with its first start time.
-            if not handle.registered or handle.worker_id not in self._started_ms:
-                self._started_ms[handle.worker_id] = now_ms
-            started_ms = self._started_ms[handle.worker_id]
+            last = self._published.get(handle.worker_id)
+            started_ms = last[2] if last and handle.registered else now_ms
             record.update({"worker_id": handle.worker_id, "node_id": self.node_id,
                            "pid": handle.pid, "host": socket.gethostname(),
                            "state": "ALIVE", "started_ms": started_ms,
@@ -137,10 +136,11 @@ class NodeRecord:
             pipe.zadd(self.keys.workers, {handle.worker_id: started_ms},
                       nx=handle.registered)
             pipe.hset(self.keys.worker(handle.worker_id), mapping=record)
+            written.append((handle, started_ms))
         pipe.execute()
-        for handle in stale:
+        for handle, started_ms in written:
             handle.registered = True
-            self._published[handle.worker_id] = (self._shown(handle), now)
+            self._published[handle.worker_id] = (self._shown(handle), now, started_ms)
 
     @staticmethod
     def _shown(handle: WorkerHandle) -> tuple[object, ...]:

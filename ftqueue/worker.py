@@ -62,8 +62,6 @@ class Worker:
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
         self._next_due_s: float | None = None
         self._once = LogOnce(log)
-        # Sends what tasks submitted that is still buffered (api.flush_submissions).
-        self.flush_nested: Callable[[], object] = lambda: True
 
     def later(self, message: protocol.WorkerMessage) -> None:
         """Say this with the next line that must go now (one write per task, not three)."""
@@ -124,16 +122,6 @@ class Worker:
             self.commits.flush()
             self.tell()
         return self._exit_code_after(task)
-
-    def flush_nested_before_exit(self) -> None:
-        """What tasks submitted and is still buffered (a burst of `.remote()` returns before
-        it is sent) goes to Redis before this process exits (max_calls, a GPU task, a
-        recycle, a stop): none is lost with it. After the outcomes are committed, so no task
-        waits on it (a timeout enforced meanwhile would re-run a finished task)."""
-        try:
-            self.flush_nested()
-        except Exception as e:  # noqa: BLE001 - a refused submission is its getter's error
-            log.warning("sending the tasks a task submitted failed: %s", describe(e))
 
     def _exit_code_after(self, task: Claimed) -> int | None:
         if task.max_calls and self.runner.calls.get(task.fn, 0) >= task.max_calls:
@@ -330,9 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     _attach_worker_client(settings.address, settings.namespace, worker.on_block)
-    worker.flush_nested = flush_submissions
     code = worker.run()
-    worker.flush_nested_before_exit()
+    # What tasks submitted and is still buffered (a burst of `.remote()` returns before it is
+    # sent) goes to Redis before this process exits (max_calls, a GPU task, a recycle, a
+    # stop), so none is lost with it. After the outcomes are committed, so no task waits on
+    # it (a timeout enforced meanwhile would re-run a finished task).
+    try:
+        flush_submissions()
+    except Exception as e:  # noqa: BLE001 - a refused submission is its getter's error
+        log.warning("sending the tasks a task submitted failed: %s", describe(e))
     # Everything is committed or handed back: leave now. The interpreter's own exit would
     # wait for any non-daemon thread a task left running, and hold the node's slot (and the
     # memory a recycle is meant to free) for as long as that thread lives.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -43,13 +43,8 @@ class SentinelAddress:
 
 def parse_sentinel_address(address: str) -> SentinelAddress:
     """Raises ValueError saying what is wrong (never echoing the password)."""
-    parts = urlsplit(address)
-    if parts.scheme != SENTINEL_SCHEME:
-        raise ValueError(f"not a {SENTINEL_SCHEME}:// address")
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    sentinels = [_host_port(item.strip(), DEFAULT_SENTINEL_PORT, "a sentinel")
-                 for item in hostlist.split(",")]
+    parts, username, password, sentinels = _split_hosts(
+        address, SENTINEL_SCHEME, DEFAULT_SENTINEL_PORT, "a sentinel")
     segments = [s for s in parts.path.split("/") if s]
     if not segments or len(segments) > 2:
         raise ValueError("expected /service_name or /service_name/db after the sentinels")
@@ -60,8 +55,7 @@ def parse_sentinel_address(address: str) -> SentinelAddress:
     unknown = set(query) - {"sentinel_password"}
     if unknown:
         raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    return SentinelAddress(tuple(sentinels), unquote(segments[0]), int(db),
-                           unquote(username) or None, unquote(password) or None,
+    return SentinelAddress(sentinels, unquote(segments[0]), int(db), username, password,
                            query.get("sentinel_password") or None)
 
 
@@ -77,19 +71,27 @@ class ClusterAddress:
 
 def parse_cluster_address(address: str) -> ClusterAddress:
     """Raises ValueError saying what is wrong (never echoing the password)."""
-    parts = urlsplit(address)
-    if parts.scheme != CLUSTER_SCHEME:
-        raise ValueError(f"not a {CLUSTER_SCHEME}:// address")
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    nodes = tuple(_host_port(item.strip(), DEFAULT_REDIS_PORT, "a cluster node")
-                  for item in hostlist.split(","))
+    parts, username, password, nodes = _split_hosts(address, CLUSTER_SCHEME,
+                                                    DEFAULT_REDIS_PORT, "a cluster node")
     if parts.path.strip("/"):
         raise ValueError("a Redis Cluster has only database 0: nothing may follow the nodes")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     if query:
         raise ValueError(f"unknown option(s): {', '.join(sorted(query))}")
-    return ClusterAddress(nodes, unquote(username) or None, unquote(password) or None)
+    return ClusterAddress(nodes, username, password)
+
+
+def _split_hosts(address: str, scheme: str, default_port: int, what: str,
+                 ) -> tuple[SplitResult, str | None, str | None, tuple[tuple[str, int], ...]]:
+    """`scheme://[user:password@]host:port[,host:port…]…`: the parsed address, the user,
+    the password and the hosts."""
+    parts = urlsplit(address)
+    if parts.scheme != scheme:
+        raise ValueError(f"not a {scheme}:// address")
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    hosts = tuple(_host_port(item.strip(), default_port, what) for item in hostlist.split(","))
+    return parts, unquote(username) or None, unquote(password) or None, hosts
 
 
 def _host_port(item: str, default_port: int, what: str) -> tuple[str, int]:

@@ -158,14 +158,9 @@ class Store:
                 return self._evalsha(name, sha, keys, args)
             except redis.exceptions.NoScriptError:
                 pass  # Redis restarted, failed over, or flushed its script cache
-        if isinstance(self.redis, redis.RedisCluster):
-            # To the namespace's primary only: redis-py sends it to every primary, and one
-            # that is down (or failing over) would fail the load for nothing.
-            sha = self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "SCRIPT LOAD", source, target_nodes=slot_node(self.redis, keys[0]))
-        else:
-            sha = self.redis.script_load(source)
-        self._sha[name] = _s(sha)
+        # On a cluster to the namespace's primary only: redis-py would send it to every
+        # primary, and one that is down (or failing over) would fail the load for nothing.
+        self._sha[name] = _s(self._on_namespace_node("SCRIPT LOAD", source))
         return self._evalsha(name, self._sha[name], keys, args)
 
     def _evalsha(self, name: str, sha: str, keys: list[str], args: list[Any]) -> Any:
@@ -297,7 +292,7 @@ class Store:
             "renew", [node_id, lease_timeout_ms, len(held), *held, *running, *by], keys,
             node_id=node_id)
         return (int(renewed), [_s(t) for t in stale], int(live_nodes),
-                [_cancel_request(f"{task_id} {asked}") for task_id, asked in _pairs(cancels)])
+                [_cancel_request(_s(c)) for c in cancels])
 
     def sweep(self, lease_timeout_ms: int, limit: int = DEFAULT_SWEEP_LIMIT,
               index_ttl_ms: int = DEFAULT_INDEX_TTL_MS, housekeeping: bool = True,
@@ -369,11 +364,7 @@ class Store:
         """Redis's clock (the scripts' NOW), or the injected one."""
         if self._script_clock is not None:
             return int(self._script_clock())
-        if isinstance(self.redis, redis.RedisCluster):
-            seconds, micros = self.redis.time(target_nodes=slot_node(self.redis,
-                                                                     self.keys.clock))
-        else:
-            seconds, micros = self.redis.time()
+        seconds, micros = self._on_namespace_node("TIME")
         return int(seconds) * 1000 + int(micros) // 1000
 
     def schedules_due(self, max_n: int) -> tuple[int, list[tuple[str, int]]]:
@@ -532,11 +523,15 @@ class Store:
 
     def ping(self) -> None:
         """Raises if the Redis holding this namespace does not answer."""
+        self._on_namespace_node("PING")
+
+    def _on_namespace_node(self, *command: Any) -> Any:
+        """A command that names no key, sent to the Redis holding the namespace (on a
+        cluster, the primary owning its hash slot)."""
         if isinstance(self.redis, redis.RedisCluster):
-            self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "PING", target_nodes=slot_node(self.redis, self.keys.clock))
-        else:
-            self.redis.ping()
+            return self.redis.execute_command(  # type: ignore[no-untyped-call]
+                *command, target_nodes=slot_node(self.redis, self.keys.clock))
+        return self.redis.execute_command(*command)  # type: ignore[no-untyped-call]
 
     def next_job_id(self) -> str:
         return f"{int(self.redis.incr(self.keys.job_counter)):08x}"

@@ -409,8 +409,6 @@ local function record_attempt(id, state, error_type, message)
     start_ms = tonumber(t[4]) or NOW, end_ms = NOW}))
 end
 
--- Per-minute counters of finished tasks, retries and failures, for `ftqueue status` and
--- the dashboard's charts.
 -- `summary tasks` without a scan: per function, tasks created and tasks ended in each
 -- final state (stats fields `summary:<what>:<func>`); a requeue or a rebuild takes its end
 -- back. docs/design.md, "Per-task Redis work".
@@ -426,6 +424,8 @@ local function count_created()
   CREATED = {}
 end
 
+-- Per-minute counters of finished tasks, retries and failures, for `ftqueue status` and
+-- the dashboard's charts.
 local function count_recent(field)
   local key = k_stats_minute(math.floor(NOW / MINUTE_MS))
   -- The minute's key is new only when a field of it is: expire it then, not on every count.

@@ -18,8 +18,8 @@
 --                   that runs each of them, in the same order
 -- Returns: {the number of leases renewed, the running ids whose attempts must stop (see
 --          below), the number of live nodes (nodes space their sweeps by it), and
---          {task id, '<interrupt|force> <request number>'} for each running task with a
---          cancel request}
+--          for each running task with a cancel request, the request as cancel.lua relays
+--          it ('<task id> <interrupt|force> <number>')}
 local node, lease_ms, n_held = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local served = advance_served_clock()
 redis.call('ZADD', K.nodes, served, node)
@@ -62,8 +62,7 @@ for i = n_held + 1, n_held + n_running do
   -- A cancel request of a running task, again: the node's relay list is a fast path whose
   -- pop can be lost with its reply; the request in the record is not.
   if t and t[4] and t[1] == node then
-    cancels[#cancels + 1] = ARGV[5 + i]
-    cancels[#cancels + 1] = t[4] .. ' ' .. (t[5] or '0')
+    cancels[#cancels + 1] = ARGV[5 + i] .. ' ' .. t[4] .. ' ' .. (t[5] or '0')
   end
   if t and t[1] == node and t[2] == 'SUBMITTED_TO_WORKER' then
     redis.call('HSET', tkey, 'state', 'RUNNING')
