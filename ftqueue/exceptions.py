@@ -177,6 +177,10 @@ class FtqueueConnectionError(FtqueueError, ConnectionError):
     """Redis could not be reached."""
 
 
+class CredentialsRefusedError(FtqueueConnectionError):
+    """Redis answered but refused the username or password: waiting does not help."""
+
+
 class PayloadVerificationError(FtqueueError):
     """A payload's signature did not verify; it was not unpickled."""
 

@@ -60,6 +60,8 @@ class OutputCapture:
         self._chunks: list[tuple[str, str]] = []
         self._task: tuple[str, int, str, str, int] | None = None   # id, attempt, job, func, ttl
         self._stored = 0
+        self._offset = 0              # bytes of this attempt's log key written so far
+        self._ship_lock = threading.Lock()
         self._real_out, self._real_err = sys.stdout, sys.stderr
         self._wake = threading.Event()
         self.console_gone = False     # the node's console is closed: stop copying to it
@@ -85,7 +87,8 @@ class OutputCapture:
 
     def start(self, task_id: str, attempt: int, job_id: str, func: str, ttl_s: int) -> None:
         with self._lock:
-            self._task, self._chunks, self._stored = (task_id, attempt, job_id, func, ttl_s), [], 0
+            self._task, self._chunks = (task_id, attempt, job_id, func, ttl_s), []
+            self._stored = self._offset = 0
         sys.stdout = _Stream(self, "stdout", self._real_out)
         sys.stderr = _Stream(self, "stderr", self._real_err)
 
@@ -117,6 +120,11 @@ class OutputCapture:
                 return
 
     def ship(self) -> None:
+        # One shipment at a time, so each writes at the offset the last one ended at.
+        with self._ship_lock:
+            self._ship()
+
+    def _ship(self) -> None:
         with self._lock:
             chunks, self._chunks = self._chunks, []
             task = self._task
@@ -131,10 +139,14 @@ class OutputCapture:
             self._stored += len(text) if room >= 0 else 0
             if room < 0:
                 stored = ""
+            offset = self._offset
+        data = stored.encode(errors="replace")
         pipe = self.store.redis.pipeline(transaction=False)
-        if stored:
+        if data:
             key = self.keys.log(task_id, attempt)
-            pipe.append(key, stored.encode(errors="replace"))
+            # SETRANGE at a known offset, not APPEND: a command sent twice (redis-py's
+            # cluster pipeline sends again after a connection error) writes the same bytes.
+            pipe.setrange(key, offset, data)
             pipe.expire(key, ttl_s or DEFAULT_RESULT_TTL_S)
         messages = [json.dumps({"func": func, "pid": _pid(), "host": self.host,
                                 "stream": stream, "text": part[:room]})
@@ -144,6 +156,11 @@ class OutputCapture:
         for message in messages:
             publish.publish(self.keys.log_channel(job_id), message)
         pipe.execute()
+        with self._lock:
+            # Advanced only once written: a shipment lost to an outage leaves no gap (a
+            # SETRANGE past the end would pad with zero bytes).
+            if self._task is task:
+                self._offset = offset + len(data)
 
 
 def _merge(chunks: list[tuple[str, str]]) -> list[tuple[str, str]]:

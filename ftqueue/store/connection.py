@@ -13,7 +13,7 @@ from redis.cluster import ClusterNode
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..exceptions import FtqueueConnectionError
+from ..exceptions import CredentialsRefusedError, FtqueueConnectionError
 from ..settings import Settings
 from .cluster import Client
 from .errors import is_transient
@@ -143,7 +143,7 @@ def connect(address: str, *, check: bool = True,
         try:
             client.ping()
         except redis.AuthenticationError as e:
-            raise FtqueueConnectionError(
+            raise CredentialsRefusedError(
                 f"Redis at {redact(address)} refused the credentials: {e}") from None
         except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
             client.close()

@@ -19,7 +19,7 @@ import re
 
 import redis
 
-from ..exceptions import FtqueueConnectionError, FtqueueError
+from ..exceptions import CredentialsRefusedError, FtqueueConnectionError, FtqueueError
 
 
 class ReplicaWaitTimeout(FtqueueError):
@@ -57,7 +57,8 @@ def _code(e: BaseException) -> str:
 
 def is_unreachable(e: BaseException) -> bool:
     """The connection failed or timed out (credentials refused are not this)."""
-    if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+    if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
+                      CredentialsRefusedError)):
         return False
     return isinstance(e, (redis.ConnectionError, redis.TimeoutError, FtqueueConnectionError)) \
         or _cluster_says(e, _CLUSTER_UNREACHABLE)

@@ -183,6 +183,27 @@ def test_wrong_password_is_one_clear_error(redis_server, rclient):
         rclient.execute_command("ACL", "DELUSER", "ftq-driver")
 
 
+def test_refused_credentials_are_not_waited_out(redis_server, rclient):
+    """A worker's first nested call waits out an outage (retry_across_outage); a password
+    changed under it is no outage: one clear error at once, not a retry forever."""
+    from ftqueue.store import connect, retry_across_outage
+
+    path = redis_server.address[len("unix://"):]
+    rclient.execute_command(*acl_lines()[1])
+    calls = []
+
+    def step():
+        calls.append(1)
+        return connect(f"unix://{path}?username=ftq-driver&password=changed")
+
+    try:
+        with pytest.raises(FtqueueConnectionError, match="refused the credentials"):
+            retry_across_outage(step, give_up=lambda: len(calls) >= 5)
+        assert len(calls) == 1
+    finally:
+        rclient.execute_command("ACL", "DELUSER", "ftq-driver")
+
+
 def test_redis_password_never_printed_by_the_cli(redis_server, rclient):
     import subprocess
     import sys

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import fakeredis
+import pytest
 
 from ftqueue.metrics import ClusterCollector
 from ftqueue.output import OutputCapture, _Stream
@@ -98,3 +99,73 @@ def test_driver_echo_writes_whole_prefixed_lines(monkeypatch):
     echo.echo(dict(item, text="lo\nwor"))
     echo.echo(dict(item, text="ld\n"))
     assert out.writes == ["(f pid=7, host=h) hello\n", "(f pid=7, host=h) world\n"]
+
+
+class _ResendingRedis:
+    """A client whose pipelines send every command a second time after executing, as
+    redis-py's cluster pipeline does after a connection error on a reply."""
+
+    def __init__(self, real: fakeredis.FakeRedis) -> None:
+        self.real = real
+
+    def pipeline(self, transaction: bool = False):
+        pipe = self.real.pipeline(transaction=transaction)
+        execute = pipe.execute
+
+        def execute_twice():
+            sent = [args for args, _options in pipe.command_stack]
+            out = execute()
+            for args in sent:
+                self.real.execute_command(*args)
+            return out
+
+        pipe.execute = execute_twice
+        return pipe
+
+
+def _capture_on(client) -> OutputCapture:
+    from types import SimpleNamespace
+
+    from ftqueue.keys import Keys
+
+    return OutputCapture(SimpleNamespace(redis=client, keys=Keys("ftq"), cluster=False),
+                         copy=False)
+
+
+def test_task_output_sent_twice_is_stored_once():
+    real = fakeredis.FakeRedis()
+    cap = _capture_on(_ResendingRedis(real))
+    cap.start("t1", 1, "01", "f", 60)
+    for line in ("one\n", "two\n"):
+        cap.add("stdout", line)
+        cap.ship()
+    assert real.get("ftq:log:t1:1") == b"one\ntwo\n"
+
+
+def test_task_output_lost_to_an_outage_leaves_no_gap():
+    import redis as redis_py
+
+    real = fakeredis.FakeRedis()
+
+    class Once:
+        failed = False
+
+        def pipeline(self, transaction: bool = False):
+            pipe = real.pipeline(transaction=transaction)
+            if not Once.failed:
+                Once.failed = True
+
+                def refuse():
+                    raise redis_py.ConnectionError("away")
+
+                pipe.execute = refuse
+            return pipe
+
+    cap = _capture_on(Once())
+    cap.start("t1", 1, "01", "f", 60)
+    cap.add("stdout", "lost\n")
+    with pytest.raises(redis_py.ConnectionError):
+        cap.ship()
+    cap.add("stdout", "kept\n")
+    cap.ship()
+    assert real.get("ftq:log:t1:1") == b"kept\n"
