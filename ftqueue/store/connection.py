@@ -137,6 +137,9 @@ def connect(address: str, *, check: bool = True,
         raise FtqueueConnectionError(f"invalid Redis address {redact(address)}: {e}") from None
     except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
         # redis-py's cluster client loads the map of the slots when it is made.
+        if isinstance(e.__cause__, redis.AuthenticationError):
+            raise CredentialsRefusedError(f"Redis at {redact(address)} refused the "
+                                          f"credentials: {e.__cause__}") from None
         raise FtqueueConnectionError(f"cannot reach Redis at {redact(address)}: "
                                      f"{_one_line(e)}") from None
     if check:

@@ -61,7 +61,8 @@ def is_unreachable(e: BaseException) -> bool:
                       CredentialsRefusedError)):
         return False
     return isinstance(e, (redis.ConnectionError, redis.TimeoutError, FtqueueConnectionError)) \
-        or _cluster_says(e, _CLUSTER_UNREACHABLE)
+        or (_cluster_says(e, _CLUSTER_UNREACHABLE)
+            and not isinstance(e.__cause__, redis.AuthenticationError))
 
 
 def is_transient(e: BaseException) -> bool:

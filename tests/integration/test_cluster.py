@@ -374,3 +374,26 @@ def test_a_bad_cluster_address_is_one_line_from_the_cli_without_its_password():
         lines = (proc.stdout + proc.stderr).strip().splitlines()
         assert proc.returncode == 1 and len(lines) == 1, lines
         assert says in lines[0] and "127.0.0.1:1" in lines[0] and "s3cret" not in lines[0]
+
+
+def test_a_cluster_that_refuses_the_password_is_not_waited_out(cluster3):
+    from ftqueue.store import retry_across_outage
+
+    clients = [redis.Redis.from_url(server.address) for server in cluster3.primaries]
+    for client in clients:
+        client.config_set("requirepass", "s3cret")
+    calls = []
+
+    def step():
+        calls.append(1)
+        return connect(cluster3.address.replace("://", "://:changed@"))
+
+    try:
+        with pytest.raises(ftqueue.exceptions.FtqueueConnectionError,
+                           match="refused the credentials") as info:
+            retry_across_outage(step, give_up=lambda: len(calls) >= 5)
+        assert len(calls) == 1 and "changed" not in str(info.value)
+    finally:
+        for client in clients:
+            client.config_set("requirepass", "")
+            client.close()
