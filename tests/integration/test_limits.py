@@ -79,3 +79,22 @@ def test_max_rate_holds_across_nodes(driver, start_node):
     # Claim times (Redis's clock): never three within one second, and no slower than needed.
     assert all(b - a >= 1.0 - 1e-6 for a, b in zip(starts, starts[2:])), starts
     assert starts[-1] - starts[0] < 4.5, starts
+
+
+@ftqueue.remote(max_retries=0, limit_key="db", max_concurrency=1)
+def db_step(i: int) -> int:
+    return i
+
+
+@ftqueue.remote(max_retries=0, limit_key="db", max_concurrency=1)
+def db_job(n: int) -> int:
+    # Waits for tasks of its own key: its slot is lent meanwhile, as its CPU is (no deadlock).
+    return sum(ftqueue.get([db_step.remote(i) for i in range(n)], timeout=15))
+
+
+def test_a_task_waiting_for_tasks_of_its_own_limit_key_does_not_deadlock(driver, start_node,
+                                                                         rclient):
+    start_node(2, "--lease-timeout", "3")
+    assert ftqueue.get(db_job.remote(3), timeout=20) == 3
+    assert rclient.scard("ftq:limit:running:db") == 0
+    assert rclient.llen("ftq:limit:waiting:db") == 0

@@ -303,6 +303,29 @@ def test_max_concurrency_holds_tasks_back_without_blocking_the_queue(env):
     assert claim_one(store, "w6") == ["a3"]
 
 
+def test_a_task_blocked_in_get_lends_its_slot_and_never_leaks_it(env):
+    store, _clock, client = env
+    for i in range(3):
+        limited(store, f"a{i}", max_concurrency="1")
+    assert claim_one(store, "w1") == ["a0"]
+    assert claim_one(store, "w2") == []                   # a1, a2 held back
+    # a0 waits in get (for a task of its own key): its slot is lent, the oldest held wakes.
+    assert store.lend("a0", True) == "lent"
+    assert running(client) == set()
+    assert claim_one(store, "w2") == ["a1"]
+    assert store.lend("a0", False) == "taken back"        # over the limit for a moment
+    assert running(client) == {"a0", "a1"}
+    store.commit([("a1", "1", "ok", b"V", False, "")])
+    assert claim_one(store, "w2") == []                   # a0 still holds its slot
+    # Lent again, then cancelled by force while lent: a late take-back holds nothing.
+    assert store.lend("a0", True) == "lent"
+    assert claim_one(store, "w2") == ["a2"]
+    store.cancel("a0", True, True)
+    assert store.lend("a0", False) == "unchanged"
+    store.commit([("a2", "1", "ok", b"V", False, "")])
+    assert running(client) == set() and storekit.field(client, "a0", "limit_lent") is None
+
+
 def test_a_lost_node_releases_its_slots(env):
     store, clock, client = env
     limited(store, "a0", max_concurrency="1")

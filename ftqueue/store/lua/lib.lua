@@ -449,13 +449,14 @@ local function wake_limited(key)
   end
 end
 
--- `t`: the task's {limit_key, max_concurrency} when the caller has read them.
+-- `t`: the task's {limit_key, max_concurrency, limit_lent} when the caller has read them.
 local function release_limit(id, t)
-  t = t or redis.call('HMGET', k_task(id), 'limit_key', 'max_concurrency')
+  t = t or redis.call('HMGET', k_task(id), 'limit_key', 'max_concurrency', 'limit_lent')
   local key, max = t[1], tonumber(t[2])
   if not key or not max then return end
   local rkey = k_limit_running(key)
   safe('SREM', rkey, id)
+  if t[3] then redis.call('HDEL', k_task(id), 'limit_lent') end     -- lent (lend.lua)
   if safe('SCARD', rkey) < max then wake_limited(key) end
 end
 
@@ -465,7 +466,7 @@ local function release_lease(id, node_id, f)
   if node_id and node_id ~= '' then safe('SREM', k_node_tasks(node_id), id) end
   if f then
     release_resources(id, {f.held, f.shape, f.gpu_ids, f.lent})
-    release_limit(id, {f.limit_key, f.max_concurrency})
+    release_limit(id, {f.limit_key, f.max_concurrency, f.limit_lent})
   else
     release_resources(id)
     release_limit(id)
@@ -546,8 +547,8 @@ end
 -- attempts that ended in a retry are appended to the attempts list.
 -- Everything finish needs of the task, read at once.
 local FINAL_FIELDS = {'node_id', 'notify', 'waited', 'held', 'shape', 'gpu_ids', 'lent',
-                      'limit_key', 'max_concurrency', 'result_ttl_s', 'lineage_ttl_s', 'items',
-                      'attempt', 'dependents', 'children', 'func'}
+                      'limit_key', 'max_concurrency', 'limit_lent', 'result_ttl_s',
+                      'lineage_ttl_s', 'items', 'attempt', 'dependents', 'children', 'func'}
 
 -- The task's fields `names` by name, and the caller's own fields (`...`, first in the same
 -- HMGET) as HMGET returns them: a caller's read and finish's are one. With `found_in`, a
