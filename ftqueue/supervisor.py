@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable
 
 from . import policy, schedules
+from .cancel_listener import CancelListener
 from .heartbeat import NodeRecord
 from .logs import LogOnce
 from .losses import Loss, describe_exit, report_losses
@@ -43,7 +44,11 @@ from .workerpool import WorkerHandle, spawn_worker
 log = logging.getLogger("ftqueue.node")
 
 TICK_S = 0.1
-CANCEL_POLL_S = 0.1
+# The cancel listener hands over each cancel relayed to the node as it comes; this poll of
+# the same (durable) list is the net under it, for requests it has not popped because it is
+# not waiting (backing off after an error, or hung on a connection): as often as the
+# heartbeat, which brings a running task's requests whose pop's reply was lost.
+CANCEL_SAFETY_POLL_S = 1.0
 MESSAGE_BATCH_S = 0.005      # a running task hears of its cancel within this (plus a signal)
 FINAL_REPORT_S = 2.0         # at exit, how long to try telling a lost Redis what we know
 # One call of the supervisor's to a frozen Redis must not hold its loop (crash detection,
@@ -59,7 +64,8 @@ LOCAL_DUTIES = ("health", "memory")
 class Supervisor:
     # About 300 lines, on purpose: what is left here is the loop and the exit path, which
     # share the loop's state (workers, losses, stopping); every part that can stand alone
-    # lives in its own room (workerpool, heartbeat, losses, relays, watchdog, policy).
+    # lives in its own room (workerpool, heartbeat, losses, relays, cancel_listener,
+    # watchdog, policy).
     def __init__(self, settings: NodeSettings, *, node_id: str | None = None,
                  parent_pid: int | None = None, metrics_port: int | None = None,
                  health_file: str | None = None) -> None:
@@ -85,6 +91,7 @@ class Supervisor:
         # Cancels relayed to this node for a task no worker has said it holds yet (a claim's
         # reply races the relay): kept until one does, or for a lease timeout.
         self.relays = Relays(settings.lease_timeout_s, settings.timeout_grace_s)
+        self.cancel_listener = CancelListener(self.store, self.node_id)
         self.view = (0, 0)          # (workers, running): what the metrics thread reads
         self.metrics = None
         if metrics_port is not None:
@@ -131,6 +138,7 @@ class Supervisor:
         return 0
 
     def shutdown(self) -> None:
+        self.cancel_listener.stop()
         # A frozen Redis must not hold the exit for a socket timeout per call.
         for pool in connection_pools(self.store.redis):
             pool.connection_kwargs["socket_timeout"] = FINAL_REPORT_S
@@ -151,16 +159,17 @@ class Supervisor:
 
     def step(self, timeout: float) -> None:
         fds = [fd for fd, h in self.workers.items() if not h.pipe_closed]
+        wake_fd = self.cancel_listener.wake_fd
         try:
-            readable, _, _ = select.select(fds, [], [], timeout) if fds else ([], [], [])
+            readable, _, _ = select.select(fds + [wake_fd] if wake_fd >= 0 else fds, [], [],
+                                           timeout)
         except InterruptedError:
             readable = []
-        if not fds:
-            time.sleep(timeout)
-        for fd in readable:
-            handle = self.workers.get(fd)
-            if handle is not None:
-                self._read_control(handle)
+        heard = [self.workers[fd] for fd in readable if fd in self.workers]
+        for handle in heard:
+            self._read_control(handle)
+        if wake_fd in readable:
+            self.relays.add_cancels(self.cancel_listener.take())
         if self.relays.pending:
             self.relays.deliver_cancels(self.workers.values())
         self._reap()
@@ -172,7 +181,8 @@ class Supervisor:
         if self.stopping and time.monotonic() >= self.stop_deadline:
             self._stop_workers()
         self.view = (len(self.workers), sum(1 for h in self.workers.values() if h.running))
-        if readable and not self.stopping:
+        self.cancel_listener.listen(self.redis_ok and self._holds_tasks())
+        if heard and not self.stopping:
             # Workers write a few lines per task; reading them in batches keeps this
             # process from taking a core under load, for a few ms of extra detection time.
             time.sleep(MESSAGE_BATCH_S)
@@ -311,7 +321,7 @@ class Supervisor:
             ("sweep", self.record.fleet_interval(max(renew_s, 0.5)), self.record.sweep),
             ("schedules", self.record.fleet_interval(schedules.POLL_S),
              lambda: schedules.fire_due(self.store)),
-            ("cancels", CANCEL_POLL_S, self._poll_cancels),
+            ("cancels", CANCEL_SAFETY_POLL_S, self._poll_cancels),
             ("losses", renew_s, self._report_losses),
             ("memory", MEMORY_CHECK_INTERVAL_S, self._watch_memory),
         )
@@ -377,12 +387,15 @@ class Supervisor:
             self.record.write_health(self.health_file, self.redis_ok)
 
     def _poll_cancels(self) -> None:
-        # A cancel is sent to a node only for a task it holds; with none held, any request
-        # still listed is stale (the list is durable: it is read when a task is held).
-        if not any(h.running or h.held for h in self.workers.values()):
+        if not self._holds_tasks():
             return
         self.relays.add_cancels(self.store.pop_cancel_requests(self.node_id))
         self.relays.deliver_cancels(self.workers.values())
+
+    def _holds_tasks(self) -> bool:
+        # A cancel is sent to a node only for a task it holds; with none held, any request
+        # still listed is stale (the list is durable: it is read when a task is held).
+        return any(h.running or h.held for h in self.workers.values())
 
     # -- memory ---------------------------------------------------------------------------------
 

@@ -72,9 +72,12 @@ class NodeProcess:
     """`ftqueue worker` as a real process in its own process group."""
 
     def __init__(self, address: str, num_workers: int = 2, *args: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, prelude: str = "") -> None:
+        """`prelude`: Python run in the node's process before it starts (to patch it)."""
         self.log = tempfile.NamedTemporaryFile(prefix="ftqueue-node-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "ftqueue", "worker", "--address", address,
+        start = (["-c", f"{prelude}\nimport sys\nfrom ftqueue.cli import main\n"
+                        "sys.exit(main(sys.argv[1:]))"] if prelude else ["-m", "ftqueue"])
+        cmd = [sys.executable, *start, "worker", "--address", address,
                "--num-workers", str(num_workers), "--exit-with-parent", str(os.getpid()), *args]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log,
                                         stderr=subprocess.STDOUT, env=env or child_env(),

@@ -1,11 +1,11 @@
 """The one place that decides what a Redis error means for ftqueue.
 
 *Transient*: the server is unreachable, or reachable but not serving for now (`BUSY` with a
-long script, `LOADING` after a restart, `READONLY`/`MASTERDOWN` around a failover,
-`TRYAGAIN`; on a Redis Cluster also `CLUSTERDOWN`, a `MOVED`/`ASK` redirect redis-py did not
-follow, or a map of the slots it could not load while nodes fail over), or no replica
-confirmed a replicated write in time. A step that is idempotent or fenced is waited out and
-run again.
+long script, `LOADING` after a restart, `READONLY`/`MASTERDOWN` around a failover, and
+`UNBLOCKED`, a blocking pop ended as its primary became a replica; `TRYAGAIN`; on a Redis
+Cluster also `CLUSTERDOWN`, a `MOVED`/`ASK` redirect redis-py did not follow, or a map of
+the slots it could not load while nodes fail over), or no replica confirmed a replicated
+write in time. A step that is idempotent or fenced is waited out and run again.
 *Full*: `OOM` under `maxmemory` with `noeviction`. A write that must not be lost (an
 outcome) is held and retried; a new submission is refused with a clear error.
 *Corrupt*: `WRONGTYPE`, a key holding something ftqueue did not write there. The record is
@@ -28,7 +28,7 @@ class ReplicaWaitTimeout(FtqueueError):
     submission is refused (its task may exist all the same)."""
 
 _TRANSIENT_CODES = ("BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
-                    "NOREPLICAS")
+                    "NOREPLICAS", "UNBLOCKED")
 
 
 _CODE = re.compile(r"(?:^|[\s:-])(" + "|".join(_TRANSIENT_CODES + ("OOM", "WRONGTYPE"))

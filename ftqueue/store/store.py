@@ -395,6 +395,11 @@ class Store:
         items = self.redis.lpop(self.keys.cancel(node_id), max_n) or []
         return [_cancel_request(_s(item)) for item in items]
 
+    def wait_cancel_request(self, node_id: str, timeout_s: int) -> list[CancelRequest]:
+        """The next cancel relayed to this node, waiting up to timeout_s for one."""
+        item = self.redis.blpop([self.keys.cancel(node_id)], timeout=timeout_s)
+        return [_cancel_request(_s(item[1]))] if item is not None else []
+
     def watch(self, notify_key: str, object_ids: Sequence[str]) -> list[str]:
         if not object_ids:
             return []

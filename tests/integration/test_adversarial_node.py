@@ -179,6 +179,7 @@ def test_cancel_relayed_before_the_worker_says_it_holds_the_task_still_reaches_i
             os.close(fd)
         assert process.stdout is not None
         process.stdout.close()
+        supervisor.cancel_listener.stop()
         store.redis.close()
 
 

@@ -241,6 +241,11 @@ def test_a_cancel_whose_relay_was_lost_still_reaches_the_task(driver, start_node
     (node_id,) = [n["node_id"] for n in ftqueue.state.list_nodes() if n["state"] == "ALIVE"]
     os.kill(node.pid, signal.SIGSTOP)          # the supervisor cannot pop meanwhile
     try:
+        time.sleep(0.1)
+        # Its cancel listener's BLPOP, already waiting in Redis, would take the request.
+        for client in rclient.client_list():
+            if "b" in client["flags"]:
+                rclient.client_unblock(client["id"])
         ftqueue.cancel(ref, force=force)
         assert rclient.delete(f"ftq:cancel:{node_id}") == 1    # the relayed request, lost
     finally:

@@ -10,6 +10,8 @@ from collections import Counter
 import redis
 from conftest import NodeProcess, wait_until
 
+import ftqueue
+
 
 def watch(client: redis.Redis, seconds: float) -> Counter[str]:
     """Commands seen in `seconds`, by command and key kind: 'LPOP cancel', 'HSET worker'…"""
@@ -32,12 +34,36 @@ def test_an_idle_node_polls_no_cancels_and_writes_no_worker_records(own_redis):
         wait_until(lambda: client.zcard("ftq:workers") == 2, 30, "both workers registered")
         time.sleep(1.5)
         seen = watch(client, 3.0)
-        assert seen["LPOP cancel"] == 0, seen
+        assert seen["LPOP cancel"] == seen["BLPOP cancel"] == 0, seen
         assert seen["HSET worker"] == 0, seen
         # Its workers' tasks submit nothing: no client, no listener polling a notice list.
         assert seen["BLPOP done"] == seen["LPOP done"] == 0, seen
         assert seen["ZADD nodes"] >= 2, seen            # it still heartbeats
     finally:
+        node.stop()
+        client.close()
+
+
+@ftqueue.remote
+def nap(seconds):
+    time.sleep(seconds)
+
+
+def test_a_node_waits_on_its_cancel_list_only_while_it_holds_a_task(own_redis):
+    client = redis.Redis.from_url(own_redis.address)
+    node = NodeProcess(own_redis.address, 1)
+    ftqueue.init(address=own_redis.address)
+    try:
+        ref = nap.remote(4.0)
+        wait_until(lambda: client.zcard("ftq:leases") == 1, 30, "the task to start")
+        holding = watch(client, 2.0)
+        ftqueue.get(ref, timeout=30)
+        time.sleep(2.5)           # the listener's last wait (1 s) ends, and it stops
+        idle = watch(client, 2.0)
+        assert holding["BLPOP cancel"] >= 1, holding
+        assert idle["BLPOP cancel"] == idle["LPOP cancel"] == 0, idle
+    finally:
+        ftqueue.shutdown()
         node.stop()
         client.close()
 

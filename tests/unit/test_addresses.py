@@ -82,6 +82,8 @@ def test_cluster_errors_of_a_failover_are_transient_and_a_cross_slot_one_is_not(
     e = redis.exceptions
     for transient in (e.ClusterDownError("CLUSTERDOWN The cluster is down"),
                       e.MasterDownError("MASTERDOWN"), e.TryAgainError("TRYAGAIN"),
+                      e.ResponseError("UNBLOCKED force unblock from blocking operation, "
+                                      "instance state changed (master -> replica?)"),
                       e.MovedError("3999 127.0.0.1:6381"), e.AskError("3999 127.0.0.1:6381"),
                       e.SlotNotCoveredError('Slot "3" is not covered by the cluster.'),
                       e.RedisClusterException("startup_nodes could not agree on a valid "
