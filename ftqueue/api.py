@@ -110,10 +110,22 @@ def init(address: str | None = None, *, num_workers: int | None = None,
         _client, _cluster = client, cluster
         _info = ClusterInfo(address, namespace, client.job_id, cluster is not None,
                             cluster.dashboard_url if cluster is not None else None)
-        if not _atexit_registered:
-            atexit.register(shutdown)
-            _atexit_registered = True
+        _shutdown_at_exit()
         return _info
+
+
+def _shutdown_at_exit() -> None:
+    """Have `shutdown()` (which sends what is still queued) run when this process ends: at
+    interpreter exit, and in a child forked by multiprocessing, which ends with os._exit
+    after running its own finalizers, never atexit."""
+    global _atexit_registered, _finalized_in_child
+    if not _atexit_registered:
+        atexit.register(shutdown)
+        _atexit_registered = True
+    if _forked and not _finalized_in_child:
+        from multiprocessing import util
+        util.Finalize(None, shutdown, exitpriority=100)
+        _finalized_in_child = True
 
 
 def shutdown() -> None:
@@ -152,6 +164,7 @@ def _ensure_client(timeout: float | None = None) -> Client:
                 _client = Client(address, namespace, job_id=job_id)
                 _info = ClusterInfo(address, namespace, job_id, False)
                 _forked_from = None
+                _shutdown_at_exit()
         client = _client
     if client is None and _worker_session is not None:
         with _lock:
@@ -174,13 +187,17 @@ def _ensure_client(timeout: float | None = None) -> Client:
 
 
 _forked_from: tuple[str, str, str] | None = None
+_forked = False               # this process is a fork of one that imported ftqueue
+_finalized_in_child = False   # shutdown is among its multiprocessing finalizers
 
 
 def _after_fork_in_child() -> None:
     """The parent's client has no threads here (its flusher would never send what this
     process submits) and its embedded cluster belongs to the parent: start afresh."""
-    global _client, _cluster, _info, _forked_from, _lock, _worker_session
+    global _client, _cluster, _info, _forked_from, _lock, _worker_session, _forked
+    global _finalized_in_child
     _lock = threading.RLock()
+    _forked, _finalized_in_child = True, False   # multiprocessing clears its finalizers
     if _client is not None:
         _forked_from = (_client.address, _client.namespace, _client.job_id)
     elif _worker_session is not None:

@@ -378,3 +378,33 @@ print(ftqueue.get(ftqueue.ObjectRef.from_hex(task_id), timeout=10))
 """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "42"
+
+
+def test_a_multiprocessing_child_sends_its_whole_burst_before_it_exits(redis_url, start_node,
+                                                                      tmp_path):
+    """A multiprocessing (fork) child ends with os._exit after its finalizers, never running
+    atexit: the tail of a burst of `.remote()` calls it made was dropped without a word."""
+    start_node(2)
+    runs_file = tmp_path / "runs"
+    result = run_script(f"""
+import multiprocessing, ftqueue
+
+@ftqueue.remote
+def f(i):
+    with open({str(runs_file)!r}, "a") as fh:
+        fh.write(f"{{i}}\\n")
+
+def child():
+    for i in range(200):
+        f.remote(i)
+
+ftqueue.init(address={redis_url!r})
+ftqueue.get(f.remote(-1))
+p = multiprocessing.get_context("fork").Process(target=child)
+p.start()
+p.join()
+print(p.exitcode)
+""")
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: len(runs_file.read_text().split()) >= 201, 15,
+               "the child's 200 tasks to run")
