@@ -6,6 +6,7 @@ import atexit
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -111,7 +112,21 @@ def init(address: str | None = None, *, num_workers: int | None = None,
         _info = ClusterInfo(address, namespace, client.job_id, cluster is not None,
                             cluster.dashboard_url if cluster is not None else None)
         _shutdown_at_exit()
+        _exit_on_sigterm()
         return _info
+
+
+def _sigterm_exits(signum: int, frame: Any) -> None:
+    sys.exit(signum)
+
+
+def _exit_on_sigterm() -> None:
+    """As Ray's driver: SIGTERM (`docker stop`, systemd, Kubernetes), whose default action
+    skips atexit, exits through SystemExit instead, so shutdown sends what is queued. Only
+    from the main thread, and never over a handler of the program's own."""
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_exits)
 
 
 def _shutdown_at_exit() -> None:
@@ -198,6 +213,11 @@ def _after_fork_in_child() -> None:
     global _finalized_in_child
     _lock = threading.RLock()
     _forked, _finalized_in_child = True, False   # multiprocessing clears its finalizers
+    if signal.getsignal(signal.SIGTERM) is _sigterm_exits:
+        try:    # a child's SIGTERM is its parent's to decide (multiprocessing's terminate)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:   # not the main thread of the main interpreter
+            pass
     if _client is not None:
         _forked_from = (_client.address, _client.namespace, _client.job_id)
     elif _worker_session is not None:
