@@ -199,6 +199,14 @@ def test_wait(cluster):
         ftqueue.wait(fast, num_returns=5)
 
 
+def test_wait_on_no_refs_and_a_negative_timeout_as_ray(cluster):
+    """Ray: `wait([])` is `([], [])` (a `while refs: ... = wait(refs)` loop may pass it),
+    and a negative timeout is a ValueError, not a timeout of 0."""
+    assert ftqueue.wait([]) == ([], [])
+    with pytest.raises(ValueError, match="nonnegative"):
+        ftqueue.wait([double.remote(1)], timeout=-1)
+
+
 def test_unknown_option_rejected_at_decoration():
     with pytest.raises(ValueError):
         ftqueue.remote(max_retires=2)
