@@ -6,6 +6,7 @@ import atexit
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -110,10 +111,36 @@ def init(address: str | None = None, *, num_workers: int | None = None,
         _client, _cluster = client, cluster
         _info = ClusterInfo(address, namespace, client.job_id, cluster is not None,
                             cluster.dashboard_url if cluster is not None else None)
-        if not _atexit_registered:
-            atexit.register(shutdown)
-            _atexit_registered = True
+        _shutdown_at_exit()
+        _exit_on_sigterm()
         return _info
+
+
+def _sigterm_exits(signum: int, frame: Any) -> None:
+    sys.exit(signum)
+
+
+def _exit_on_sigterm() -> None:
+    """As Ray's driver: SIGTERM (`docker stop`, systemd, Kubernetes), whose default action
+    skips atexit, exits through SystemExit instead, so shutdown sends what is queued. Only
+    from the main thread, and never over a handler of the program's own."""
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_exits)
+
+
+def _shutdown_at_exit() -> None:
+    """Have `shutdown()` (which sends what is still queued) run when this process ends: at
+    interpreter exit, and in a child forked by multiprocessing, which ends with os._exit
+    after running its own finalizers, never atexit."""
+    global _atexit_registered, _finalized_in_child
+    if not _atexit_registered:
+        atexit.register(shutdown)
+        _atexit_registered = True
+    if _forked and not _finalized_in_child:
+        from multiprocessing import util
+        util.Finalize(None, shutdown, exitpriority=100)
+        _finalized_in_child = True
 
 
 def shutdown() -> None:
@@ -152,6 +179,7 @@ def _ensure_client(timeout: float | None = None) -> Client:
                 _client = Client(address, namespace, job_id=job_id)
                 _info = ClusterInfo(address, namespace, job_id, False)
                 _forked_from = None
+                _shutdown_at_exit()
         client = _client
     if client is None and _worker_session is not None:
         with _lock:
@@ -174,13 +202,22 @@ def _ensure_client(timeout: float | None = None) -> Client:
 
 
 _forked_from: tuple[str, str, str] | None = None
+_forked = False               # this process is a fork of one that imported ftqueue
+_finalized_in_child = False   # shutdown is among its multiprocessing finalizers
 
 
 def _after_fork_in_child() -> None:
     """The parent's client has no threads here (its flusher would never send what this
     process submits) and its embedded cluster belongs to the parent: start afresh."""
-    global _client, _cluster, _info, _forked_from, _lock, _worker_session
+    global _client, _cluster, _info, _forked_from, _lock, _worker_session, _forked
+    global _finalized_in_child
     _lock = threading.RLock()
+    _forked, _finalized_in_child = True, False   # multiprocessing clears its finalizers
+    if signal.getsignal(signal.SIGTERM) is _sigterm_exits:
+        try:    # a child's SIGTERM is its parent's to decide (multiprocessing's terminate)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:   # not the main thread of the main interpreter
+            pass
     if _client is not None:
         _forked_from = (_client.address, _client.namespace, _client.job_id)
     elif _worker_session is not None:

@@ -160,6 +160,10 @@ class Client:
         ref_list = _as_ref_list(refs, "wait")
         if len(set(ref_list)) != len(ref_list):
             raise ValueError("Wait requires a list of unique object refs.")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"The 'timeout' argument must be nonnegative. Received {timeout}")
+        if not ref_list:
+            return [], []
         if num_returns <= 0 or num_returns > len(ref_list):
             raise ValueError("Invalid number of objects to return "
                              f"{num_returns}; it must be between 1 and {len(ref_list)}.")

@@ -15,6 +15,8 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from ..exceptions import FtqueueConnectionError
+from .calls import DeadlinePassed
 from .completions import SAFETY_POLL_S
 
 if TYPE_CHECKING:
@@ -95,6 +97,8 @@ class FutureResolver:
             try:
                 values = self.client.results.fetch([object_id],
                                                    time.monotonic() + READ_DEADLINE_S)
+            except (DeadlinePassed, FtqueueConnectionError):
+                values = None     # Redis stalled or away: not the task's outcome, read again
             except BaseException as e:  # noqa: BLE001 - the future's to raise
                 for future, want_value in waiting:
                     if want_value:
@@ -102,7 +106,7 @@ class FutureResolver:
                     else:
                         _settle(future, None, None)
                 continue
-            if values is None:    # being rebuilt: watch it again
+            if values is None:    # being rebuilt, or not read: watch it again
                 with self._lock:
                     self._futures.setdefault(object_id, []).extend(waiting)
                     self._new.append(object_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -198,6 +199,14 @@ def test_wait(cluster):
         ftqueue.wait(fast, num_returns=5)
 
 
+def test_wait_on_no_refs_and_a_negative_timeout_as_ray(cluster):
+    """Ray: `wait([])` is `([], [])` (a `while refs: ... = wait(refs)` loop may pass it),
+    and a negative timeout is a ValueError, not a timeout of 0."""
+    assert ftqueue.wait([]) == ([], [])
+    with pytest.raises(ValueError, match="nonnegative"):
+        ftqueue.wait([double.remote(1)], timeout=-1)
+
+
 def test_unknown_option_rejected_at_decoration():
     with pytest.raises(ValueError):
         ftqueue.remote(max_retires=2)
@@ -378,3 +387,59 @@ print(ftqueue.get(ftqueue.ObjectRef.from_hex(task_id), timeout=10))
 """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "42"
+
+
+def test_a_multiprocessing_child_sends_its_whole_burst_before_it_exits(redis_url, start_node,
+                                                                      tmp_path):
+    """A multiprocessing (fork) child ends with os._exit after its finalizers, never running
+    atexit: the tail of a burst of `.remote()` calls it made was dropped without a word."""
+    start_node(2)
+    runs_file = tmp_path / "runs"
+    result = run_script(f"""
+import multiprocessing, ftqueue
+
+@ftqueue.remote
+def f(i):
+    with open({str(runs_file)!r}, "a") as fh:
+        fh.write(f"{{i}}\\n")
+
+def child():
+    for i in range(200):
+        f.remote(i)
+
+ftqueue.init(address={redis_url!r})
+ftqueue.get(f.remote(-1))
+p = multiprocessing.get_context("fork").Process(target=child)
+p.start()
+p.join()
+print(p.exitcode)
+""")
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: len(runs_file.read_text().split()) >= 201, 15,
+               "the child's 200 tasks to run")
+
+
+def test_sigterm_to_a_driver_sends_its_burst_before_it_ends(redis_url, start_node, tmp_path):
+    """`docker stop`, systemd and Kubernetes end a driver with SIGTERM, whose default action
+    skips atexit: the tail of a burst was dropped without a word. As Ray's driver does, a
+    driver's SIGTERM exits through SystemExit, so shutdown sends what is queued."""
+    start_node(2)
+    runs_file = tmp_path / "runs"
+    result = run_script(f"""
+import os, signal, time, ftqueue
+
+@ftqueue.remote
+def f(i):
+    with open({str(runs_file)!r}, "a") as fh:
+        fh.write(f"{{i}}\\n")
+
+ftqueue.init(address={redis_url!r})
+ftqueue.get(f.remote(-1))
+for i in range(300):
+    f.remote(i)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)
+""")
+    wait_until(lambda: len(runs_file.read_text().split()) >= 301, 15,
+               "the driver's 300 tasks to run")
+    assert result.returncode == signal.SIGTERM, result.stderr   # as Ray's: sys.exit(signum)

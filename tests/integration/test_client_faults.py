@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import psutil
@@ -17,6 +18,7 @@ import redis
 from conftest import NodeProcess, child_env, wait_until
 
 import ftqueue
+from ftqueue.client import futures
 from ftqueue.embedded import RedisServer
 from ftqueue.exceptions import FtqueueError, GetTimeoutError
 from ftqueue.spec import ObjectRef, new_id
@@ -256,6 +258,38 @@ def test_timeouts_hold_while_redis_is_frozen(own_redis, nodes):
         started = time.monotonic()
         ftqueue.shutdown()
         assert time.monotonic() - started < 6
+    finally:
+        thaw(server)
+        ftqueue.shutdown()
+
+
+
+def test_a_future_outlives_a_redis_stall_while_it_reads_the_result(own_redis, nodes,
+                                                                    monkeypatch, tmp_path):
+    """`await ref` / `ref.future()`: a stall of Redis just as the resolver read a finished
+    result (too big to ride in the notice) failed the future with the resolver's own
+    internal DeadlinePassed, though the task had succeeded; a getter waits the stall out."""
+    monkeypatch.setattr(futures, "READ_DEADLINE_S", 0.5)
+    server = own_redis()
+    nodes(server.address)
+    ftqueue.init(address=server.address)
+    try:
+        store = ftqueue.api._ensure_client().store
+        outcomes = store.outcomes
+        stalled = []
+
+        def stall_once(ids):
+            if not stalled:
+                stalled.append(ids)
+                freeze(server)
+                threading.Timer(2.0, thaw, (server,)).start()
+            return outcomes(ids)
+
+        ref = make.remote(str(tmp_path / "runs"), "big", "x" * 100_000)
+        assert ftqueue.wait([ref], timeout=60)[0] == [ref]
+        monkeypatch.setattr(store, "outcomes", stall_once)
+        assert ref.future().result(timeout=30) == "x" * 100_000
+        assert stalled and runs(tmp_path / "runs", "big") == 1
     finally:
         thaw(server)
         ftqueue.shutdown()
