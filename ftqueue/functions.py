@@ -14,7 +14,7 @@ from typing import Any, Callable
 from . import payload
 from .exceptions import FtqueueError, PayloadVerificationError
 from .remote_function import IMPORT_PREFIX, RemoteFunction
-from .store import Store
+from .store import Store, retry_across_outage
 
 
 def import_allowed(module_name: str, allow: tuple[str, ...]) -> bool:
@@ -44,7 +44,8 @@ class FunctionCache:
         if fn_ref.startswith(IMPORT_PREFIX):
             obj = self._import(fn_ref[len(IMPORT_PREFIX):])
         else:
-            blob = self.store.load_function(fn_ref)
+            # A read, safe to repeat: a lost reply or a blip must not fail the task.
+            blob = retry_across_outage(lambda: self.store.load_function(fn_ref))
             if blob is None:
                 raise FtqueueError(f"function {fn_ref} is not stored in Redis")
             obj = payload.unpack_function(blob, fn_ref)

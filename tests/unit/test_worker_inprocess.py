@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import fakeredis
+import redis
 
 from ftqueue import payload, protocol
 from ftqueue.settings import NodeSettings
@@ -67,3 +68,41 @@ def test_a_prefetched_task_taken_over_while_frozen_is_not_started():
     assert worker.step() is None
     assert ran == [ids[0]]                          # B was not run a second time here
     assert client.hget(f"ftq:task:{ids[0]}", "state") == b"FINISHED"
+
+
+def _double(x: str) -> str:
+    return x * 2
+
+
+def test_a_lost_reply_while_loading_the_function_does_not_fail_the_task(monkeypatch):
+    """T7: the GET of a task's function ran but its reply was lost (the connection dropped):
+    the worker reads it again instead of failing the task for good ("cannot load")."""
+    client = fakeredis.FakeRedis()
+    store = Store(client, "ftq")
+    blob, digest = payload.pack_function(_double, "_double")
+    store.store_function(digest, blob)
+    bound = payload.execution_fields(digest, 0, None, False, 3)
+    task_id = f"{7:032x}"
+    args, _ = payload.pack_args(["ab"], {}, False, "_double", task_id, bound)
+    store.submit([(task_id, "default", args, [], {
+        "name": "_double", "func": "_double", "fn": digest, "job_id": "00000001",
+        "parent_task_id": "", "max_retries": "3", "notify": "ftq:done:me"})])
+    real_load = store.load_function
+    calls = []
+
+    def load_once_lost(fn_ref: str) -> bytes | None:
+        calls.append(fn_ref)
+        real_load(fn_ref)
+        if len(calls) == 1:
+            raise redis.ConnectionError("Connection closed by server.")
+        return real_load(fn_ref)
+
+    monkeypatch.setattr(store, "load_function", load_once_lost)
+    worker = Worker(NodeSettings(address="unused"), "n1", "w1", io.BytesIO(), store)
+    worker.step()
+    worker.commits.flush()
+    assert len(calls) == 2
+    assert client.hget(f"ftq:task:{task_id}", "state") == b"FINISHED"
+    ok, value = payload.outcome_to_result(task_id, {"state": "FINISHED"},
+                                          client.get(f"ftq:result:{task_id}"))
+    assert (ok, value) == (True, "abab")
