@@ -26,12 +26,12 @@ from .logs import LogOnce
 from .losses import Loss, describe_exit, report_losses
 from .policy import KillReason, Restart
 from .relays import Relays
-from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings
+from .settings import MEMORY_CHECK_INTERVAL_S, NodeSettings, Settings
 from .spec import new_id
 from .store import (
     Store,
     backoff,
-    connect,
+    connect_patiently,
     connection_pools,
     describe,
     is_corrupt,
@@ -72,7 +72,8 @@ class Supervisor:
         self.settings = settings
         self.node_id = node_id or new_id()[:16]
         self.parent_pid = parent_pid
-        self.store = Store(connect(settings.address, socket_timeout=SOCKET_TIMEOUT_S),
+        self.store = Store(connect_patiently(settings.address, Settings.from_env().startup_wait_s,
+                                             socket_timeout=SOCKET_TIMEOUT_S),
                            settings.namespace)
         self.keys = self.store.keys
         self.workers: dict[int, WorkerHandle] = {}   # by control fd

@@ -283,8 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .api import _attach_worker_client, flush_submissions, get
     from .embedded import set_parent_death_signal
     from .logs import setup_console
+    from .settings import Settings
     from .spec import ObjectRef
-    from .store import connect
+    from .store import connect_patiently
 
     parser = argparse.ArgumentParser(prog="ftqueue-worker-process")
     parser.add_argument("--settings-fd", type=int, required=True)
@@ -304,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = _read_settings(ns.settings_fd)
     control = os.fdopen(ns.control_fd, "wb", buffering=0)
-    store = Store(connect(settings.address), settings.namespace)
+    # Its first PING's reply may be lost like any other: a blip is no reason to die.
+    store = Store(connect_patiently(settings.address, Settings.from_env().startup_wait_s),
+                  settings.namespace)
     if ns.inbox_fd is not None:
         os.set_blocking(ns.inbox_fd, False)
     worker = Worker(settings, ns.node_id, ns.worker_id, control, store, ns.inbox_fd,

@@ -155,6 +155,14 @@ def connect(address: str, *, check: bool = True,
     return client
 
 
+def connect_patiently(address: str, within_s: float, **options: Any) -> Client:
+    """`connect` for a process that must not die of a blip: its check (a PING whose reply
+    can be lost like any other) is tried again while Redis is unreachable, up to
+    `within_s`; credentials refused and a bad address still fail at once."""
+    return retry_across_outage(lambda: connect(address, **options),  # type: ignore[no-any-return]
+                               deadline=time.monotonic() + within_s)
+
+
 def tls_options(settings: Settings) -> dict[str, str]:
     """redis-py's TLS options from FTQUEUE_TLS_*: a CA bundle and, for mutual TLS, the
     client's certificate and key (hostname checking stays on, redis-py's default)."""
