@@ -154,10 +154,14 @@ class Worker:
         """The running task waits in get (or goes on): its CPUs are lent to the node meanwhile
         (before the supervisor starts a stand-in worker, which may need them)."""
         if self.runner.current:
+            task_id = self.runner.current
             try:
-                self.store.lend(self.runner.current, blocked)
+                # Idempotent (the task's 'lent' flag), so a lost reply or a blip is tried
+                # again: a lend lost, the task it waits for might never fit on this node.
+                retry_across_outage(lambda: self.store.lend(task_id, blocked),
+                                    deadline=time.monotonic() + self.settings.lease_timeout_s)
             except Exception as e:  # noqa: BLE001 - lending is an optimisation; go on
-                log.debug("lending the CPUs of %s failed: %s", self.runner.current, describe(e))
+                log.debug("lending the CPUs of %s failed: %s", task_id, describe(e))
         self.tell(protocol.Blocked(blocked))
 
     def on_inbox(self, signum: int, frame: Any) -> None:

@@ -14,8 +14,11 @@ whole, except when a seeded draw (or a rule) picks a fault:
 
 redis-py's client waits for each reply before it sends again (a pipeline is one chunk), so
 the last chunk sent on a connection is the request a reply answers. `rule(request, reply)`
-can pick a fault for one exchange deterministically (return the mode's name, or None);
-`fault_rates` draw faults at random with a seeded RNG. Usable from tests and scripts:
+can pick a fault for one exchange deterministically (return the mode's name, or None): it
+is asked with reply None before a request is forwarded (only 'request' counts then), and
+with the reply once it comes. `fault_rates` draw faults at random with a seeded RNG.
+`script_sha(name)` names an ftqueue script's EVALSHA, to aim a rule at one step. Usable from
+tests and scripts:
 
     with FaultProxy(server.address, seed=1, fault_rates={"response": 0.01}) as proxy:
         ftqueue.init(address=proxy.address)
@@ -34,7 +37,17 @@ from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 MODES = ("response", "request", "delay_reset")
-Rule = Callable[[bytes, bytes], Optional[str]]
+Rule = Callable[[bytes, Optional[bytes]], Optional[str]]
+
+
+def script_sha(name: str) -> bytes:
+    """The SHA1 an ftqueue script (ftqueue/store/lua/<name>.lua) is called by, as it
+    appears in an EVALSHA request."""
+    import hashlib
+
+    from ftqueue.store.store import _SCRIPTS
+
+    return hashlib.sha1(_SCRIPTS[name].source.encode()).hexdigest().encode()
 
 
 def _connect_upstream(address: str) -> socket.socket:
@@ -156,6 +169,8 @@ class FaultProxy:
                     if not data:
                         break
                     fault = self._draw(("request",))
+                    if self.rule and self.rule(data, None) == "request":
+                        fault = "request"
                     if fault:
                         self._note(fault, data)
                         break

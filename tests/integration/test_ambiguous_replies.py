@@ -24,9 +24,10 @@ if __name__ == "__main__":      # run as a script: find conftest and proxykit as
 
 import pytest
 from conftest import NodeProcess, wait_until
-from proxykit import FaultProxy
+from proxykit import FaultProxy, script_sha
 
 import ftqueue
+import ftqueue.state
 from ftqueue.embedded import RedisServer
 from ftqueue.exceptions import GetTimeoutError, TaskCancelledError
 
@@ -114,6 +115,7 @@ def run_workload(n: int, seed: int, rates: dict[str, float], *, nodes: int = 2,
                 expected[i] = (ref, TaskCancelledError)
                 cancels += 1
         ftqueue.flush_submissions(timeout=60)
+        submitted_s = time.monotonic() - t0
         time.sleep(0.3)
         cancel_errors = 0
         for i, (ref, want) in expected.items():
@@ -123,10 +125,14 @@ def run_workload(n: int, seed: int, rates: dict[str, float], *, nodes: int = 2,
                 except Exception as e:  # noqa: BLE001 - counted
                     print(f"cancel {i}: {type(e).__name__}: {e}", file=sys.stderr)
                     cancel_errors += 1
+        cancelled_s = time.monotonic() - t0
         wrong, hung, errors = [], [], []
+        slow: list[tuple[float, int]] = []
         for i, (ref, want) in expected.items():
             try:
+                t1 = time.monotonic()
                 got = ftqueue.get(ref, timeout=get_timeout_s)
+                slow.append((round(time.monotonic() - t1, 2), i))
                 if got != want:
                     wrong.append((i, got, want))
             except GetTimeoutError:
@@ -139,10 +145,27 @@ def run_workload(n: int, seed: int, rates: dict[str, float], *, nodes: int = 2,
                 errors.append((i, f"{type(e).__name__}: {str(e)[-300:]}"))
         elapsed = time.monotonic() - t0
         proxy.enabled = False
+
+        timeline = []
+        for i, (ref, _) in expected.items():
+            for row in ftqueue.state.get_task(ref.hex()):
+                timeline.append((round((row.get("start_time") or 0) - (time.time() - elapsed), 2),
+                                 round((row.get("end_time") or 0) - (time.time() - elapsed), 2),
+                                 i, row.get("state"), (row.get("worker_id") or "")[-4:],
+                                 row.get("error_type")))
+        timeline.sort()
+        if os.environ.get("T7_TIMELINE"):
+            for row in timeline:
+                print("TL", *row, file=sys.stderr)
+        slow_rows: dict[int, Any] = {}
         time.sleep(1.0)       # late commits, if any, land before the counts
         import redis as redis_py
         r = redis_py.Redis.from_url(server.address)
         stats = {k.decode(): int(v) for k, v in r.hgetall("ftq:stats").items()}
+        states: Counter[str] = Counter()
+        for key in r.scan_iter("ftq:task:*", count=1000):
+            if key.count(b":") == 2 and r.type(key) == b"hash":
+                states[(r.hget(key, "state") or b"?").decode()] += 1
         r.close()
         runs: Counter[tuple[str, str]] = Counter()
         with open(ledger) as f:
@@ -156,6 +179,7 @@ def run_workload(n: int, seed: int, rates: dict[str, float], *, nodes: int = 2,
                                         if isinstance(w, int) and w == i * i + 1)
         figures = {
             "tasks": n, "seed": seed, "rates": rates, "elapsed_s": round(elapsed, 1),
+            "phases_s": [round(submitted_s, 1), round(cancelled_s, 1)],
             "faults": dict(proxy.counts), "replies": proxy.counts["replies"],
             "executions": sum(runs.values()),
             "duplicate_executions": sum(c - 1 for c in runs.values()),
@@ -165,6 +189,9 @@ def run_workload(n: int, seed: int, rates: dict[str, float], *, nodes: int = 2,
             "lost": len(hung), "hung": hung[:10], "wrong": wrong[:10], "errors": errors[:10],
             "cancel_errors": cancel_errors,
             "fenced": stats.get("fenced", 0),
+            "states": dict(states),
+            "slowest_gets": sorted(slow)[-5:], "slow_rows": slow_rows, "t0": time.time() - elapsed,
+            "task_stats": {k: v for k, v in stats.items() if k.startswith("tasks:")},
             "retries": {k: v for k, v in stats.items() if k.startswith("retries:")},
             "tracebacks": logs.count("Traceback"),
             "node_exits": [node.process.poll() for node in started],
@@ -201,8 +228,8 @@ def test_a_lost_ping_reply_at_startup_kills_neither_node_nor_worker(
     (the node gone, a worker respawned after a traceback)."""
     pings = []
 
-    def drop_one_ping(request: bytes, reply: bytes) -> str | None:
-        if request == b"*1\r\n$4\r\nPING\r\n":
+    def drop_one_ping(request: bytes, reply: bytes | None) -> str | None:
+        if request == b"*1\r\n$4\r\nPING\r\n" and reply is not None:
             pings.append(reply)
             return "response" if len(pings) == lost_ping else None
         return None
@@ -222,6 +249,38 @@ def test_a_lost_ping_reply_at_startup_kills_neither_node_nor_worker(
                 assert ftqueue.get(plus_one.remote(1), timeout=30) == 2
             finally:
                 ftqueue.shutdown()
+        finally:
+            node.stop()
+
+
+@ftqueue.remote
+def nested_plus_one(x: int) -> int:
+    return int(ftqueue.get(plus_one.remote(x), timeout=20)) + 1
+
+
+def test_a_lost_lend_does_not_deadlock_a_nested_get(redis_url: str) -> None:
+    """A task blocked in get lends its CPU so the task it waits for can run on its node: the
+    lend's request lost (the connection dropped before Redis got it), a node with one CPU
+    could never run the nested task, and the get waited until its timeout."""
+    lend = script_sha("lend")
+    dropped = []
+
+    def drop_first_lend(request: bytes, reply: bytes | None) -> str | None:
+        if reply is None and lend in request and not dropped:
+            dropped.append(request)
+            return "request"
+        return None
+
+    with FaultProxy(redis_url, rule=drop_first_lend) as proxy:
+        node = NodeProcess(proxy.address, 1, "--num-cpus", "1")
+        try:
+            node.wait_workers(1)
+            ftqueue.init(address=proxy.address)
+            try:
+                assert ftqueue.get(nested_plus_one.remote(1), timeout=40) == 3
+            finally:
+                ftqueue.shutdown()
+            assert dropped
         finally:
             node.stop()
 
