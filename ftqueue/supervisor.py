@@ -332,7 +332,11 @@ class Supervisor:
                 if not self.redis_ok and name not in LOCAL_DUTIES and name != PROBE_DUTY:
                     continue          # waits for the probe to find Redis serving again
                 self._due[name] = now + interval_s
-                self._run_duty(name, duty)
+                if not self._run_duty(name, duty) and name == PROBE_DUTY:
+                    # A renewal lost (its request dropped, its reply lost, Redis away): tried
+                    # again at the next tick, not a whole interval later, so a few lost round
+                    # trips in a row never let a live node's lease expire.
+                    self._due[name] = time.monotonic() + min(interval_s, TICK_S)
         self.relays.enforce_timeouts(self.workers.values(), time.monotonic())
 
     def _run_duty(self, name: str, duty: Callable[[], Any]) -> bool:

@@ -25,7 +25,7 @@ if __name__ == "__main__":      # run as a script: find conftest and proxykit as
 
 import pytest
 import redis
-from conftest import NodeProcess, wait_until
+from conftest import NodeProcess, mark, runs, wait_until
 from proxykit import FaultProxy, script_sha
 
 import ftqueue
@@ -316,6 +316,54 @@ def test_a_lost_lend_does_not_deadlock_a_nested_get(redis_url: str) -> None:
             assert dropped
         finally:
             node.stop()
+
+
+@ftqueue.remote(max_retries=3)
+def long_running(path: str) -> int:
+    mark(path)
+    time.sleep(6)
+    return int(ftqueue.get_runtime_context().get_task_attempt_number())
+
+
+def test_a_few_lost_renewals_in_a_row_do_not_expire_a_live_node(redis_url: str,
+                                                                tmp_path: Any) -> None:
+    """Five renewals of a node in a row lost (their requests dropped), well within the time
+    a Redis blip would take: the node tries again at once instead of one renewal interval
+    (lease/4) later, so its lease never expires and its running task is not declared lost
+    (NODE_DIED, run again) while it runs."""
+    renew = script_sha("renew")
+    armed, dropped = [], []
+
+    def drop_five_renewals(request: bytes, reply: bytes | None) -> str | None:
+        if reply is None and armed and renew in request and len(dropped) < 5:
+            dropped.append(time.monotonic())
+            return "request"
+        return None
+
+    path = str(tmp_path / "runs")
+    with FaultProxy(redis_url, rule=drop_five_renewals) as proxy:
+        cut = NodeProcess(proxy.address, 1, "--lease-timeout", "3", "--queues", "far")
+        # Serves another queue, straight to Redis: its heartbeats keep the served clock
+        # going and its sweeps declare dead a node whose lease expired.
+        witness = NodeProcess(redis_url, 1, "--lease-timeout", "3")
+        try:
+            cut.wait_workers(1)
+            witness.wait_workers(1)
+            ftqueue.init(address=redis_url)
+            try:
+                ref = long_running.options(queue="far").remote(path)
+                wait_until(lambda: runs(path), 20, "the task to start")
+                armed.append(True)
+                wait_until(lambda: len(dropped) == 5, 20, "five renewals dropped")
+                assert ftqueue.get(ref, timeout=30) == 0     # its first attempt finished
+                assert len(runs(path)) == 1
+                rows = ftqueue.state.get_task(ref.hex())
+                assert [r["error_type"] for r in rows] == [""], rows
+            finally:
+                ftqueue.shutdown()
+        finally:
+            cut.stop()
+            witness.stop()
 
 
 def test_mixed_workload_through_ambiguous_replies() -> None:
