@@ -89,6 +89,7 @@ class Supervisor:
         self.health_file = health_file
         self._once = LogOnce(log)
         self._due: dict[str, float] = {}
+        self._probe_failures = 0     # renewals failed in a row
         # Cancels relayed to this node for a task no worker has said it holds yet (a claim's
         # reply races the relay): kept until one does, or for a lease timeout.
         self.relays = Relays(settings.lease_timeout_s, settings.timeout_grace_s)
@@ -332,11 +333,16 @@ class Supervisor:
                 if not self.redis_ok and name not in LOCAL_DUTIES and name != PROBE_DUTY:
                     continue          # waits for the probe to find Redis serving again
                 self._due[name] = now + interval_s
-                if not self._run_duty(name, duty) and name == PROBE_DUTY:
-                    # A renewal lost (its request dropped, its reply lost, Redis away): tried
-                    # again at the next tick, not a whole interval later, so a few lost round
-                    # trips in a row never let a live node's lease expire.
-                    self._due[name] = time.monotonic() + min(interval_s, TICK_S)
+                done = self._run_duty(name, duty)
+                if name == PROBE_DUTY:
+                    # A renewal lost (its request dropped, its reply lost): tried again soon,
+                    # not a whole interval later, so a few lost round trips in a row never let
+                    # a live node's lease expire; backing off while Redis stays away, so a
+                    # fleet does not hammer a restarting server.
+                    self._probe_failures = 0 if done else self._probe_failures + 1
+                    if not done:
+                        self._due[name] = time.monotonic() + min(
+                            interval_s, backoff(self._probe_failures - 1))
         self.relays.enforce_timeouts(self.workers.values(), time.monotonic())
 
     def _run_duty(self, name: str, duty: Callable[[], Any]) -> bool:
