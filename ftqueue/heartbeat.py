@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 from redis.typing import EncodableT, FieldT
 
 from . import resources
-from .settings import NodeSettings
+from .settings import DEAD_WORKER_TTL_S, NodeSettings
 from .store import Store, as_text, redact
 from .store.store import CancelRequest
 from .watchdog import rss_of
@@ -136,6 +136,10 @@ class NodeRecord:
             pipe.zadd(self.keys.workers, {handle.worker_id: started_ms},
                       nx=handle.registered)
             pipe.hset(self.keys.worker(handle.worker_id), mapping=record)
+            # Rewritten at least every WORKER_RECORD_MAX_AGE_S while the node lives; a
+            # node killed outright never marks its workers DEAD: their records go an hour
+            # after its last write, as a dead worker's (losses.py).
+            pipe.expire(self.keys.worker(handle.worker_id), DEAD_WORKER_TTL_S)
             written.append((handle, started_ms))
         pipe.execute()
         for handle, started_ms in written:
