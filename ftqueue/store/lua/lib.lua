@@ -324,7 +324,8 @@ end
 
 -- A node is gone: the tasks waiting in its pinned slots go where enqueue now puts them.
 local function unpin(node)
-  redis.call('DEL', k_node_free(node))
+  -- Its bell too: a ring its workers did not live to take would stay, one per dead node.
+  redis.call('DEL', k_node_free(node), k_bell('@' .. node))
   local pkey = k_pins(node)
   for _, slot in ipairs(safe('SMEMBERS', pkey)) do
     local qkey = k_queue(slot)
@@ -503,7 +504,10 @@ local function release_dependents(id, flagged)
   for _, d in ipairs(deps) do
     local dk = k_task(d)
     local t = guarded('HMGET', dk, 'among the dependents of ' .. id, 'state', 'queue')
-    if t and redis.call('HINCRBY', dk, 'deps', -1) <= 0 and t[1] == 'PENDING_ARGS_AVAIL' then
+    -- A dependent whose record expired (cancelled, then past its lineage TTL) is gone: a
+    -- count written there would make a record of it that never expires.
+    if t and t[1] and redis.call('HINCRBY', dk, 'deps', -1) <= 0
+        and t[1] == 'PENDING_ARGS_AVAIL' then
       make_ready(d, t[2], false)
     end
   end
@@ -748,10 +752,20 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
   redis.call('ZADD', K.task_index, NOW, id)
   local parent = given.parent_task_id
   if parent and parent ~= '' then
-    safe('SADD', k_children(parent), id)
-    -- Flag the parent (its end expires the set), never making a record of a gone parent.
+    -- Flag the parent (its end expires the set). A gone parent gets no set (nothing would
+    -- expire it, and a cancel of it finds nothing to recurse into); one that has ended
+    -- already (a submit from an attempt that lost its task) gets one that expires with it.
     local pkey = k_task(parent)
-    if redis.call('EXISTS', pkey) == 1 then redis.call('HSET', pkey, 'children', '1') end
+    local pstate = guarded('HGET', pkey, 'as the parent of ' .. id, 'state')
+    if pstate then
+      local ckey = k_children(parent)
+      safe('SADD', ckey, id)
+      redis.call('HSET', pkey, 'children', '1')
+      if TERMINAL[pstate] then
+        local ttl = redis.call('PTTL', pkey)
+        if ttl > 0 then redis.call('PEXPIRE', ckey, ttl) end
+      end
+    end
   end
   register_queue(queue, given.shape)
   if plain then

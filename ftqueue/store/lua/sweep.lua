@@ -52,9 +52,22 @@ if ARGV[6] == '0' then return reply({swept, dead}) end
 local horizon = NOW - index_ttl_ms
 redis.call('ZREMRANGEBYSCORE', K.task_index, '-inf', horizon)
 redis.call('ZREMRANGEBYSCORE', K.failed_index, '-inf', horizon)
+-- A batch of the entries old enough, from a place that moves from sweep to sweep (a
+-- different NOW each time): the oldest are the longest-lived workers and nodes, alive, and
+-- a batch always taken from them would never reach the gone ones behind.
 for _, index in ipairs({{K.workers, k_worker}, {K.node_index, k_node}}) do
-  local stale = redis.call('ZRANGEBYSCORE', index[1], '-inf', NOW - FORGET_AFTER_MS,
-                           'LIMIT', 0, FORGET_BATCH)
+  local cutoff = NOW - FORGET_AFTER_MS
+  local n = redis.call('ZCOUNT', index[1], '-inf', cutoff)
+  local from = 0
+  if n > FORGET_BATCH then from = NOW % n end
+  local stale = redis.call('ZRANGEBYSCORE', index[1], '-inf', cutoff, 'LIMIT', from,
+                           FORGET_BATCH)
+  if from + FORGET_BATCH > n and from > 0 then     -- the window wraps to the oldest
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', index[1], '-inf', cutoff, 'LIMIT', 0,
+                                       from + FORGET_BATCH - n)) do
+      stale[#stale + 1] = member
+    end
+  end
   for _, member in ipairs(stale) do
     if redis.call('EXISTS', index[2](member)) == 0 then redis.call('ZREM', index[1], member) end
   end
