@@ -73,6 +73,14 @@ def relay_cancel(handles: list[WorkerHandle], request: CancelRequest) -> bool:
         handle.tell(Cancel(task_id))
         return True
     if request.forced:
+        # Only that attempt dies: the worker may have ended it and started the next task
+        # since we last read its pipe, so it is frozen and heard out before the kill.
+        handle.catch_up()
+        if handle.running != task_id:
+            handle.thaw()
+            if task_id in handle.held:
+                handle.tell(Cancel(task_id))
+            return True
         handle.kill(KillReason.CANCEL, f"task {task_id} was cancelled with force=True")
     elif not request.number or request.number > handle.cancels_told:
         handle.tell(Cancel(task_id))

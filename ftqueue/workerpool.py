@@ -16,6 +16,9 @@ from .policy import KillReason
 from .settings import NodeSettings
 from .spec import new_id
 
+# How long a force cancel waits for the worker it froze to stop before reading its pipe.
+FREEZE_WAIT_S = 0.1
+
 
 @dataclass
 class WorkerHandle:
@@ -108,6 +111,32 @@ class WorkerHandle:
         except ProcessLookupError:
             pass
 
+    def catch_up(self) -> list[float]:
+        """Freeze the worker and read all it said: what it runs is then known, not guessed
+        from lines still in its pipe (it may have ended one task and started the next since
+        we last read). Frozen until `thaw` or a kill; returns the run times of bodies that
+        ended."""
+        try:
+            self.process.send_signal(signal.SIGSTOP)
+        except ProcessLookupError:
+            return []
+        deadline = time.monotonic() + FREEZE_WAIT_S
+        while time.monotonic() < deadline and not _stopped(self.pid):
+            time.sleep(0.0005)
+        data = b""
+        try:
+            while chunk := os.read(self.control, 65536):
+                data += chunk
+        except OSError:
+            pass
+        return self.feed(data)
+
+    def thaw(self) -> None:
+        try:
+            self.process.send_signal(signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
     def ask_to_stop(self) -> None:
         self.asked_to_stop = True
         try:
@@ -122,6 +151,15 @@ class WorkerHandle:
                     os.close(fd)
                 except OSError:
                     pass
+
+
+def _stopped(pid: int) -> bool:
+    """The process is stopped (or gone): nothing more comes from it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("T", "t", "Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def spawn_worker(settings: NodeSettings, node_id: str, temporary: bool = False) -> WorkerHandle:

@@ -260,3 +260,84 @@ def test_a_cancel_whose_relay_was_lost_still_reaches_the_task(driver, start_node
         ftqueue.get(ref, timeout=30)
     # The task swallowed it and ran on while the heartbeat still found the request: once.
     assert lines(path).count("interrupted") == (0 if force else 1)
+
+
+# The supervisor's view of its workers lags behind them by what they wrote and it has not
+# read yet. Here it is held back on purpose: while `hide` exists its loop does not watch its
+# workers' pipes, while `hold` exists it relays no cancel.
+STALE_VIEW = """
+import os, ftqueue.relays, ftqueue.supervisor
+HIDE, HOLD = os.environ["T_HIDE"], os.environ["T_HOLD"]
+_select = ftqueue.supervisor.select.select
+class _Select:
+    def select(self, r, w, x, t=None):
+        if os.path.exists(HIDE):
+            r = [fd for fd in r if fd not in self.workers()]
+        return _Select.real(r, w, x, t)
+_sel = _Select()
+_Select.real = staticmethod(_select)
+_sup_init = ftqueue.supervisor.Supervisor.__init__
+def _init(self, *a, **k):
+    _sup_init(self, *a, **k)
+    _sel.workers = lambda: set(self.workers)
+ftqueue.supervisor.Supervisor.__init__ = _init
+ftqueue.supervisor.select = _sel
+_deliver = ftqueue.relays.Relays.deliver_cancels
+def _held(self, handles):
+    if not os.path.exists(HOLD):
+        _deliver(self, handles)
+ftqueue.relays.Relays.deliver_cancels = _held
+"""
+
+
+@ftqueue.remote(max_retries=0)
+def until_released(path, release):
+    note(path, "x-start")
+    while not os.path.exists(release):
+        time.sleep(0.01)
+    return "x"
+
+
+@ftqueue.remote(max_retries=3)
+def next_in_that_process(path):
+    note(path, f"z-start:{os.getpid()}")
+    time.sleep(1.5)
+    note(path, "z-end")
+    return "z"
+
+
+def test_force_cancel_never_kills_the_task_its_worker_runs_next(driver, redis_url, tmp_path):
+    """A force cancel relayed while the supervisor still believes the worker runs the
+    cancelled task — the worker finished it meanwhile and started the next one — kills
+    nothing: only that (task, attempt) may die of it."""
+    from conftest import NodeProcess, child_env
+
+    hide, hold, release = (str(tmp_path / n) for n in ("hide", "hold", "release"))
+    path = str(tmp_path / "log")
+    node = NodeProcess(redis_url, 1, "--lease-timeout", "5",
+                       env=child_env(T_HIDE=hide, T_HOLD=hold), prelude=STALE_VIEW)
+    try:
+        node.wait_workers(1)
+        x = until_released.remote(path, release)
+        wait_until(lambda: "x-start" in lines(path), 30, "task x to start")
+        wait_until(lambda: final_row(x.hex())["state"] == "RUNNING", 10, "x RUNNING")
+        time.sleep(0.3)                 # the supervisor has heard that x started
+        for flag in (hide, hold):
+            open(flag, "w").close()
+        ftqueue.cancel(x, force=True)   # recorded at once; its relay is held
+        z = next_in_that_process.remote(path)
+        open(release, "w").close()      # x's body ends; the same worker goes on with z
+        wait_until(lambda: any(s.startswith("z-start") for s in lines(path)), 30, "z to start")
+        os.unlink(hold)                 # the kill for x is relayed; its view is stale
+        time.sleep(0.5)
+        os.unlink(hide)
+        with pytest.raises(TaskCancelledError):
+            ftqueue.get(x, timeout=10)
+        assert ftqueue.get(z, timeout=20) == "z"
+        assert [s for s in lines(path) if s.startswith("z-start")] == \
+            [f"z-start:{node.workers()[0].pid}"], lines(path)
+        assert [r["error_type"] for r in ftqueue.state.get_task(z.hex())] == [""], \
+            ftqueue.state.get_task(z.hex())
+        assert "Traceback" not in node.output(), node.output()
+    finally:
+        node.stop()
