@@ -20,6 +20,7 @@ from typing import Any, Callable
 import fakeredis
 import pytest
 import redis
+import storekit
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -295,7 +296,7 @@ class StoreModel(RuleBasedStateMachine):
             return
         before = self.records()
         rows = self.store.claim(node, w, [QUEUE], n, 1, LEASE_MS)
-        if not self.alive[node]:
+        if _text(self.client.hget(self.keys.node(node), "state")) == "DEAD":
             assert rows == [], "a node declared dead claims nothing"
         for i, row in enumerate(rows):
             m = self.tasks[row.task_id]
@@ -427,12 +428,19 @@ class StoreModel(RuleBasedStateMachine):
         node = up[i % len(up)]
         self.alive[node] = False
         self.going_on[node] = go_on
-        for _ in range(int(LEASE_MS / 1000 / STEP_S) + 3):
+        late: set[str] = set()
+        for k in range(int(LEASE_MS / 1000 / STEP_S) + 3):
             self.tick()
-        for tid, rec in self.records().items():
-            if rec.get("node_id") == node:
-                assert rec["state"] not in ACTIVE, f"{tid} still leased by lost {node}: {rec}"
+            if go_on and k == 1:       # its workers claim on until it is declared dead
+                for w in NODES[node]:
+                    self.claim(w, 3)
+                    late |= {h.task_id for h in self.held[w]}
+            if _text(self.client.hget(self.keys.node(node), "state")) == "DEAD":
+                break
         assert _text(self.client.hget(self.keys.node(node), "state")) == "DEAD"
+        for tid, rec in self.records().items():
+            if rec.get("node_id") == node and rec["state"] in ACTIVE:
+                assert tid in late, f"{tid} still leased by lost {node}: {rec}"
 
     @precondition(lambda self: not all(self.alive.values()))
     @rule(i=st.integers(0, 1))
@@ -707,6 +715,12 @@ class StoreModel(RuleBasedStateMachine):
                        if r.get("node_id") == node and r.get("state") in ACTIVE)
             if not over:
                 assert int(free[node]["CPU"]) >= 0, ("node_free < 0", node, free[node])
+                # What runs there holds room there: no more than the node offers.
+                runs = [t for t, r in recs.items() if r.get("node_id") == node
+                        and r.get("state") == "RUNNING" and "lent" not in r]
+                assert all(recs[t].get("held") == node for t in runs), \
+                    ("running without its room", node, runs, holds)
+                assert len(runs) <= NODE_CPUS, ("over the node's CPUs", node, runs, holds)
         # summarize_tasks agrees with the records.
         expected: dict[str, Counter[str]] = {}
         for tid, rec in recs.items():
@@ -779,3 +793,35 @@ def test_store_model_on_redis_server(redis_server: Any) -> None:
         client_factory = staticmethod(client)
 
     run_state_machine_as_test(OnServer, settings=machine_settings(EXAMPLES or 30, STEPS))
+
+
+# -- counterexamples found by the machine, kept as plain tests ------------------------------
+
+env = storekit.env
+
+
+def test_a_node_declared_dead_starts_no_prefetched_task(env):
+    """A node's supervisor froze; its worker claimed on (t0 running, t1 prefetched) until the
+    node was declared dead, which deleted its capacity record. A prefetched task started
+    then reserved nothing, so once the node was back it ran unaccounted: the node showed all
+    its CPUs free while t1 ran, and claimed past them. Like a claim, a start on a node
+    declared dead is refused: the task goes back to its queue, not started."""
+    store, clock, client = env
+    client.hset("ftq:node:n1", mapping={"node_id": "n1", "queues": QUEUE, "state": "ALIVE",
+                                        "resources": f'{{"CPU": {NODE_CPUS * CPU}}}'})
+    client.hset("ftq:node_free:n1", "CPU", NODE_CPUS * CPU)
+    store.renew("n1", LEASE_MS)
+    for i in range(4):
+        storekit.submit(store, f"t{i}")
+    storekit.serve(store, clock, 1)                     # n1's heartbeats stop here
+    t0, t1 = store.claim("n1", "w1", [QUEUE], 2, 1, LEASE_MS)
+    storekit.serve(store, clock, 2.5)
+    assert store.sweep(LEASE_MS) == ([], ["n1"])        # dead; t0, t1 still leased
+    assert store.commit([("t0", t0.fence, "ok", b"V", False, "")], "t1", worker_id="w1",
+                        next_fence=t1.fence) == ["finished"]
+    assert not store.next_task_held
+    assert storekit.state(client, "t1") == "PENDING_NODE_ASSIGNMENT"
+    store.renew("n1", LEASE_MS, held=["t1"])           # back
+    assert client.hget("ftq:node_free:n1", "CPU") == str(NODE_CPUS * CPU).encode()
+    assert [t.task_id for t in store.claim("n1", "w2", [QUEUE], 1, 1, LEASE_MS)] == ["t1"]
+    assert client.hget("ftq:node_free:n1", "CPU") == str((NODE_CPUS - 1) * CPU).encode()
