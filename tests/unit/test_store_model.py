@@ -43,7 +43,8 @@ NODES = {"n1": ("w1", "w2"), "n2": ("w3", "w4")}
 NODE_OF = {w: n for n, ws in NODES.items() for w in ws}
 BYSTANDER = "bystander"          # a node that only heartbeats (keeps the served clock going)
 QUEUE = "default"
-NOTIFY = ("ftq:done:d1", "ftq:done:d2")
+NOTIFY = ("ftq:done:d1", "ftq:done:d2")       # submitters
+GETTER = "ftq:done:g1"                          # a process in get that submitted nothing
 LIMITS = {"L1": 1, "L2": 2}      # limit keys with max_concurrency
 RATE_KEY, RATE_N, RATE_MS = "R", 2, 1000      # a limit key with max_rate "2/s"
 SLOTS = (QUEUE, *(f"{QUEUE}@node={n}" for n in NODES))
@@ -54,7 +55,7 @@ TERMINAL = {"FINISHED", "FAILED"}
 ACTIVE = {"SUBMITTED_TO_WORKER", "RUNNING"}
 
 EXAMPLES = int(os.environ.get("FTQUEUE_MODEL_EXAMPLES", "0"))
-STEPS = int(os.environ.get("FTQUEUE_MODEL_STEPS", "40"))
+STEPS = int(os.environ.get("FTQUEUE_MODEL_STEPS", "50"))
 
 
 @dataclass
@@ -283,6 +284,17 @@ class StoreModel(RuleBasedStateMachine):
         if notify != m.notify:
             self.attached.append(Attach(notify, tid, self.notices[(notify, tid)] + 1))
         assert self.record(tid)["state"] == rec["state"]
+
+    @precondition(lambda self: self.order)
+    @rule(i=st.integers(0, MAX_TASKS), key=st.sampled_from([GETTER, *NOTIFY]))
+    def watch(self, i: int, key: str) -> None:
+        """A process in get waits for a task: told when it ends, or told it has."""
+        tid = self.order[i % len(self.order)]
+        state = self.record(tid)["state"]
+        (got,) = self.store.watch(key, [tid])
+        assert got == ("ready" if state in TERMINAL else "pending"), (tid, state, got)
+        if got == "pending" and key != self.tasks[tid].notify:
+            self.attached.append(Attach(key, tid, self.notices[(key, tid)] + 1))
 
     @precondition(lambda self: self.idle())
     @rule(i=st.integers(0, 3), n=st.integers(1, 3))
@@ -571,7 +583,7 @@ class StoreModel(RuleBasedStateMachine):
     # -- invariants ------------------------------------------------------------------------
 
     def collect_notices(self) -> None:
-        for key in NOTIFY:
+        for key in (*NOTIFY, GETTER):
             for item in self.client.lrange(key, 0, -1):
                 self.notices[(key, _text(item).split("\n", 1)[0])] += 1
             self.client.delete(key)
@@ -778,7 +790,7 @@ def machine_settings(examples: int, steps: int) -> settings:
 
 
 def test_store_model_on_fakeredis() -> None:
-    run_state_machine_as_test(StoreModel, settings=machine_settings(EXAMPLES or 30, STEPS))
+    run_state_machine_as_test(StoreModel, settings=machine_settings(EXAMPLES or 40, STEPS))
 
 
 @pytest.mark.skipif(not os.environ.get("FTQUEUE_MODEL_REDIS"),
@@ -792,7 +804,7 @@ def test_store_model_on_redis_server(redis_server: Any) -> None:
     class OnServer(StoreModel):
         client_factory = staticmethod(client)
 
-    run_state_machine_as_test(OnServer, settings=machine_settings(EXAMPLES or 30, STEPS))
+    run_state_machine_as_test(OnServer, settings=machine_settings(EXAMPLES or 40, STEPS))
 
 
 # -- counterexamples found by the machine, kept as plain tests ------------------------------
