@@ -79,10 +79,16 @@ if next_id ~= '' then
     redis.call('HSET', tkey, 'state', 'RUNNING', 'start_ms', NOW, 'held', t[4], 'gpu_ids', '')
   elseif starts then
     -- A prefetched task reserves its shape when it starts; with no room left on its node
-    -- (another worker took it meanwhile) it goes back to its queue, not started.
+    -- (another worker took it meanwhile) it goes back to its queue, not started. So does
+    -- it on a node declared dead (its workers went on): that node has no capacity record to
+    -- reserve on, and starts nothing, as it claims nothing (claim.lua).
     local fkey = k_node_free(t[4] or '')
     local need = shape_units(t[5])
-    local fits, gpus, registered = can_reserve(fkey, need)
+    local fits, gpus, registered = false, nil, false
+    if redis.pcall('HGET', k_node(t[4] or ''), 'state') ~= 'DEAD'
+        or redis.call('EXISTS', fkey) == 1 then
+      fits, gpus, registered = can_reserve(fkey, need)
+    end
     if fits then
       local fields = {}
       if registered then
