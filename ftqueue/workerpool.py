@@ -11,6 +11,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import psutil
+
 from . import protocol
 from .policy import KillReason
 from .settings import NodeSettings
@@ -104,12 +106,24 @@ class WorkerHandle:
             pass
 
     def kill(self, reason: KillReason, detail: str = "") -> None:
+        """SIGKILL the worker and the processes its tasks started (found before the kill:
+        once it is dead they belong to init), so a killed attempt's children do not go on
+        running and writing. A daemon that left the tree (double fork) is not found."""
         if self.kill_reason is KillReason.NONE:
             self.kill_reason, self.kill_detail = reason, detail
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
         try:
             self.process.kill()
         except ProcessLookupError:
             pass
+        for child in descendants:
+            try:
+                child.kill()     # psutil checks it is the same process (no pid reuse)
+            except psutil.Error:
+                pass
 
     def catch_up(self) -> list[float]:
         """Freeze the worker and read all it said: what it runs is then known, not guessed

@@ -66,6 +66,41 @@ def test_worker_death_is_seen_although_a_forked_child_holds_its_pipe(driver, sta
         kill_pids(children)
 
 
+@ftqueue.remote(max_retries=0)
+def spawn_then_hang(children, started):
+    child = subprocess.Popen(["sleep", "60"])
+    with open(children, "a") as f:
+        f.write(f"{child.pid}\n")
+    open(started, "w").close()
+    time.sleep(60)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_killing_a_worker_for_a_force_cancel_kills_its_tasks_children(driver, start_node,
+                                                                      tmp_path):
+    """Bad input 29: a force-cancelled task's child process went on running (and writing)
+    after its worker was SIGKILLed; killing the attempt now ends the worker's descendants."""
+    start_node(1)
+    children, started = tmp_path / "children", tmp_path / "started"
+    try:
+        ref = spawn_then_hang.remote(str(children), str(started))
+        wait_until(started.exists, 30, "the task to start its child")
+        ftqueue.cancel(ref, force=True)
+        with pytest.raises(TaskCancelledError):
+            ftqueue.get(ref, timeout=20)
+        (pid,) = (int(p) for p in runs(children))
+        wait_until(lambda: gone(pid), 5, "the cancelled task's child to end")
+        assert ftqueue.get(quick.remote(7), timeout=20) == 7
+    finally:
+        kill_pids(children)
+
+
 # -- a frozen Redis must not hold the supervisor's loop: deaths, Ctrl-C ------------------------
 
 

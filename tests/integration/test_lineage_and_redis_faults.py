@@ -84,6 +84,37 @@ def test_concurrent_getters_trigger_one_reexecution(cluster, rclient, tmp_path):
     assert results == [7] * 4 and runs(path, "a") == 2
 
 
+@ftqueue.remote
+def plus_slowly_again(path, name, x):
+    mark(path, name)
+    if ftqueue.get_runtime_context().get_task_attempt_number() > 0:
+        time.sleep(2)       # its rebuild is still running when a dependent starts
+    return x + 1
+
+
+def test_dependent_waits_for_a_rebuild_another_reader_started(cluster, start_node, rclient,
+                                                              tmp_path):
+    """A dependent that starts while its lost argument is being rebuilt (another reader
+    asked first) waits for the new value: it used to fail with "The error of task ... is
+    lost" (the argument's record was neither FINISHED nor carrying an error)."""
+    import threading
+
+    path = tmp_path / "runs"
+    b = plus_slowly_again.remote(path, "b", 1)
+    assert ftqueue.get(b) == 2
+    c = plus.options(queue="later").remote(path, "c", b)    # queued: b is FINISHED
+    rclient.delete(f"ftq:result:{b.hex()}")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(ftqueue.get(b, timeout=60)))
+    reader.start()
+    wait_until(lambda: rclient.hget(f"ftq:task:{b.hex()}", "state") == "RUNNING", 30,
+               "the rebuild of b to start")
+    start_node(1, "--queues", "later")
+    assert ftqueue.get(c, timeout=60) == 3
+    reader.join()
+    assert got == [2] and (runs(path, "b"), runs(path, "c")) == (2, 1)
+
+
 def test_reconstruction_without_retries_fails_clearly(cluster, rclient, tmp_path):
     ref = make.options(max_retries=0).remote(tmp_path / "runs", "a", 1)
     ftqueue.get(ref)

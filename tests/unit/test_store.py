@@ -207,6 +207,20 @@ def test_retries_go_to_the_front_of_the_queue(env):
     assert claim(store)[0].task_id == "a1"
 
 
+def test_a_task_that_failed_again_retries_behind_the_queue(env):
+    """T17: a poison pill with many retries went back to the front after every crash, so
+    every worker that freed up took it and died: one max_retries=-1 segfaulting task made
+    200 healthy 20 ms tasks on a 2-worker node take 548 s instead of 2 s."""
+    store, _clock, _client = env
+    submit(store, "a1", max_retries=-1)
+    submit(store, "a2")
+    claim(store)
+    store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "x", True)
+    assert claim(store)[0].task_id == "a1"          # first retry: front
+    store.worker_lost("n1", "w1", "a1", "WORKER_DIED", "x", True)
+    assert [claim(store)[0].task_id, claim(store)[0].task_id] == ["a2", "a1"]
+
+
 def test_claim_returns_max_retries(env):
     store, _clock, _client = env
     submit(store, "a1", max_retries=5)

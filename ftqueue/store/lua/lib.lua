@@ -608,15 +608,22 @@ local function retry(id, error_type, message, charge)
   local t = redis.call('HMGET', tkey, 'node_id', 'queue')
   record_attempt(id, 'FAILED', error_type, message)
   release_lease(id, t[1])
-  local wait = 0
-  if charge then wait = retry_delay_ms(id, redis.call('HINCRBY', tkey, 'retries', 1)) end
+  local wait, used = 0, 0
+  if charge then
+    used = redis.call('HINCRBY', tkey, 'retries', 1)
+    wait = retry_delay_ms(id, used)
+  end
   redis.call('HINCRBY', tkey, 'attempt', 1)
   redis.call('HDEL', tkey, 'node_id', 'worker_id', 'start_ms', 'error_type', 'error_message')
   if wait > 0 then
     delay(id, t[2], NOW + wait)
   else
     redis.call('HSET', tkey, 'state', 'PENDING_NODE_ASSIGNMENT')
-    enqueue(id, t[2], true)
+    -- A first retry goes to the queue's front (a task that met a dying worker or node runs
+    -- again at once); one that has failed before waits its turn at the back, so a task that
+    -- kills every worker taking it (with many retries) cannot keep its queue's workers
+    -- crashing and respawning while the tasks behind it wait.
+    enqueue(id, t[2], used <= 1)
   end
   redis.call('HINCRBY', K.stats, 'retries:' .. error_type, 1)
   redis.call('ZADD', K.failed_index, NOW, id)    -- it has a FAILED attempt row now
