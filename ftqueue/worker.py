@@ -151,8 +151,9 @@ class Worker:
         return rss > limit
 
     def on_block(self, blocked: bool) -> None:
-        """The running task waits in get (or goes on): its CPUs are lent to the node meanwhile
-        (before the supervisor starts a stand-in worker, which may need them)."""
+        """The running task waits in get (or goes on): its CPUs and its max_concurrency slot
+        are lent meanwhile (before the supervisor starts a stand-in worker, which may need
+        them)."""
         if self.runner.current:
             task_id = self.runner.current
             try:
@@ -160,8 +161,8 @@ class Worker:
                 # again: a lend lost, the task it waits for might never fit on this node.
                 retry_across_outage(lambda: self.store.lend(task_id, blocked),
                                     deadline=time.monotonic() + self.settings.lease_timeout_s)
-            except Exception as e:  # noqa: BLE001 - lending is an optimisation; go on
-                log.debug("lending the CPUs of %s failed: %s", task_id, describe(e))
+            except Exception as e:  # noqa: BLE001 - tried for a lease; the task goes on
+                log.debug("lending the CPUs and slot of %s failed: %s", task_id, describe(e))
         self.tell(protocol.Blocked(blocked))
 
     def on_inbox(self, signum: int, frame: Any) -> None:

@@ -158,7 +158,7 @@ def connect(address: str, *, check: bool = True,
 def connect_patiently(address: str, within_s: float, **options: Any) -> Client:
     """`connect` for a process that must not die of a blip: its check (a PING whose reply
     can be lost like any other) is tried again while Redis is unreachable, up to
-    `within_s`; credentials refused and a bad address still fail at once."""
+    `within_s`; credentials refused still fail at once."""
     return retry_across_outage(lambda: connect(address, **options),  # type: ignore[no-any-return]
                                deadline=time.monotonic() + within_s)
 
