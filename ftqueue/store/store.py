@@ -311,7 +311,7 @@ class Store:
                                 node_id=node_id))
 
     def lend(self, task_id: str, blocked: bool) -> str:
-        """A running task blocked in get lends its CPUs to its node (see lend.lua)."""
+        """A task blocked in get lends its CPUs and max_concurrency slot (see lend.lua)."""
         return _s(self._run("lend", [task_id, "1" if blocked else "0"], task_id=task_id))
 
     def deregister(self, node_id: str) -> None:
