@@ -311,7 +311,7 @@ def _wait_for_redis(address: str, log: Callable[[str], None]) -> None:
     with the one-line error."""
     import time
 
-    from .store import backoff, connect, redact
+    from .store import backoff, connect, is_transient, redact
 
     deadline = time.monotonic() + Settings.from_env().startup_wait_s
     failures = 0
@@ -320,7 +320,7 @@ def _wait_for_redis(address: str, log: Callable[[str], None]) -> None:
             connect(address).close()
             return
         except FtqueueError as e:
-            if time.monotonic() >= deadline or "credentials" in str(e) \
+            if time.monotonic() >= deadline or not is_transient(e) \
                     or "certificate" in str(e).lower():   # TLS refused: waiting won't help
                 raise
             if failures == 0:

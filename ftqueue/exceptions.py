@@ -181,6 +181,10 @@ class CredentialsRefusedError(FtqueueConnectionError):
     """Redis answered but refused the username or password: waiting does not help."""
 
 
+class InvalidAddressError(FtqueueConnectionError):
+    """The Redis address cannot be read: waiting does not help."""
+
+
 class PayloadVerificationError(FtqueueError):
     """A payload's signature did not verify; it was not unpickled."""
 

@@ -47,7 +47,14 @@ class Relays:
                 handle.interrupted_at = now
                 handle.tell(Timeout(handle.running))
             elif handle.interrupted_at and now - handle.interrupted_at > self.timeout_grace_s:
-                handle.kill(KillReason.TIMEOUT, f"task {handle.running} ignored its timeout")
+                # As for a force cancel: the worker may have ended that task and started
+                # the next since we last read its pipe; only that attempt dies.
+                task_id = handle.running
+                handle.catch_up()
+                if handle.running == task_id:
+                    handle.kill(KillReason.TIMEOUT, f"task {task_id} ignored its timeout")
+                else:
+                    handle.thaw()
 
     def timeout_outcome(self, handle: WorkerHandle) -> Outcome:
         """The outcome of a task whose worker was killed for ignoring its timeout."""

@@ -134,16 +134,20 @@ class WorkerHandle:
             self.process.send_signal(signal.SIGSTOP)
         except ProcessLookupError:
             return []
-        deadline = time.monotonic() + FREEZE_WAIT_S
-        while time.monotonic() < deadline and not _stopped(self.pid):
-            time.sleep(0.0005)
-        data = b""
         try:
-            while chunk := os.read(self.control, 65536):
-                data += chunk
-        except OSError:
-            pass
-        return self.feed(data)
+            deadline = time.monotonic() + FREEZE_WAIT_S
+            while time.monotonic() < deadline and not _stopped(self.pid):
+                time.sleep(0.0005)
+            data = b""
+            try:
+                while chunk := os.read(self.control, 65536):
+                    data += chunk
+            except OSError:
+                pass
+            return self.feed(data)
+        except BaseException:
+            self.thaw()        # a signal to the node (Ctrl-C) must not leave it frozen
+            raise
 
     def thaw(self) -> None:
         try:

@@ -13,7 +13,7 @@ from redis.cluster import ClusterNode
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..exceptions import CredentialsRefusedError, FtqueueConnectionError
+from ..exceptions import CredentialsRefusedError, FtqueueConnectionError, InvalidAddressError
 from ..settings import Settings
 from .cluster import Client
 from .errors import is_transient
@@ -134,7 +134,7 @@ def connect(address: str, *, check: bool = True,
                 options.update(tls_options(Settings.from_env()))
             client = redis.Redis.from_url(address, **options)
     except ValueError as e:
-        raise FtqueueConnectionError(f"invalid Redis address {redact(address)}: {e}") from None
+        raise InvalidAddressError(f"invalid Redis address {redact(address)}: {e}") from None
     except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
         # redis-py's cluster client loads the map of the slots when it is made.
         if isinstance(e.__cause__, redis.AuthenticationError):

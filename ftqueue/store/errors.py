@@ -19,7 +19,12 @@ import re
 
 import redis
 
-from ..exceptions import CredentialsRefusedError, FtqueueConnectionError, FtqueueError
+from ..exceptions import (
+    CredentialsRefusedError,
+    FtqueueConnectionError,
+    FtqueueError,
+    InvalidAddressError,
+)
 
 
 class ReplicaWaitTimeout(FtqueueError):
@@ -58,7 +63,7 @@ def _code(e: BaseException) -> str:
 def is_unreachable(e: BaseException) -> bool:
     """The connection failed or timed out (credentials refused are not this)."""
     if isinstance(e, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
-                      CredentialsRefusedError)):
+                      CredentialsRefusedError, InvalidAddressError)):
         return False
     return isinstance(e, (redis.ConnectionError, redis.TimeoutError, FtqueueConnectionError)) \
         or (_cluster_says(e, _CLUSTER_UNREACHABLE)

@@ -413,8 +413,18 @@ except ConnectionError as e:
     print(type(e).__name__, e)
 print(ftqueue.is_initialized())
 """], capture_output=True, text=True, env=child_env(), timeout=60)
-    assert result.stdout.startswith("FtqueueConnectionError invalid Redis address")
+    # A subclass of FtqueueConnectionError that no wait can mend.
+    assert result.stdout.startswith("InvalidAddressError invalid Redis address")
     assert result.stdout.split()[-1] == "False"
+
+
+def test_28_a_node_given_an_invalid_address_fails_at_once():
+    # A node waits for a Redis that is not up yet (FTQUEUE_STARTUP_WAIT_S), not for a typo.
+    result = subprocess.run([sys.executable, "-m", "ftqueue", "worker", "--address",
+                             "redis://127.0.0.1:notaport"], capture_output=True, text=True,
+                            env=child_env(FTQUEUE_STARTUP_WAIT_S="300"), timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "invalid Redis address" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("args, code", [
