@@ -106,6 +106,9 @@ class TaskRunner:
         self.current = ""
         self.interruptible = False
         self.cancelled: set[str] = set()
+        # Called as a started task's body is over, before its output is shipped (a write
+        # that can wait on Redis): the worker tells its supervisor then if it is stopping.
+        self.on_body_end: Callable[[], None] = lambda: None
         # An `async def` task runs in its own event loop: an interrupt cancels its asyncio
         # task (it sees CancelledError) instead of being raised into the loop's machinery.
         self._async: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
@@ -148,6 +151,7 @@ class TaskRunner:
             return self._execute(task)
         finally:
             self.current = ""
+            self.on_body_end()
             signals.restore()     # a request that waited behind a blocked signal lands here
             if self.output is not None:
                 self.output.finish()

@@ -53,6 +53,10 @@ class Worker:
                                      on_stalled=lambda: self.tell(protocol.Ended()))
         self.runner = TaskRunner(store, node_id, worker_id, self.tell,
                                  settings.result_ttl_s, rebuild, settings.import_allow)
+        # Stopping, a worker says at once that a task's body is over: the node's grace
+        # period may run out while its output and outcome wait on a frozen Redis, and a
+        # worker still seen running then is killed, handing the finished task back.
+        self.runner.on_body_end = self._say_body_ended
         self.local: deque[Claimed] = deque()
         self.claimed_at = 0.0
         self.inbox_fd = inbox_fd
@@ -136,6 +140,10 @@ class Worker:
                         "this worker", self.pid)
             return self.leave(EXIT_RECYCLE)
         return None
+
+    def _say_body_ended(self) -> None:
+        if self.stopping:
+            self.tell(protocol.Ended())
 
     def over_memory(self) -> bool:
         limit = self.settings.max_memory_per_worker_bytes

@@ -89,3 +89,47 @@ def test_redis_frozen_longer_than_the_lease_fails_and_reruns_nothing(own_redis, 
             sweeper.stop()
         ftqueue.shutdown()
         node.stop()
+
+
+@ftqueue.remote(max_retries=1)
+def waits_for(path, flag):
+    with open(path, "a") as f:
+        f.write("run\n")
+    while not os.path.exists(flag):
+        time.sleep(0.02)
+    print("finished")     # shipped as the body ends: a write that waits on Redis
+    return "done"
+
+
+def test_a_node_stopping_while_redis_is_frozen_keeps_an_outcome_it_could_not_commit(
+        own_redis, tmp_path):
+    """SIGTERM, then the task ends while Redis is frozen: its commit waits on a socket that
+    does not answer, past the grace period. The worker said its body ended, so the node
+    waits for Redis rather than kill it (which would hand the finished task back)."""
+    path, flag = tmp_path / "runs", tmp_path / "go"
+    node = NodeProcess(own_redis.address, 1, "--lease-timeout", "10", "--grace-period", "1")
+    second = None
+    ftqueue.init(address=own_redis.address)
+    try:
+        node.wait_workers(1)
+        ref = waits_for.remote(str(path), str(flag))
+        wait_until(lambda: runs(path) == 1, 30, "the task to start")
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        node.process.send_signal(signal.SIGTERM)     # what `docker stop` sends
+        time.sleep(0.3)
+        flag.write_text("go")
+        time.sleep(2.5)                   # the grace period runs out while Redis is frozen
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        node.process.wait(20)
+        second = NodeProcess(own_redis.address, 1)   # would run a handed-back task again
+        assert ftqueue.get(ref, timeout=10) == "done"
+        time.sleep(1.0)
+        assert runs(path) == 1, node.output()
+        rows = ftqueue.state.get_task(ref.hex())
+        assert [r["state"] for r in rows] == ["FINISHED"]
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        ftqueue.shutdown()
+        node.stop()
+        if second is not None:
+            second.stop()
