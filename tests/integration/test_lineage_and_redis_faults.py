@@ -271,3 +271,49 @@ def test_redis_away_for_a_while_nothing_crashes(own_redis):
         os.kill(server.process.pid, signal.SIGCONT)
         ftqueue.shutdown()
         node.stop()
+
+
+@ftqueue.remote(max_retries=-1)
+def stamped(path):
+    """Returns which attempt ran it: (pid, start time)."""
+    started = time.time()
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()} {started}\n")
+    time.sleep(1.0)
+    return os.getpid(), started
+
+
+def test_old_epoch_commit_is_fenced_after_redis_lost_its_data(own_redis, tmp_path):
+    """A worker that finished while Redis was down holds its outcome; Redis comes back empty
+    and the driver submits the task again, which another worker claims. The held commit
+    (a lease of the old epoch) must be fenced, not taken for the new attempt's (fences
+    started at 0 for every task, so both attempts had fence 1)."""
+    server = own_redis(appendonly=False)
+    node = NodeProcess(server.address, 2, "--lease-timeout", "5")
+    ledger = str(tmp_path / "ledger")
+    ftqueue.init(address=server.address)
+    old = 0
+    try:
+        node.wait_workers(2)
+        ref = stamped.remote(ledger)
+        wait_until(lambda: os.path.exists(ledger), 20, "the task to start")
+        server.kill()
+        time.sleep(1.5)                                 # it finishes: the outcome is held
+        old = int(open(ledger).read().split()[0])
+        os.kill(old, signal.SIGSTOP)                    # its commit comes late
+        restarted = time.time()
+        server.restart(empty=True)
+        wait_until(lambda: len(open(ledger).read().splitlines()) == 2, 20,
+                   "the task submitted again to start")
+        time.sleep(0.1)
+        os.kill(old, signal.SIGCONT)
+        pid, started = ftqueue.get(ref, timeout=30)
+        assert started > restarted and pid != old, "a commit of the old epoch was accepted"
+    finally:
+        if old:
+            try:
+                os.kill(old, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        ftqueue.shutdown()
+        node.stop()

@@ -15,7 +15,9 @@ def test_submit_claim_commit(env):
     assert submit(store, "a1") == 0  # idempotent
     assert state(client, "a1") == "PENDING_NODE_ASSIGNMENT"
     (task,) = claim(store)
-    assert (task.task_id, task.fence, task.attempt, task.args_blob) == ("a1", "1", 0, b"args")
+    # Fences count up from the creation time, so a task created again never reuses one.
+    fence = str(int(client.hget("ftq:task:a1", "created_ms")) + 1)
+    assert (task.task_id, task.fence, task.attempt, task.args_blob) == ("a1", fence, 0, b"args")
     assert state(client, "a1") == "RUNNING"
     assert client.zscore("ftq:leases", "a1") == clock.now_ms + LEASE_MS
     assert store.commit([("a1", task.fence, "ok", b"Vresult", False, "")]) == ["finished"]

@@ -753,7 +753,10 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
     flat[#flat + 1] = key
     flat[#flat + 1] = value
   end
-  redis.call('HSET', tkey, 'attempt', 0, 'retries', 0, 'fence', 0, 'queue', queue,
+  -- Fences start at the creation time (ms), not 0: after Redis lost its data a task
+  -- submitted again is created later, so a lease of the old epoch (whose worker may
+  -- still hold an outcome) cannot match the fence of a new attempt.
+  redis.call('HSET', tkey, 'attempt', 0, 'retries', 0, 'fence', NOW, 'queue', queue,
              'created_ms', NOW, unpack(flat))
   redis.call('SET', akey, blob)
   redis.call('ZADD', K.task_index, NOW, id)
