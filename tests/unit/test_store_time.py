@@ -272,6 +272,11 @@ def claim_one(store, worker: str = "w1", n: int = 1) -> list[str]:
     return [t.task_id for t in tasks]
 
 
+def fence(store, task_id: str) -> str:
+    """The fencing token of the task's current claim (fences count up from its creation)."""
+    return store.redis.hget(f"ftq:task:{task_id}", "fence").decode()
+
+
 def running(client, key: str = "A") -> set[str]:
     return {m.decode() for m in client.smembers(f"ftq:limit:running:{key}")}
 
@@ -289,7 +294,7 @@ def test_max_concurrency_holds_tasks_back_without_blocking_the_queue(env):
     assert StateReader(store).queue_depths() == {"default": 0}
     assert claim_one(store, "w4") == []
     # A commit frees a slot: the oldest held task goes back to its queue's front.
-    store.commit([("a0", "1", "ok", b"V", False, "")])
+    store.commit([("a0", fence(store, "a0"), "ok", b"V", False, "")])
     assert claim_one(store, "w4") == ["a2"]
     assert claim_one(store, "w5") == []
     # A crashed worker's slot is released with its lease; its retry runs first.
@@ -299,7 +304,7 @@ def test_max_concurrency_holds_tasks_back_without_blocking_the_queue(env):
     assert claim_one(store, "w5") == ["a1"]
     assert claim_one(store, "w6") == []
     assert running(client) == {"a2", "a1"}
-    store.commit([("a2", "1", "ok", b"V", False, "")])
+    store.commit([("a2", fence(store, "a2"), "ok", b"V", False, "")])
     assert claim_one(store, "w6") == ["a3"]
 
 
@@ -315,14 +320,14 @@ def test_a_task_blocked_in_get_lends_its_slot_and_never_leaks_it(env):
     assert claim_one(store, "w2") == ["a1"]
     assert store.lend("a0", False) == "taken back"        # over the limit for a moment
     assert running(client) == {"a0", "a1"}
-    store.commit([("a1", "1", "ok", b"V", False, "")])
+    store.commit([("a1", fence(store, "a1"), "ok", b"V", False, "")])
     assert claim_one(store, "w2") == []                   # a0 still holds its slot
     # Lent again, then cancelled by force while lent: a late take-back holds nothing.
     assert store.lend("a0", True) == "lent"
     assert claim_one(store, "w2") == ["a2"]
     store.cancel("a0", True, True)
     assert store.lend("a0", False) == "unchanged"
-    store.commit([("a2", "1", "ok", b"V", False, "")])
+    store.commit([("a2", fence(store, "a2"), "ok", b"V", False, "")])
     assert running(client) == set() and storekit.field(client, "a0", "limit_lent") is None
 
 
@@ -345,7 +350,7 @@ def test_cancelling_held_tasks_never_strands_the_rest(env):
         limited(store, f"a{i}", max_concurrency="1")
     assert claim_one(store) == ["a0"]
     assert claim_one(store) == []
-    store.commit([("a0", "1", "ok", b"V", False, "")])   # a1 woken into the queue
+    store.commit([("a0", fence(store, "a0"), "ok", b"V", False, "")])   # a1 woken into the queue
     assert store.cancel("a1", False, True) == [("a1", "cancelled")]   # a2 woken now
     assert claim_one(store) == ["a2"]
     assert client.llen("ftq:limit:waiting:A") == 0
@@ -360,7 +365,7 @@ def test_max_rate_is_a_sliding_window_and_over_rate_tasks_wait_delayed(env):
     for _ in range(40):
         while got := claim_one(store):
             started[got[0]] = clock.now_ms - t0
-            store.commit([(got[0], "1", "ok", b"V", False, "")])
+            store.commit([(got[0], fence(store, got[0]), "ok", b"V", False, "")])
         clock.advance(0.1)
     assert sorted(started.values()) == [0, 0, 0, 1000, 1000, 1000, 2000]
     assert client.zcard("ftq:delayed:default") == 0
@@ -421,7 +426,7 @@ def test_reservations_started_late_do_not_make_a_burst(env):
     def drain():
         while got := claim_one(store):
             started[got[0]] = clock.now_ms - t0
-            store.commit([(got[0], "1", "ok", b"V", False, "")])
+            store.commit([(got[0], fence(store, got[0]), "ok", b"V", False, "")])
 
     drain()                   # a0, a1 start; a2..a5 reserved at +1 s and +2 s
     clock.advance(2.5)        # every worker was busy meanwhile
