@@ -47,14 +47,8 @@ class Relays:
                 handle.interrupted_at = now
                 handle.tell(Timeout(handle.running))
             elif handle.interrupted_at and now - handle.interrupted_at > self.timeout_grace_s:
-                # As for a force cancel: the worker may have ended that task and started
-                # the next since we last read its pipe; only that attempt dies.
-                task_id = handle.running
-                handle.catch_up()
-                if handle.running == task_id:
-                    handle.kill(KillReason.TIMEOUT, f"task {task_id} ignored its timeout")
-                else:
-                    handle.thaw()
+                handle.kill_attempt(handle.running, KillReason.TIMEOUT,
+                                    f"task {handle.running} ignored its timeout")
 
     def timeout_outcome(self, handle: WorkerHandle) -> Outcome:
         """The outcome of a task whose worker was killed for ignoring its timeout."""
@@ -80,15 +74,10 @@ def relay_cancel(handles: list[WorkerHandle], request: CancelRequest) -> bool:
         handle.tell(Cancel(task_id))
         return True
     if request.forced:
-        # Only that attempt dies: the worker may have ended it and started the next task
-        # since we last read its pipe, so it is frozen and heard out before the kill.
-        handle.catch_up()
-        if handle.running != task_id:
-            handle.thaw()
-            if task_id in handle.held:
-                handle.tell(Cancel(task_id))
-            return True
-        handle.kill(KillReason.CANCEL, f"task {task_id} was cancelled with force=True")
+        if not handle.kill_attempt(task_id, KillReason.CANCEL,
+                                   f"task {task_id} was cancelled with force=True") \
+                and task_id in handle.held:
+            handle.tell(Cancel(task_id))
     elif not request.number or request.number > handle.cancels_told:
         handle.tell(Cancel(task_id))
         handle.cancels_told = max(handle.cancels_told, request.number)

@@ -21,7 +21,7 @@ from .exceptions import FtqueueError, PayloadVerificationError, TaskCancelledErr
 from .functions import FunctionCache
 from .output import OutputCapture
 from .policy import exception_is_retryable
-from .spec import TERMINAL_STATES, ArgRef, Outcome, item_id
+from .spec import ArgRef, Outcome, item_id
 from .store import Claimed, Store, describe, retry_across_outage
 
 log = logging.getLogger("ftqueue.worker")
@@ -326,8 +326,7 @@ class TaskRunner:
         results = {}
         for object_id, (record, blob) in zip(ids, retry_across_outage(
                 lambda: self.store.outcomes(ids))):
-            if blob is None and record and (record.get("state") == "FINISHED"
-                                            or record.get("state") not in TERMINAL_STATES):
+            if blob is None and record and record.get("state") != "FAILED":
                 # Lost (FINISHED, no result), or being rebuilt already because another
                 # reader found it lost first (not final again): wait for its new value.
                 results[object_id] = self._rebuilt(object_id)

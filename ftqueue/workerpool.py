@@ -125,6 +125,17 @@ class WorkerHandle:
             except psutil.Error:
                 pass
 
+    def kill_attempt(self, task_id: str, reason: KillReason, detail: str) -> bool:
+        """Kill the worker if it still runs `task_id`: it may have ended that task and
+        started the next since we last read its pipe, so it is frozen and heard out first,
+        and only that attempt dies. False (thawed, alive): it had moved on."""
+        self.catch_up()
+        if self.running == task_id:
+            self.kill(reason, detail)
+            return True
+        self.thaw()
+        return False
+
     def catch_up(self) -> list[float]:
         """Freeze the worker and read all it said: what it runs is then known, not guessed
         from lines still in its pipe (it may have ended one task and started the next since
