@@ -32,6 +32,8 @@ class CancelListener:
         self._popped: queue.SimpleQueue[CancelRequest] = queue.SimpleQueue()
         self._once = LogOnce(log)
         self._thread: threading.Thread | None = None
+        self._live_threads = 0
+        self._lock = threading.Lock()
         # Workers never inherit these: os.pipe's descriptors are close-on-exec, and workers
         # are started by fork+exec with close_fds (only their own pipes are passed).
         self.wake_fd, self._wake_w = os.pipe()
@@ -45,9 +47,15 @@ class CancelListener:
             self._listening.clear()
             return
         if self._thread is None:       # started at first need: an idle node never runs it
-            self._thread = threading.Thread(target=self._run, name="ftqueue-cancels",
-                                            daemon=True)
-            self._thread.start()
+            # Partitioned (partitions.py), a cancel is relayed to the node's list in the
+            # task's partition, and a blocking pop waits on one: a thread for each.
+            count = self._store.partition_count
+            self._live_threads = count
+            for part in range(count):
+                self._thread = threading.Thread(
+                    target=self._run, args=(part,), daemon=True,
+                    name="ftqueue-cancels" + (f"-{part}" if part else ""))
+                self._thread.start()
         self._listening.set()
 
     def take(self) -> list[CancelRequest]:
@@ -76,7 +84,7 @@ class CancelListener:
             os.close(self._wake_w)
             self._wake_w = -1
 
-    def _run(self) -> None:
+    def _run(self, part: int) -> None:
         failures = 0
         try:
             while True:
@@ -84,7 +92,7 @@ class CancelListener:
                 if self._stopped.is_set():
                     return
                 try:
-                    popped = self._store.wait_cancel_request(self._node_id, WAIT_S)
+                    popped = self._store.wait_cancel_request(self._node_id, WAIT_S, part)
                 except Exception as e:  # noqa: BLE001 - no Redis error may end the thread
                     if self._stopped.is_set():
                         return      # its connection was closed by shutdown()
@@ -97,7 +105,10 @@ class CancelListener:
                 if popped:
                     self._hand_over(popped)
         finally:
-            os.close(self._wake_w)
+            with self._lock:
+                self._live_threads -= 1
+                if self._live_threads == 0:
+                    os.close(self._wake_w)
 
     def _failed(self, e: Exception) -> None:
         # Redis away or not serving is the loop's to report (its duties fail too); a lost

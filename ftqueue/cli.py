@@ -592,7 +592,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not rows:
         raise FtqueueError(f"task {args.id} not found")
     attempt = rows[-1]["attempt_number"] if args.attempt is None else args.attempt
-    text = reader.store.redis.get(reader.keys.log(args.id, attempt))
+    text = reader.store.redis.get(reader.store.keys_for(args.id).log(args.id, attempt))
     if text is None:
         if not any(r["attempt_number"] == attempt for r in rows):
             raise FtqueueError(f"task {args.id} has no attempt {attempt}")

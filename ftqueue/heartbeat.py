@@ -13,8 +13,9 @@ from typing import Iterable, Mapping
 from redis.typing import EncodableT, FieldT
 
 from . import resources
+from .keys import Keys
 from .settings import DEAD_WORKER_TTL_S, NodeSettings
-from .store import Store, as_text, redact
+from .store import Store, redact
 from .store.store import CancelRequest
 from .watchdog import rss_of
 from .workerpool import WorkerHandle
@@ -31,7 +32,6 @@ class NodeRecord:
     def __init__(self, store: Store, node_id: str, settings: NodeSettings,
                  index_ttl_ms: int) -> None:
         self.store = store
-        self.keys = store.keys
         self.node_id = node_id
         self.settings = settings
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
@@ -43,15 +43,26 @@ class NodeRecord:
         # the record keeps (publish_workers).
         self._published: dict[str, tuple[tuple[object, ...], float, int]] = {}
 
+    @property
+    def keys(self) -> Keys:
+        """Where the node's listing entry and its workers' records live: the namespace's
+        keys, or partitioned, the first partition's (whose sweep forgets them)."""
+        return self.store.parts[0]
+
     def register(self) -> None:
-        self.store.redis.hset(self.keys.node(self.node_id), mapping={
+        """The node's record, in every partition (each one's scripts read it there)."""
+        record: Mapping[str, object] = {
             "node_id": self.node_id, "host": socket.gethostname(), "pid": os.getpid(),
             "num_workers": self.settings.num_workers, "queues": ",".join(self.settings.queues),
             "started_ms": self.store.clock_ms(), "state": "ALIVE",
             "lease_timeout_s": self.settings.lease_timeout_s,
             "resources": json.dumps(dict(self.settings.resources)),
             "gpu_ids": ",".join(self.settings.gpu_ids),
-        })
+        }
+        pipe = self.store.redis.pipeline(transaction=False)
+        for keys in self.store.parts:
+            pipe.hset(keys.node(self.node_id), mapping=record)  # type: ignore[arg-type]
+        pipe.execute()
         self.offer_resources()
         self.store.redis.zadd(self.keys.node_index, {self.node_id: self.store.clock_ms()})
         self.epoch = self.store.ensure_epoch()
@@ -62,21 +73,25 @@ class NodeRecord:
         free: dict[FieldT, EncodableT] = {name: units for name, units in self.settings.resources}
         per_gpu = resources.UNIT
         free.update({f"gpu:{gpu}": per_gpu for gpu in self.settings.gpu_ids})
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.delete(self.keys.node_free(self.node_id))
-        if free:
-            pipe.hset(self.keys.node_free(self.node_id), mapping=free)
-        pipe.execute()
+        # Partitioned, each partition has the whole of it: a node runs at most one task per
+        # worker, and starts no more workers than it has CPUs (supervisor.py), so the
+        # partitions' shares of one node never add up past it.
+        for keys in self.store.parts:
+            pipe = self.store.redis.pipeline(transaction=True)
+            pipe.delete(keys.node_free(self.node_id))
+            if free:
+                pipe.hset(keys.node_free(self.node_id), mapping=free)
+            pipe.execute()
 
     def deregister(self) -> None:
         self.store.deregister(self.node_id)
 
     def redis_was_reset(self) -> bool:
         """Redis lost its data since we registered (a new epoch)."""
-        current = self.store.redis.get(self.keys.epoch)
+        current = self.store.current_epoch()
         if current is None:
             return self.store.ensure_epoch() != self.epoch
-        return as_text(current) != self.epoch
+        return current != self.epoch
 
     def renew(self, running: Iterable[str], held: Iterable[str],
               running_by: Iterable[str] = ()) -> tuple[list[str], list[CancelRequest]]:

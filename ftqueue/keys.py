@@ -34,6 +34,8 @@ SINGLE: dict[str, str] = {
     "spread": "spread",
     "limit_keys": "limit_keys",
     "schedules": "schedules",
+    "partitions": "partitions",
+    "outbox": "outbox",
 }
 
 # Keys of which there is one per id: method name -> segment; the key is
@@ -91,10 +93,16 @@ class Keys:
     """Key names for one namespace (the prefix of every key); with `hash_tag` (a Redis
     Cluster) the prefix is `{<namespace>}`, one hash slot for the whole namespace."""
 
-    def __init__(self, namespace: str = DEFAULT_NAMESPACE, *, hash_tag: bool = False) -> None:
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE, *, hash_tag: bool = False,
+                 tag: str | None = None) -> None:
+        """`tag`: one partition of a partitioned namespace (partitions.py), whose prefix is
+        that hash tag, `{<namespace>.<k>}`, on a Redis Cluster and on a single Redis alike."""
         if not namespace or any(c in namespace for c in " \n\r\t*?[]{}"):
             raise ValueError(f"invalid namespace {namespace!r}")
-        self.prefix = f"{{{namespace}}}" if hash_tag else namespace
+        if tag is not None:
+            self.prefix = f"{{{tag}}}"
+        else:
+            self.prefix = f"{{{namespace}}}" if hash_tag else namespace
 
     def _single(self, name: str) -> str:
         return f"{self.prefix}:{SINGLE[name]}"
@@ -278,6 +286,16 @@ class Keys:
     def limit_keys(self) -> str:
         """Every limit key that held a task back (for `ftqueue status` and purge)."""
         return self._single("limit_keys")
+
+    @property
+    def partitions(self) -> str:
+        """How many partitions the namespace has (only at the namespace's own prefix)."""
+        return self._single("partitions")
+
+    @property
+    def outbox(self) -> str:
+        """Ends of tasks that other partitions wait for, to be applied there (partitions.py)."""
+        return self._single("outbox")
 
     @property
     def corrupt(self) -> str:

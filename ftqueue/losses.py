@@ -37,10 +37,10 @@ def report_losses(store: Store, node_id: str, losses: list[Loss]) -> None:
         store.worker_lost(node_id, loss.worker_id, loss.in_flight, loss.error_type,
                           loss.message, loss.charged)
         pipe = store.redis.pipeline(transaction=False)
-        pipe.hset(store.keys.worker(loss.worker_id), mapping={
+        pipe.hset(store.parts[0].worker(loss.worker_id), mapping={
             "state": "DEAD", "exit": loss.exit_text, "current_task": "",
             "end_ms": store.clock_ms()})
-        pipe.expire(store.keys.worker(loss.worker_id), DEAD_WORKER_TTL_S)
+        pipe.expire(store.parts[0].worker(loss.worker_id), DEAD_WORKER_TTL_S)
         pipe.execute()
         losses.pop(0)
 

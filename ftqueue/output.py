@@ -143,7 +143,7 @@ class OutputCapture:
         data = stored.encode(errors="replace")
         pipe = self.store.redis.pipeline(transaction=False)
         if data:
-            key = self.keys.log(task_id, attempt)
+            key = self.store.keys_for(task_id).log(task_id, attempt)
             # SETRANGE at a known offset, not APPEND: a command sent twice (redis-py's
             # cluster pipeline sends again after a connection error) writes the same bytes.
             pipe.setrange(key, offset, data)

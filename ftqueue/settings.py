@@ -151,6 +151,7 @@ class Settings:
     durability: str = "async"                # or "replicated": WAIT 1 after each write step
     replica_timeout_s: float = DEFAULT_REPLICA_TIMEOUT_S
     dashboard_token: str | None = None       # the dashboard's login and bearer token
+    partitions: int = 0                      # 0: as the namespace has them (1 for a new one)
 
     @property
     def replicated(self) -> bool:
@@ -191,7 +192,7 @@ ENV: dict[str, str] = {
     "tls_cert_file": "FTQUEUE_TLS_CERT_FILE", "tls_key_file": "FTQUEUE_TLS_KEY_FILE",
     "redis_server": "FTQUEUE_REDIS_SERVER",
     "durability": "FTQUEUE_DURABILITY", "replica_timeout_s": "FTQUEUE_REPLICA_TIMEOUT_S",
-    "dashboard_token": "FTQUEUE_DASHBOARD_TOKEN",
+    "dashboard_token": "FTQUEUE_DASHBOARD_TOKEN", "partitions": "FTQUEUE_PARTITIONS",
 }
 # Read where they are used, at each use, on purpose: keys can be rotated without restarts.
 SECRET_ENV = ("FTQUEUE_SECRET", "FTQUEUE_SECRET_FILE", "FTQUEUE_OLD_SECRETS",

@@ -19,8 +19,9 @@ import subprocess
 import time
 from typing import Any, Callable
 
-from . import policy, schedules
+from . import policy, resources, schedules
 from .cancel_listener import CancelListener
+from .exceptions import FtqueueError
 from .heartbeat import NodeRecord
 from .logs import LogOnce
 from .losses import Loss, describe_exit, report_losses
@@ -126,9 +127,21 @@ class Supervisor:
         for handle in self.workers.values():
             handle.ask_to_stop()
 
+    def _check_partitioned(self) -> None:
+        """A partitioned namespace counts a node's resources in each partition on its own
+        (heartbeat.py offer_resources): only one task per CPU keeps them apart."""
+        if self.store.partition_count == 1:
+            return
+        cpus = dict(self.settings.resources).get("CPU", 0) / resources.UNIT
+        if self.settings.num_workers > cpus:
+            raise FtqueueError(
+                f"{self.settings.num_workers} workers on {cpus:g} CPUs: on a partitioned "
+                "namespace (FTQUEUE_PARTITIONS > 1) a node runs at most one worker per CPU")
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        self._check_partitioned()
         self._run_duty("register", self.record.register)
         for _ in range(self.settings.num_workers):
             self.spawn()

@@ -62,7 +62,8 @@ class Client:
             raise FtqueueConnectionError(f"cannot start a session on Redis: {describe(e)}") \
                 from None
         env = Settings.from_env()
-        self.origin = Origin(self.job_id, self.notify_key, env.result_ttl_s, env.lineage_ttl_s)
+        self.origin = Origin(self.job_id, self.notify_key, env.result_ttl_s, env.lineage_ttl_s,
+                             self.store.partition_count)
         self.lease_timeout_ms = int(env.lease_timeout_s * 1000)
         self.on_block: Callable[[bool], None] | None = None
         self._closing = False

@@ -83,45 +83,53 @@ class CompletionRouter:
         self._waiting: list[Waiting] = []
         self._broken = False
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ftqueue-listener", daemon=True)
-        self._thread.start()
+        # Partitioned (partitions.py), each partition notifies the client's list there, and
+        # a blocking pop waits on one partition: one listener for each.
+        for part, key in enumerate(self.store.notify_keys(self.notify_key)):
+            thread = threading.Thread(target=self._run, args=(key, part == 0), daemon=True,
+                                      name="ftqueue-listener" + (f"-{part}" if part else ""))
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self, join_s: float) -> None:
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=join_s)
+        deadline = time.monotonic() + join_s
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # -- the listener ----------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, key: str, duties: bool) -> None:
         failures = 0
         while not self._stop.is_set():
-            if self.listen_step(LISTEN_WAIT_S):
+            if self.listen_step(LISTEN_WAIT_S, key, duties):
                 failures = 0
             else:
                 self._stop.wait(backoff(failures))
                 failures += 1
 
-    def listen_step(self, timeout_s: float) -> bool:
-        """Pop what arrived (waiting up to timeout_s for the first notice) and deliver it;
-        False if Redis was unavailable."""
+    def listen_step(self, timeout_s: float, key: str | None = None, duties: bool = True) -> bool:
+        """Pop what arrived at `key` (the notify key by default), waiting up to timeout_s for
+        the first notice, and deliver it; False if Redis was unavailable. With `duties`,
+        this listener also runs the client's periodic duties and its reconnect."""
         try:
-            items = self.store.pop_notifications(self.notify_key, timeout_s=timeout_s)
+            items = self.store.pop_notifications(key or self.notify_key, timeout_s=timeout_s)
         except Exception as e:  # noqa: BLE001 - keep listening across Redis outages
             if not self._broken and not self._stop.is_set():
                 log.info("ftqueue: lost Redis while listening for completions: %s",
                          describe(e))
             self._broken = True
             return False
-        if self._broken:
+        if self._broken and duties:
             self._broken = False
             log.info("ftqueue: Redis is back")
             self._on_reconnect()
         self.deliver(items)
-        if not items and self.has_waiters():   # someone has waited a while for nothing
+        if duties and not items and self.has_waiters():   # someone waited a while for nothing
             self._on_tick()
         return True
 

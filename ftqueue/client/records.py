@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import payload
+from .. import partitions, payload
 from ..context import current_task
 from ..keys import DEFAULT_SHAPE
 from ..policy import timeout_is_retryable
-from ..spec import ResolvedOptions, new_id, parse_rate
+from ..spec import ObjectRef, ResolvedOptions, new_id, parse_rate
 
 StoreTask = tuple[str, str, bytes, list[str], dict[str, str]]   # what Store.submit takes
 
@@ -40,6 +40,7 @@ class Origin:
     notify_key: str
     result_ttl_s: int
     lineage_ttl_s: int
+    partitions: int = 1      # of the namespace: a task is placed beside what it needs
 
 
 def time_fields(options: ResolvedOptions) -> dict[str, str]:
@@ -76,13 +77,50 @@ def _printable(name: str) -> str:
     return "".join(c if c.isprintable() and not c.isspace() else "_" for c in name)
 
 
+def _check_partitioned(options: ResolvedOptions) -> None:
+    """What a partitioned namespace cannot do yet (docs/design.md, "Partitions")."""
+    if options.shape != DEFAULT_SHAPE:
+        raise ValueError(
+            f"resources other than one CPU ({options.shape}) are not supported on a "
+            "partitioned namespace yet (FTQUEUE_PARTITIONS > 1): a node's resources are "
+            "counted per partition")
+    if options.task_id and options.limit_key:
+        raise ValueError(
+            "task_id= with limit_key= is not supported on a partitioned namespace "
+            "(FTQUEUE_PARTITIONS > 1): a limited task must be placed beside its limit key")
+
+
+def _new_task_id(count: int, parent: Any, options: ResolvedOptions, args: Sequence[Any],
+                 kwargs: dict[str, Any]) -> str:
+    """A new id; partitioned, in the partition of what the task needs beside it in one
+    script (docs/design.md, "Partitions"): its parent (recursive cancel), its limit key
+    (admission), else its first dependency."""
+    if count <= 1:
+        return new_id()
+    anchor = ""
+    if parent is not None:
+        anchor = parent.task_id
+    elif options.limit_key:
+        anchor = options.limit_key
+    else:
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, ObjectRef):
+                anchor = value.task_id()
+                break
+    if not anchor:
+        return new_id()
+    return partitions.draw_id(partitions.partition_of(anchor, count), count)
+
+
 def build_submission(fn_ref: str, func_name: str, options: ResolvedOptions,
                      args: Sequence[Any], kwargs: dict[str, Any], origin: Origin,
                      function: str | None) -> Submission:
     """The task's record fields, then its arguments pickled and sealed for it."""
-    task_id = options.task_id or new_id()
     func_name = _printable(func_name)
     parent = current_task()
+    if origin.partitions > 1:
+        _check_partitioned(options)
+    task_id = options.task_id or _new_task_id(origin.partitions, parent, options, args, kwargs)
     fields = {
         "name": options.name or func_name, "func": func_name, "fn": fn_ref,
         "job_id": parent.job_id if parent else origin.job_id,

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
+from .. import partitions, settings
 from .. import resources as amounts
-from .. import settings
 from ..keys import DEFAULT_SHAPE, PER_ID, SINGLE, Keys
 
 # The served clock (docs/design.md): a gap longer than this between two scripts that advance
@@ -54,12 +54,14 @@ LUA_CONSTANTS: dict[str, int] = {
     "RECONSTRUCT_DEPTH_MAX": RECONSTRUCT_DEPTH_MAX,
     "PROMOTE_BATCH": PROMOTE_BATCH,
     "HOLD_MAX": HOLD_MAX,
+    "MIRROR_TTL_S": settings.DEFAULT_LINEAGE_TTL_S,
 }
 
 LUA_STRINGS: dict[str, str] = {
     "DEFAULT_SHAPE": DEFAULT_SHAPE,
     "NO_DEMAND": amounts.NO_DEMAND,
     "BLOCKED_FLAG": amounts.BLOCKED_FLAG,
+    "MIRROR_PENDING": partitions.MIRROR_PENDING,
 }
 LUA_CONSTANTS["UNIT"] = amounts.UNIT
 
@@ -124,11 +126,19 @@ def _lua_literal(segment: str) -> str:
     return f"'{segment}'"
 
 
+# Keys of which a namespace (a partition) has one that helpers reach without the script
+# naming them in its header: `ks_<name>()`.
+RUNTIME_SINGLE = ("outbox",)
+
+
 def key_functions() -> str:
-    """`k_<name>(id)` for every per-id key of keys.py (P is the namespace, ARGV[1])."""
+    """`k_<name>(id)` for every per-id key of keys.py (P is the namespace, ARGV[1]), and
+    `ks_<name>()` for the keys of RUNTIME_SINGLE."""
     return "\n".join(
-        f"local function k_{name}(id) return P .. {_lua_literal(':' + segment + ':')} .. id end"
-        for name, segment in PER_ID.items())
+        [f"local function k_{name}(id) return P .. {_lua_literal(':' + segment + ':')} .. id end"
+         for name, segment in PER_ID.items()]
+        + [f"local function ks_{name}() return P .. {_lua_literal(':' + SINGLE[name])} end"
+           for name in RUNTIME_SINGLE])
 
 
 def prelude(fixed_keys: Sequence[FixedKey]) -> str:

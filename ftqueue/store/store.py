@@ -19,6 +19,8 @@ from typing import Any, Callable, NamedTuple
 
 import redis
 
+from .. import partitions
+from ..exceptions import FtqueueError
 from ..keys import DEFAULT_SHAPE, Keys, queue_slot
 from ..settings import DEFAULT_LINEAGE_TTL_S, Settings
 from ..spec import item_id, split_object_id
@@ -109,6 +111,10 @@ CORRUPT_RECORD = "CORRUPT_RECORD"
 _OUTCOME_FIELDS = ("state", "error_type", "error_message", "func", "node_id", "worker_id")
 
 
+class PartitionsMismatch(FtqueueError):
+    """FTQUEUE_PARTITIONS disagrees with the partitions the namespace was created with."""
+
+
 def _reply_or_raise(reply: Any) -> Any:
     if isinstance(reply, Exception):
         raise reply
@@ -120,20 +126,81 @@ class Store:
 
     def __init__(self, client: Client, namespace: str = "ftq",
                  clock_ms: Callable[[], int] | None = REDIS_CLOCK, *,
-                 replica_timeout_s: float | None = None) -> None:
+                 replica_timeout_s: float | None = None, partitions: int | None = None) -> None:
         """`replica_timeout_s`: wait that long for one replica after each replicated step
-        (None: as FTQUEUE_DURABILITY and FTQUEUE_REPLICA_TIMEOUT_S say; 0: never)."""
-        if replica_timeout_s is None:
+        (None: as FTQUEUE_DURABILITY and FTQUEUE_REPLICA_TIMEOUT_S say; 0: never).
+        `partitions`: how many the namespace must have (None: as FTQUEUE_PARTITIONS says;
+        0: as many as it has); read from Redis at the first call that needs them."""
+        if replica_timeout_s is None or partitions is None:
             settings = Settings.from_env()
-            replica_timeout_s = settings.replica_timeout_s if settings.replicated else 0.0
+            if replica_timeout_s is None:
+                replica_timeout_s = settings.replica_timeout_s if settings.replicated else 0.0
+            if partitions is None:
+                partitions = settings.partitions
         self.replica_timeout_ms = int(replica_timeout_s * 1000)
         self.redis = client
         self.cluster = is_cluster(client)
+        self.namespace = namespace
         self.keys = Keys(namespace, hash_tag=self.cluster)
+        self._wanted_partitions = partitions
+        self._parts: list[Keys] | None = None
+        self._claim_from = self._bell_from = 0
         self._script_clock = clock_ms
         self.clock_ms = clock_ms or wall_clock_ms   # for reads that show ages
         self._sha: dict[str, str] = {}
         self._local = threading.local()
+
+    # -- partitions (ftqueue/partitions.py) ---------------------------------------------------
+
+    @property
+    def parts(self) -> list[Keys]:
+        """The keys of each partition; one partition: the namespace's own keys."""
+        if self._parts is None:
+            self._parts = self._resolve_partitions()
+        return self._parts
+
+    @property
+    def partition_count(self) -> int:
+        return len(self.parts)
+
+    def _resolve_partitions(self) -> list[Keys]:
+        wanted = self._wanted_partitions
+        stored = self.redis.get(self.keys.partitions)
+        if stored is None:
+            self.redis.set(self.keys.partitions, partitions.check_count(wanted or 1), nx=True)
+            stored = self.redis.get(self.keys.partitions)
+        count = int(_s(stored or b"1"))
+        if wanted and wanted != count:
+            raise PartitionsMismatch(
+                f"namespace {self.namespace!r} has {count} partition(s), but "
+                f"FTQUEUE_PARTITIONS={wanted}: a namespace keeps the partitions it was created "
+                "with (unset FTQUEUE_PARTITIONS, or use another namespace)")
+        if count == 1:
+            return [self.keys]
+        return [Keys(self.namespace, tag=tag) for tag in partitions.tags(self.namespace, count)]
+
+    def part_of(self, ident: str) -> int:
+        """The partition of a task, object, function or schedule id."""
+        return partitions.partition_of(ident, self.partition_count)
+
+    def keys_for(self, ident: str) -> Keys:
+        """The keys of the partition `ident` lives in."""
+        parts = self.parts
+        return parts[0] if len(parts) == 1 else parts[partitions.partition_of(ident, len(parts))]
+
+    def notify_key_in(self, part: int, notify_key: str) -> str:
+        """A client's notification list (`keys.done(client)`) in partition `part`: every
+        partition notifies its own list of the client."""
+        if self.partition_count == 1 or not notify_key:
+            return notify_key
+        head, sep, client_id = notify_key.rpartition(":done:")
+        if not sep:
+            return notify_key
+        return self.parts[part].done(client_id)
+
+    def notify_keys(self, notify_key: str) -> list[str]:
+        """Every list a client listening on `notify_key` must pop: one per partition."""
+        return [self.notify_key_in(k, notify_key) for k in range(self.partition_count)]
 
     # -- scripts ---------------------------------------------------------------------------
 
@@ -143,12 +210,16 @@ class Store:
         return list(getattr(self._local, "last_corrupt", []))
 
     def _run(self, name: str, argv: Sequence[Any], extra_keys: Sequence[str] = (),
-             **key_params: str) -> Any:
+             part: int = 0, **key_params: str) -> Any:
         script = _SCRIPTS[name]
-        keys = script.keys(self.keys, key_params, extra_keys)
-        args = [self.keys.prefix, self._script_clock() if self._script_clock else "", *argv]
-        result, corrupt = self._eval(name, script.source, keys, args)
+        pkeys = self.parts[part]
+        keys = script.keys(pkeys, key_params, extra_keys)
+        args = [pkeys.prefix, self._script_clock() if self._script_clock else "", *argv]
+        result, corrupt, *more = self._eval(name, script.source, keys, args)
         self._note_corrupt([_s(k) for k in corrupt])
+        if more and more[0]:
+            # A task other partitions wait for ended here (lib.lua release_dependents).
+            self._apply_outbox(part)
         return result
 
     def _eval(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
@@ -158,9 +229,9 @@ class Store:
                 return self._evalsha(name, sha, keys, args)
             except redis.exceptions.NoScriptError:
                 pass  # Redis restarted, failed over, or flushed its script cache
-        # On a cluster to the namespace's primary only: redis-py would send it to every
+        # On a cluster to the primary of the keys only: redis-py would send it to every
         # primary, and one that is down (or failing over) would fail the load for nothing.
-        self._sha[name] = _s(self._on_namespace_node("SCRIPT LOAD", source))
+        self._sha[name] = _s(self._on_node_of(keys[0], "SCRIPT LOAD", source))
         return self._evalsha(name, self._sha[name], keys, args)
 
     def _evalsha(self, name: str, sha: str, keys: list[str], args: list[Any]) -> Any:
@@ -214,12 +285,105 @@ class Store:
 
     def submit(self, tasks: Sequence[tuple[str, str, bytes, Sequence[str], dict[str, str]]]) -> int:
         """tasks: (task_id, queue, args_blob, dep_ids, fields). Idempotent per task id."""
+        if self.partition_count > 1:
+            return self._submit_partitioned(tasks)
+        return self._submit_in(0, tasks)
+
+    def _submit_in(self, part: int,
+                   tasks: Sequence[tuple[str, str, bytes, Sequence[str], dict[str, str]]]) -> int:
         argv: list[Any] = [len(tasks)]
         keys: list[str] = []
+        pkeys = self.parts[part]
         for task_id, queue, blob, deps, fields in tasks:
+            if part or self.partition_count > 1:
+                fields = {**fields, "notify": self.notify_key_in(part, fields.get("notify", ""))}
             argv += [task_id, queue, blob, ",".join(deps), json.dumps(fields)]
-            keys += [self.keys.task(task_id), self.keys.args(task_id)]
-        return int(self._run("submit", argv, keys))
+            keys += [pkeys.task(task_id), pkeys.args(task_id)]
+        return int(self._run("submit", argv, keys, part=part))
+
+    def _submit_partitioned(
+            self, tasks: Sequence[tuple[str, str, bytes, Sequence[str], dict[str, str]]]) -> int:
+        """Each task in its partition, in order: one script per run of tasks whose
+        dependencies all live in their own partitions; a dependency in another partition
+        is linked first (link.lua there, mirror.lua here, docs/design.md "Partitions"),
+        after everything before it in the batch was submitted (it may be among them)."""
+        created = 0
+        groups: dict[int, list[Any]] = {}
+        adopt: dict[str, list[str]] = {}
+
+        def flush() -> None:
+            nonlocal created
+            for part, group in groups.items():
+                created += self._submit_in(part, group)
+            groups.clear()
+
+        for task in tasks:
+            part = self.part_of(task[0])
+            foreign = [d for d in task[3] if self.part_of(d) != part]
+            if foreign:
+                flush()
+                self._link(part, foreign)
+            groups.setdefault(part, []).append(task)
+            parent = task[4].get("parent_task_id", "")
+            if parent and self.part_of(parent) != part:
+                adopt.setdefault(parent, []).append(task[0])
+        flush()
+        for parent, children in adopt.items():
+            self._run("adopt", children, part=self.part_of(parent), parent=parent)
+        return created
+
+    def _link(self, part: int, deps: Sequence[str]) -> None:
+        """Make `part` wait for dependencies that live in other partitions: each is linked
+        where it lives (its end then reaches `part` through the outbox), and mirrored here,
+        pending, or final when it has ended already (or is gone)."""
+        by_part: dict[int, list[str]] = {}
+        for dep in dict.fromkeys(deps):
+            by_part.setdefault(self.part_of(dep), []).append(dep)
+        mirrors: list[Any] = []
+        for where, ids in by_part.items():
+            wkeys = self.parts[where]
+            keys = [key for d in ids for key in (wkeys.task(d), wkeys.dependents(d))]
+            answers = self._run("link", [part, *ids], keys, part=where)
+            mirrors += [x for d, a in zip(ids, answers)
+                        for x in (d, "0" if _s(a) == "linked" else "1")]
+        self._mirror(part, mirrors)
+
+    def _mirror(self, part: int, pairs: Sequence[Any]) -> None:
+        """pairs: dep id, '1' (it ended) or '0' (pending), ...: see mirror.lua."""
+        pkeys = self.parts[part]
+        keys = [key for d in pairs[::2] for key in (pkeys.task(d), pkeys.dependents(d))]
+        self._run("mirror", list(pairs), keys, part=part)
+
+    def _apply_outbox(self, part: int) -> None:
+        """Apply the ends of tasks of `part` that other partitions wait for, then drop them
+        from its outbox. Idempotent (mirror.lua), so two processes may apply one at once,
+        and a process that died before applying leaves it to the next sweep."""
+        box = self.parts[part].outbox
+        for _ in range(100):
+            items = [_s(i) for i in self.redis.lrange(box, 0, 99)]
+            if not items:
+                return
+            by_part: dict[int, list[Any]] = {}
+            for item in items:
+                target, _, dep = item.partition(" ")
+                by_part.setdefault(int(target), []).extend([dep, "1"])
+            for waiting, pairs in by_part.items():
+                self._mirror(waiting, pairs)
+            pipe = self.redis.pipeline(transaction=False)
+            for item in items:
+                pipe.lrem(box, 1, item)
+            pipe.execute()
+
+    def apply_outboxes(self) -> None:
+        """What a process that died left in the outboxes (a node's sweep)."""
+        if self.partition_count == 1:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for pkeys in self.parts:
+            pipe.llen(pkeys.outbox)
+        for part, length in enumerate(pipe.execute()):
+            if int(length):
+                self._apply_outbox(part)
 
     def claim(self, node_id: str, worker_id: str, queues: Sequence[str], max_n: int,
               batch_divisor: int, lease_timeout_ms: int,
@@ -235,17 +399,41 @@ class Store:
         also ms until the next DELAYED task of `queues` is due (None: there is none).
         `shapes`: per queue, the resource shapes to take, in order (default: the default
         shape only)."""
+        count = self.partition_count
+        if count == 1:
+            return self._claim_in(0, node_id, worker_id, queues, max_n, batch_divisor,
+                                  lease_timeout_ms, shapes)
+        # Partitioned: each in turn, from one that moves on with every claim, so the
+        # workers of a fleet do not all start with the same partition.
+        due: int | None = None
+        start = self._claim_from
+        self._claim_from = (start + 1) % count
+        for step in range(count):
+            part = (start + step) % count
+            rows, due_in = self._claim_in(part, node_id, worker_id, queues, max_n,
+                                          batch_divisor, lease_timeout_ms, shapes)
+            if due_in is not None:
+                due = due_in if due is None else min(due, due_in)
+            if rows:
+                return rows, due
+        return [], due
+
+    def _claim_in(self, part: int, node_id: str, worker_id: str, queues: Sequence[str],
+                  max_n: int, batch_divisor: int, lease_timeout_ms: int,
+                  shapes: Mapping[str, Sequence[str]] | None,
+                  ) -> tuple[list[Claimed], int | None]:
+        pkeys = self.parts[part]
         keys: list[str] = []
         argv: list[Any] = [lease_timeout_ms, node_id, worker_id, max_n, batch_divisor,
                            len(queues)]
         for q in queues:
             wanted = list(shapes.get(q, ()) if shapes is not None else (DEFAULT_SHAPE,))
             argv += [q, len(wanted), *wanted]
-            keys += [self.keys.bell(q), self.keys.delayed(q)]
+            keys += [pkeys.bell(q), pkeys.delayed(q)]
             for shape in wanted:
-                keys += [self.keys.queue(queue_slot(q, shape, node_id)),
-                         self.keys.queue(queue_slot(q, shape))]
-        rows, due_in = self._run("claim", argv, keys, node_id=node_id)
+                keys += [pkeys.queue(queue_slot(q, shape, node_id)),
+                         pkeys.queue(queue_slot(q, shape))]
+        rows, due_in = self._run("claim", argv, keys, part=part, node_id=node_id)
         return [_claimed(r) for r in rows], None if int(due_in) < 0 else int(due_in)
 
     def commit(self, outcomes: Sequence[tuple[str, str, str, bytes, bool, str]],
@@ -255,14 +443,39 @@ class Store:
         `next_task_id` is marked RUNNING only while `worker_id` holds it (with `next_fence`,
         when given): a task swept and claimed elsewhere is left alone. Answers per outcome
         'finished' | 'failed' | 'retried' | 'fenced' | 'corrupt'."""
+        if self.partition_count == 1:
+            return self._commit_in(0, outcomes, next_task_id, worker_id, next_fence)
+        # Partitioned: the outcomes of each partition in one call (the task started next
+        # with those of its own partition, last), answers in the callers' order.
+        by_part: dict[int, list[int]] = {}
+        for i, outcome in enumerate(outcomes):
+            by_part.setdefault(self.part_of(outcome[0]), []).append(i)
+        next_part = self.part_of(next_task_id) if next_task_id else -1
+        order = [p for p in by_part if p != next_part]
+        if next_task_id:
+            order.append(next_part)
+        answers: list[str] = [""] * len(outcomes)
+        for part in order:
+            at = by_part.get(part, [])
+            starts = part == next_part
+            got = self._commit_in(part, [outcomes[i] for i in at],
+                                  next_task_id if starts else "", worker_id,
+                                  next_fence if starts else "")
+            for i, answer in zip(at, got):
+                answers[i] = answer
+        return answers
+
+    def _commit_in(self, part: int, outcomes: Sequence[tuple[str, str, str, bytes, bool, str]],
+                   next_task_id: str, worker_id: str, next_fence: str) -> list[str]:
+        pkeys = self.parts[part]
         argv: list[Any] = [next_task_id, worker_id, next_fence, len(outcomes)]
         keys = [key for outcome in outcomes
-                for key in (self.keys.task(outcome[0]), self.keys.result(outcome[0]))]
+                for key in (pkeys.task(outcome[0]), pkeys.result(outcome[0]))]
         for task_id, fence, outcome, blob, retryable, message in outcomes:
             argv += [task_id, fence, outcome, blob, "1" if retryable else "0", message]
         if next_task_id:
-            keys.append(self.keys.task(next_task_id))
-        answers = [_s(r) for r in self._run("commit", argv, keys)]
+            keys.append(pkeys.task(next_task_id))
+        answers = [_s(r) for r in self._run("commit", argv, keys, part=part)]
         if next_task_id:
             self._local.next_held = answers.pop() == "next:held"
         return answers
@@ -286,11 +499,33 @@ class Store:
         node no longer holds: after it was declared dead (frozen or cut off past its lease),
         or that Redis forgot (lost its data). Attempts its workers must stop. Also the number
         of live nodes, and (task id, forced) for each running task whose cancel was asked."""
-        keys = [self.keys.task(t) for t in (*held, *running)]
         by = list(running_by) if len(running_by) == len(running) else []
+        count = self.partition_count
+        if count == 1:
+            return self._heartbeat_in(0, node_id, lease_timeout_ms, held, running, by)
+        # Partitioned: the node is alive in every partition, each renewing its own leases.
+        renewed, live_nodes = 0, 0
+        stale: list[str] = []
+        cancels: list[CancelRequest] = []
+        for part in range(count):
+            mine = [i for i, t in enumerate(running) if self.part_of(t) == part]
+            got = self._heartbeat_in(
+                part, node_id, lease_timeout_ms, [t for t in held if self.part_of(t) == part],
+                [running[i] for i in mine], [by[i] for i in mine] if by else [])
+            renewed += got[0]
+            stale += got[1]
+            live_nodes = max(live_nodes, got[2])
+            cancels += got[3]
+        return renewed, stale, live_nodes, cancels
+
+    def _heartbeat_in(self, part: int, node_id: str, lease_timeout_ms: int,
+                      held: Sequence[str], running: Sequence[str], by: Sequence[str],
+                      ) -> tuple[int, list[str], int, list[CancelRequest]]:
+        pkeys = self.parts[part]
+        keys = [pkeys.task(t) for t in (*held, *running)]
         renewed, stale, live_nodes, cancels = self._run(
             "renew", [node_id, lease_timeout_ms, len(held), *held, *running, *by], keys,
-            node_id=node_id)
+            part=part, node_id=node_id)
         return (int(renewed), [_s(t) for t in stale], int(live_nodes),
                 [_cancel_request(_s(c)) for c in cancels])
 
@@ -299,65 +534,113 @@ class Store:
               ) -> tuple[list[tuple[str, str]], list[str]]:
         """See sweep.lua; `housekeeping`: also trim the listing indexes and forget what
         expired (not urgent: a node does it every few sweeps)."""
-        swept, dead = self._run("sweep", [lease_timeout_ms, limit, index_ttl_ms,
-                                          "1" if housekeeping else "0"])
-        return _pairs(swept), [_s(d) for d in dead]
+        all_swept: list[tuple[str, str]] = []
+        all_dead: list[str] = []
+        for part in range(self.partition_count):
+            swept, dead = self._run("sweep", [lease_timeout_ms, limit, index_ttl_ms,
+                                              "1" if housekeeping else "0"], part=part)
+            all_swept += _pairs(swept)
+            all_dead += [_s(d) for d in dead if _s(d) not in all_dead]
+        self.apply_outboxes()
+        return all_swept, all_dead
 
     def worker_lost(self, node_id: str, worker_id: str, running_task_id: str, error_type: str,
                     message: str, charge: bool) -> list[tuple[str, str]]:
         """The worker is gone: the task it was running (if any) fails, the rest requeue."""
-        return _pairs(self._run("worker_lost", [node_id, worker_id, running_task_id, error_type,
-                                                message, "1" if charge else "0"],
-                                node_id=node_id))
+        out: list[tuple[str, str]] = []
+        for part in range(self.partition_count):
+            running = running_task_id if self.part_of(running_task_id) == part else ""
+            out += _pairs(self._run("worker_lost", [node_id, worker_id, running, error_type,
+                                                    message, "1" if charge else "0"],
+                                    part=part, node_id=node_id))
+        return out
 
     def lend(self, task_id: str, blocked: bool) -> str:
         """A task blocked in get lends its CPUs and max_concurrency slot (see lend.lua)."""
-        return _s(self._run("lend", [task_id, "1" if blocked else "0"], task_id=task_id))
+        return _s(self._run("lend", [task_id, "1" if blocked else "0"],
+                            part=self.part_of(task_id), task_id=task_id))
 
     def deregister(self, node_id: str) -> None:
         """The node leaves on purpose (see deregister.lua)."""
-        self._run("deregister", [node_id], node_id=node_id)
+        for part in range(self.partition_count):
+            self._run("deregister", [node_id], part=part, node_id=node_id)
 
     def reconstruct(self, object_id: str) -> str:
         """Re-run the task behind a lost result (see reconstruct.lua for the answers)."""
         task_id = split_object_id(object_id)[0]
-        return _s(self._run("reconstruct", [task_id], task_id=task_id, object_id=object_id))
+        return _s(self._run("reconstruct", [task_id], part=self.part_of(task_id),
+                            task_id=task_id, object_id=object_id))
 
     def ensure_epoch(self) -> str:
         """This Redis's data generation: set once, so a Redis that lost everything (restarted
         without persistence, failed over to an empty replica) shows a new one."""
-        self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
-        return _s(self.redis.get(self.keys.epoch))
+        epochs = []
+        for pkeys in self.parts:
+            self.redis.set(pkeys.epoch, uuid.uuid4().hex, nx=True)
+            epochs.append(_s(self.redis.get(pkeys.epoch)))
+        return ",".join(epochs)
+
+    def current_epoch(self) -> str | None:
+        """The data generation `ensure_epoch` set, None if Redis lost it (in any
+        partition)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for pkeys in self.parts:
+            pipe.get(pkeys.epoch)
+        epochs = pipe.execute()
+        if any(e is None for e in epochs):
+            return None
+        return ",".join(_s(e) for e in epochs)
 
     def cancel(self, task_id: str, force: bool, recursive: bool) -> list[tuple[str, str]]:
-        return _pairs(self._run("cancel", [task_id, "1" if force else "0",
-                                           "1" if recursive else "0"], task_id=task_id))
+        out: list[tuple[str, str]] = []
+        todo, seen = [task_id], set()
+        while todo:
+            root = todo.pop(0)
+            part = self.part_of(root)
+            got = _pairs(self._run("cancel", [root, "1" if force else "0",
+                                              "1" if recursive else "0"],
+                                   part=part, task_id=root))
+            for ident, outcome in got:
+                # A child in another partition (submitted with task_id=) is missing here:
+                # it is cancelled where it lives.
+                if outcome == "missing" and ident != root and self.part_of(ident) != part:
+                    if ident not in seen:
+                        seen.add(ident)
+                        todo.append(ident)
+                    continue
+                out.append((ident, outcome))
+        return out
 
     def requeue(self, task_id: str) -> str:
         """Run a FAILED task again with a fresh retry budget (see requeue.lua's answers)."""
-        return _s(self._run("requeue", [task_id], task_id=task_id))
+        return _s(self._run("requeue", [task_id], part=self.part_of(task_id), task_id=task_id))
 
     def purge_batch(self, queue: str, batch: int) -> tuple[int, int]:
         """Cancel up to `batch` queued and `batch` DELAYED tasks of `queue`: (cancelled,
         ids left)."""
-        cancelled, left = self._run("purge", [queue, batch], queue=queue)
-        return int(cancelled), int(left)
+        total, left_all = 0, 0
+        for part in range(self.partition_count):
+            cancelled, left = self._run("purge", [queue, batch], part=part, queue=queue)
+            total, left_all = total + int(cancelled), left_all + int(left)
+        return total, left_all
 
     # -- schedules (ftqueue/schedules.py) ---------------------------------------------------
 
     def put_schedule(self, name: str, record: dict[str, str | bytes], next_ms: int) -> None:
         """Create or replace a schedule (one transaction: never half written)."""
         mapping: dict[Any, Any] = {**record, "next_ms": str(next_ms)}
+        keys = self.keys_for(name)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.keys.schedule(name))
-        pipe.hset(self.keys.schedule(name), mapping=mapping)
-        pipe.zadd(self.keys.schedules, {name: next_ms})
+        pipe.delete(keys.schedule(name))
+        pipe.hset(keys.schedule(name), mapping=mapping)
+        pipe.zadd(keys.schedules, {name: next_ms})
         pipe.execute()
 
     def remove_schedule(self, name: str) -> bool:
+        keys = self.keys_for(name)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.keys.schedule(name))
-        pipe.zrem(self.keys.schedules, name)
+        pipe.delete(keys.schedule(name))
+        pipe.zrem(keys.schedules, name)
         return bool(pipe.execute()[0])
 
     def redis_time_ms(self) -> int:
@@ -369,17 +652,24 @@ class Store:
 
     def schedules_due(self, max_n: int) -> tuple[int, list[tuple[str, int]]]:
         """(now in ms, the schedules with the earliest next ticks and those ticks)."""
-        rows: Any = self.redis.zrange(self.keys.schedules, 0, max_n - 1, withscores=True)
-        return self.redis_time_ms(), [(_s(n), int(t)) for n, t in rows]
+        pipe = self.redis.pipeline(transaction=False)
+        for pkeys in self.parts:
+            pipe.zrange(pkeys.schedules, 0, max_n - 1, withscores=True)
+        rows = sorted(((_s(n), int(t)) for part in pipe.execute() for n, t in part),
+                      key=lambda row: row[1])
+        return self.redis_time_ms(), rows[:max_n]
 
     def schedule_records(self, names: Sequence[str]) -> list[dict[str, bytes]]:
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
-            pipe.hgetall(self.keys.schedule(name))
+            pipe.hgetall(self.keys_for(name).schedule(name))
         return [{_s(k): _b(v) for k, v in row.items()} for row in pipe.execute()]
 
     def schedule_names(self) -> list[str]:
-        return [_s(n) for n in self.redis.zrange(self.keys.schedules, 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for pkeys in self.parts:
+            pipe.zrange(pkeys.schedules, 0, -1)
+        return sorted(_s(n) for part in pipe.execute() for n in part)
 
     def fire_schedule(self, name: str, expected_ms: int, next_ms: int, task_id: str = "",
                       queue: str = "", args_blob: bytes = b"", fields: dict[str, str] | None = None,
@@ -388,25 +678,48 @@ class Store:
         (none when task_id is ''); see fire.lua for the answers."""
         return _s(self._run("fire", [name, expected_ms, next_ms, task_id, queue, args_blob,
                                      json.dumps(fields or {}), tick_ms],
-                            sched=name, task_id=task_id or "-"))
+                            part=self.part_of(name), sched=name, task_id=task_id or "-"))
 
     def pop_cancel_requests(self, node_id: str, max_n: int = 100) -> list[CancelRequest]:
         """Each cancel relayed to this node (see cancel.lua)."""
-        items = self.redis.lpop(self.keys.cancel(node_id), max_n) or []
+        if self.partition_count == 1:
+            items = self.redis.lpop(self.keys.cancel(node_id), max_n) or []
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for pkeys in self.parts:
+                pipe.lpop(pkeys.cancel(node_id), max_n)
+            items = [item for got in pipe.execute() for item in (got or [])]
         return [_cancel_request(_s(item)) for item in items]
 
-    def wait_cancel_request(self, node_id: str, timeout_s: int) -> list[CancelRequest]:
-        """The next cancel relayed to this node, waiting up to timeout_s for one."""
-        item = self.redis.blpop([self.keys.cancel(node_id)], timeout=timeout_s)
+    def wait_cancel_request(self, node_id: str, timeout_s: int,
+                            part: int = 0) -> list[CancelRequest]:
+        """The next cancel relayed to this node in partition `part`, waiting up to
+        timeout_s for one."""
+        item = self.redis.blpop([self.parts[part].cancel(node_id)], timeout=timeout_s)
         return [_cancel_request(_s(item[1]))] if item is not None else []
 
     def watch(self, notify_key: str, object_ids: Sequence[str]) -> list[str]:
         if not object_ids:
             return []
+        if self.partition_count == 1:
+            return self._watch_in(0, notify_key, object_ids)
+        by_part: dict[int, list[int]] = {}
+        for i, object_id in enumerate(object_ids):
+            by_part.setdefault(self.part_of(object_id), []).append(i)
+        answers = [""] * len(object_ids)
+        for part, at in by_part.items():
+            got = self._watch_in(part, self.notify_key_in(part, notify_key),
+                                 [object_ids[i] for i in at])
+            for i, answer in zip(at, got):
+                answers[i] = answer
+        return answers
+
+    def _watch_in(self, part: int, notify_key: str, object_ids: Sequence[str]) -> list[str]:
+        pkeys = self.parts[part]
         tasks = [split_object_id(i)[0] for i in object_ids]
         keys = [key for i, t in zip(object_ids, tasks)
-                for key in (self.keys.task(t), self.keys.result(i), self.keys.waiters(t))]
-        return [_s(r) for r in self._run("watch", [notify_key, *tasks], keys)]
+                for key in (pkeys.task(t), pkeys.result(i), pkeys.waiters(t))]
+        return [_s(r) for r in self._run("watch", [notify_key, *tasks], keys, part=part)]
 
     def stream(self, task_id: str, fence: str, values: Sequence[tuple[int, bytes]],
                tell: bool) -> int | str:
@@ -415,8 +728,9 @@ class Store:
         argv: list[Any] = [task_id, fence, "1" if tell else "0"]
         for index, blob in values:
             argv += [index, blob]
-        keys = [self.keys.result(item_id(task_id, index)) for index, _ in values]
-        answer = self._run("stream", argv, keys, task_id=task_id)
+        pkeys = self.keys_for(task_id)
+        keys = [pkeys.result(item_id(task_id, index)) for index, _ in values]
+        answer = self._run("stream", argv, keys, part=self.part_of(task_id), task_id=task_id)
         return answer if isinstance(answer, int) else _s(answer)
 
     def served_now_ms(self) -> int:
@@ -430,25 +744,27 @@ class Store:
 
     def corrupt_records(self) -> dict[str, str]:
         """Every key isolated as corrupt, with what was found and done."""
-        raw = self.redis.hgetall(self.keys.corrupt)
-        return {_s(k): _s(v) for k, v in raw.items()}
+        out: dict[str, str] = {}
+        for pkeys in self.parts:
+            out.update({_s(k): _s(v) for k, v in self.redis.hgetall(pkeys.corrupt).items()})
+        return out
 
     # -- plain reads and writes --------------------------------------------------------------
 
     def put(self, object_id: str, blob: bytes, ttl_s: int = 0) -> None:
-        self.redis.set(self.keys.result(object_id), blob, ex=ttl_s or None)
+        self.redis.set(self.keys_for(object_id).result(object_id), blob, ex=ttl_s or None)
 
     def store_function(self, digest: str, blob: bytes) -> None:
-        self.redis.set(self.keys.function(digest), blob, nx=True)
+        self.redis.set(self.keys_for(digest).function(digest), blob, nx=True)
 
     def load_function(self, digest: str) -> bytes | None:
-        blob = self.redis.get(self.keys.function(digest))
+        blob = self.redis.get(self.keys_for(digest).function(digest))
         return None if blob is None else _b(blob)
 
     def task_fields(self, task_ids: Iterable[str], *fields: str) -> list[list[str | None]]:
         pipe = self.redis.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.hmget(self.keys.task(task_id), *fields)
+            pipe.hmget(self.keys_for(task_id).task(task_id), *fields)
         return [[None if v is None else _s(v) for v in row] for row in pipe.execute()]
 
     def outcomes(self, object_ids: Sequence[str]) -> list[tuple[dict[str, str], bytes | None]]:
@@ -460,10 +776,11 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for object_id in object_ids:
             task_id, index = split_object_id(object_id)
-            pipe.hmget(self.keys.task(task_id), *_OUTCOME_FIELDS)
-            pipe.get(self.keys.result(object_id))
+            pkeys = self.keys_for(task_id)
+            pipe.hmget(pkeys.task(task_id), *_OUTCOME_FIELDS)
+            pipe.get(pkeys.result(object_id))
             if index is not None:
-                pipe.get(self.keys.result(task_id))
+                pipe.get(pkeys.result(task_id))
         raw = pipe.execute(raise_on_error=False)
         out, at = [], 0
         for object_id in object_ids:
@@ -485,8 +802,8 @@ class Store:
     def _outcome_record(self, object_id: str, fields: Any) -> dict[str, str]:
         if isinstance(fields, Exception) and is_corrupt(fields):
             return {"state": "FAILED", "error_type": CORRUPT_RECORD,
-                    "error_message": f"its record {self.keys.task(object_id)} is corrupt "
-                                     f"(see {self.keys.corrupt})",
+                    "error_message": f"its record {self.keys_for(object_id).task(object_id)} "
+                                     f"is corrupt (see {self.keys_for(object_id).corrupt})",
                     "func": "", "node_id": "", "worker_id": ""}
         values = _reply_or_raise(fields)
         if values[0] is None:
@@ -511,35 +828,51 @@ class Store:
     def shapes(self, queues: Sequence[str]) -> dict[str, list[str]]:
         """Per queue, the resource shapes other than the default its tasks were sent with."""
         pipe = self.redis.pipeline(transaction=False)
-        for q in queues:
-            pipe.smembers(self.keys.shapes(q))
-        return {q: sorted(_s(m) for m in members)
-                for q, members in zip(queues, pipe.execute())}
+        for pkeys in self.parts:
+            for q in queues:
+                pipe.smembers(pkeys.shapes(q))
+        found: dict[str, set[str]] = {q: set() for q in queues}
+        replies = pipe.execute()
+        for i, members in enumerate(replies):
+            found[queues[i % len(queues)]].update(_s(m) for m in members)
+        return {q: sorted(found[q]) for q in queues}
 
     def wait_for_bell(self, queues: Sequence[str], timeout_s: float) -> None:
-        self.redis.blpop([self.keys.bell(q) for q in queues], timeout=timeout_s)
+        """Wait for a bell of these queues. Partitioned, a blocking pop can wait on one
+        partition only: each wait takes the next one, so a fleet's idle workers wait on all
+        of them, and a worker that waits on none of a partition's bells finds its work at
+        its next claim (which looks at every partition)."""
+        pkeys = self.parts[self._bell_from]
+        self._bell_from = (self._bell_from + 1) % self.partition_count
+        self.redis.blpop([pkeys.bell(q) for q in queues], timeout=timeout_s)
 
     def take_bell(self, queues: Sequence[str]) -> bool:
         """Whether a bell of these queues rang (one is taken), without blocking."""
         pipe = self.redis.pipeline(transaction=False)
-        for q in queues:
-            pipe.lpop(self.keys.bell(q))
+        for pkeys in self.parts:
+            for q in queues:
+                pipe.lpop(pkeys.bell(q))
         return any(r is not None for r in pipe.execute())
 
     def ping(self) -> None:
-        """Raises if the Redis holding this namespace does not answer."""
-        self._on_namespace_node("PING")
+        """Raises if a Redis holding this namespace does not answer."""
+        for pkeys in self.parts:
+            self._on_node_of(pkeys.clock, "PING")
 
     def _on_namespace_node(self, *command: Any) -> Any:
         """A command that names no key, sent to the Redis holding the namespace (on a
-        cluster, the primary owning its hash slot)."""
+        cluster, the primary owning its hash slot; partitioned, the first partition's)."""
+        return self._on_node_of(self.parts[0].clock, *command)
+
+    def _on_node_of(self, key: str, *command: Any) -> Any:
+        """A command that names no key, sent to the Redis holding `key`."""
         if isinstance(self.redis, redis.RedisCluster):
             return self.redis.execute_command(  # type: ignore[no-untyped-call]
-                *command, target_nodes=slot_node(self.redis, self.keys.clock))
+                *command, target_nodes=slot_node(self.redis, key))
         return self.redis.execute_command(*command)  # type: ignore[no-untyped-call]
 
     def next_job_id(self) -> str:
         return f"{int(self.redis.incr(self.keys.job_counter)):08x}"
 
     def incr_stat(self, name: str, amount: int = 1) -> None:
-        self.redis.hincrby(self.keys.stats, name, amount)
+        self.redis.hincrby(self.parts[0].stats, name, amount)

@@ -22,8 +22,12 @@ local JITTER_MAX = 0.1
 -- every node that swept it, at every restart): it is isolated, counted, reported once.
 
 local CORRUPT = {}
+-- Set when a task that another partition waits for ended (release_dependents): the reply
+-- says so, and the caller applies the outbox at once (ftqueue/store/store.py).
+local OUTBOX = false
 
 local function reply(result)
+  if OUTBOX then return {result, CORRUPT, 1} end
   return {result, CORRUPT}
 end
 
@@ -497,18 +501,25 @@ local function notify(id, inline_blob, n, waited)
 end
 
 -- Only a task whose hash says it has dependents ('dependents', set with each registration).
+-- A member '@<k>' is partition k, where tasks wait for this one (link.lua): its end goes to
+-- the outbox, for the caller to apply there (mirror.lua).
 local function release_dependents(id, flagged)
   if not flagged then return end
   local dkey = k_dependents(id)
   local deps = safe('SMEMBERS', dkey)
   for _, d in ipairs(deps) do
-    local dk = k_task(d)
-    local t = guarded('HMGET', dk, 'among the dependents of ' .. id, 'state', 'queue')
-    -- A dependent whose record expired (cancelled, then past its lineage TTL) is gone: a
-    -- count written there would make a record of it that never expires.
-    if t and t[1] and redis.call('HINCRBY', dk, 'deps', -1) <= 0
-        and t[1] == 'PENDING_ARGS_AVAIL' then
-      make_ready(d, t[2], false)
+    if string.sub(d, 1, 1) == '@' then
+      redis.call('RPUSH', ks_outbox(), string.sub(d, 2) .. ' ' .. id)
+      OUTBOX = true
+    else
+      local dk = k_task(d)
+      local t = guarded('HMGET', dk, 'among the dependents of ' .. id, 'state', 'queue')
+      -- A dependent whose record expired (cancelled, then past its lineage TTL) is gone: a
+      -- count written there would make a record of it that never expires.
+      if t and t[1] and redis.call('HINCRBY', dk, 'deps', -1) <= 0
+          and t[1] == 'PENDING_ARGS_AVAIL' then
+        make_ready(d, t[2], false)
+      end
     end
   end
   if #deps > 0 then redis.call('DEL', dkey) end
