@@ -64,14 +64,17 @@ def boom():
 
 
 @ftqueue.remote
-def sleeper(seconds):
+def sleeper(seconds, path="/dev/null"):
+    mark(path)
     time.sleep(seconds)
     return seconds
 
 
 @ftqueue.remote
-def parent_of_two():
-    return ftqueue.get([sleeper.remote(60) for _ in range(2)])
+def parent_of_two(path, task_ids=()):
+    children = [sleeper.options(task_id=t).remote(60, path) for t in task_ids]
+    children += [sleeper.remote(60, path) for _ in range(2)]
+    return ftqueue.get(children)
 
 
 def test_tasks_spread_over_partitions_and_dependencies_cross_them(partitioned, tmp_path,
@@ -104,20 +107,23 @@ def test_a_failed_dependency_in_another_partition_fails_its_dependent(partitione
             ftqueue.get(ref, timeout=30)
 
 
-def test_nested_tasks_and_recursive_cancel(partitioned):
+def test_nested_tasks_and_recursive_cancel(partitioned, tmp_path, redis_url):
     partitioned(2)
     assert ftqueue.get(fan_out.remote(12), timeout=60) == sum(i * i for i in range(12))
-    parent = parent_of_two.remote()
-    wait_until(lambda: len(ftqueue.state.list_tasks(
-        filters=[("name", "=", "sleeper"), ("state", "=", "RUNNING")])) == 1, 30,
-        "a child running")
+    path = tmp_path / "runs"
+    # Two children with ids of their own (task_id=): at least one lives in another
+    # partition than the parent, and the recursive cancel must find it there too.
+    named = [f"child-{i}" for i in range(6)]
+    parent = parent_of_two.remote(str(path), named)
+    store = Store(connect(redis_url))
+    assert {store.part_of(t) for t in named} - {store.part_of(parent.hex())}
+    wait_until(lambda: len(runs(path)) >= 1, 30, "a child running")
     ftqueue.cancel(parent, recursive=True)
     with pytest.raises(TaskCancelledError):
         ftqueue.get(parent, timeout=30)
-    children = ftqueue.state.list_tasks(filters=[("name", "=", "sleeper")])
-    wait_until(lambda: all(t["state"] == "FAILED" for t in ftqueue.state.list_tasks(
-        filters=[("name", "=", "sleeper")])), 30, "every child cancelled")
-    assert len(children) == 2
+    for ref in [ftqueue.ObjectRef.from_hex(t) for t in named]:
+        with pytest.raises(TaskCancelledError):
+            ftqueue.get(ref, timeout=30)
 
 
 def test_worker_sigkill_retries_in_its_partition(partitioned, tmp_path):
@@ -125,9 +131,9 @@ def test_worker_sigkill_retries_in_its_partition(partitioned, tmp_path):
     path = tmp_path / "runs"
     refs = [add.remote(str(path), i, 1) for i in range(10)]
     ftqueue.get(refs, timeout=60)
-    long = [sleeper.remote(1.5) for _ in range(2)]
-    wait_until(lambda: len(ftqueue.state.list_tasks(
-        filters=[("name", "=", "sleeper"), ("state", "=", "RUNNING")])) == 2, 30, "running")
+    started = tmp_path / "started"
+    long = [sleeper.remote(1.5, str(started)) for _ in range(2)]
+    wait_until(lambda: len(runs(started)) == 2, 30, "both running")
     os.kill(node.workers()[0].pid, signal.SIGKILL)
     assert ftqueue.get(long, timeout=60) == [1.5, 1.5]
 
@@ -136,3 +142,125 @@ def test_a_process_with_other_partitions_is_refused(partitioned, redis_url):
     partitioned(1)
     with pytest.raises(PartitionsMismatch, match="has 3 partition"):
         Store(connect(redis_url), partitions=4).ping()
+
+
+@ftqueue.remote(max_concurrency=1, limit_key="one-at-a-time")
+def exclusive(path, i):
+    mark(path)
+    with open(f"{path}.held", "a") as f:
+        f.write(f"+{i}\n")
+    time.sleep(0.05)
+    with open(f"{path}.held", "a") as f:
+        f.write(f"-{i}\n")
+    return i
+
+
+def test_lineage_rebuilds_a_result_lost_in_another_partition(partitioned, tmp_path, redis_url):
+    partitioned(2)
+    path = tmp_path / "runs"
+    store = Store(connect(redis_url))
+    first = add.remote(str(path), 1, 1)
+    ftqueue.get(first)
+    # A dependent that lives in another partition than its argument.
+    while True:
+        other = add.remote(str(path), 0, 0)
+        if store.part_of(other.hex()) != store.part_of(first.hex()):
+            break
+    ftqueue.get(other)
+    client = redis.Redis.from_url(redis_url)
+    assert client.delete(store.keys_for(first.hex()).result(first.hex())) == 1
+    # `other` is first: the dependent lives with it, and `first` is lost elsewhere.
+    assert ftqueue.get(add.remote(str(path), other, first), timeout=60) == 2
+    assert ftqueue.get(first, timeout=60) == 2
+    client.close()
+
+
+def test_a_limit_holds_across_partitions(partitioned, tmp_path):
+    partitioned(2)
+    path = tmp_path / "runs"
+    assert ftqueue.get([exclusive.remote(str(path), i) for i in range(8)], timeout=60) == \
+        list(range(8))
+    with open(f"{path}.held") as f:
+        lines = f.read().split()
+    # Never two at once: every start is followed by its own end.
+    assert all(lines[i][1:] == lines[i + 1][1:] and lines[i][0] == "+"
+               for i in range(0, len(lines), 2)), lines
+
+
+def test_node_sigkill_retries_elsewhere(partitioned, tmp_path):
+    doomed = partitioned(2, "--lease-timeout", "2")
+    doomed.wait_workers(2)
+    started = tmp_path / "started"
+    refs = [sleeper.remote(1.0, str(started)) for _ in range(2)]
+    wait_until(lambda: len(runs(started)) == 2, 30, "both running on the first node")
+    partitioned(2, "--lease-timeout", "2")
+    doomed.signal_group(signal.SIGKILL)
+    assert ftqueue.get(refs, timeout=60) == [1.0, 1.0]
+    assert len(runs(started)) == 4
+
+
+def test_what_a_partitioned_namespace_cannot_do_yet_is_refused(partitioned, redis_url):
+    partitioned(1)
+    with pytest.raises(ValueError, match="not supported on a partitioned namespace"):
+        square.options(num_cpus=2).remote(1)
+    with pytest.raises(ValueError, match="task_id= with limit_key="):
+        square.options(task_id="x", limit_key="k", max_concurrency=1).remote(1)
+    node = NodeProcess(redis_url, 2, "--num-cpus", "1", env=child_env(FTQUEUE_PARTITIONS="3"))
+    try:
+        assert node.process.wait(60) == 1
+        assert "a node runs at most one worker per CPU" in node.output()
+        assert "Traceback" not in node.output()
+    finally:
+        node.stop()
+
+
+@ftqueue.remote(num_returns=2)
+def pair(x):
+    return x, x + 1
+
+
+@ftqueue.remote
+def count_up(n):
+    yield from range(n)
+
+
+@ftqueue.remote(max_retries=0)
+def beat(path):
+    with open(path, "a") as f:
+        f.write(f"{ftqueue.get_runtime_context().get_task_id()}\n")
+
+
+@ftqueue.remote(max_retries=0)
+def fails_until(path):
+    if not os.path.exists(path):
+        raise RuntimeError("not yet")
+    return "ok"
+
+
+def test_returns_puts_delays_requeue_purge_and_schedules(partitioned, tmp_path):
+    partitioned(2)
+    a, b = pair.remote(10)
+    put = ftqueue.put(5)
+    # Values of a task, and a put object, as arguments in other partitions.
+    assert ftqueue.get([add.remote("/dev/null", b, put), add.remote("/dev/null", put, a)],
+                       timeout=60) == [16, 15]
+    assert list(ftqueue.get(list(count_up.remote(4)), timeout=60)) == [0, 1, 2, 3]
+    started = time.monotonic()
+    assert ftqueue.get(square.options(delay_s=0.5).remote(3), timeout=60) == 9
+    assert time.monotonic() - started >= 0.5
+    flag = tmp_path / "flag"
+    ref = fails_until.remote(str(flag))
+    with pytest.raises(TaskError):
+        ftqueue.get(ref, timeout=60)
+    flag.write_text("")
+    ftqueue.requeue(ref)
+    assert ftqueue.get(ref, timeout=60) == "ok"
+    held = [square.options(queue="nobody").remote(i) for i in range(9)]
+    assert ftqueue.purge("nobody") == 9
+    for r in held:
+        with pytest.raises(TaskCancelledError):
+            ftqueue.get(r, timeout=10)
+    path = str(tmp_path / "beats")
+    ftqueue.schedule("beat", beat, path, every_s=1)
+    wait_until(lambda: len(runs(path)) >= 2, 30, "two ticks")
+    assert ftqueue.unschedule("beat") is True and ftqueue.list_schedules() == []
