@@ -27,9 +27,10 @@ within 5 %).
 
 instead runs the throughput case on a local Redis Cluster of 1 and of 3 primaries (a
 `redis+cluster://` address, one node of 2 workers), reporting per primary the Redis CPU and
-commands per task, beside the same run on one plain Redis over TCP (`plain_tcp`). A
-namespace is one hash slot at this stage, so all of its work lands on the primary that
-holds it; the others show only the cluster's own upkeep.
+commands per task, beside the same run on one plain Redis over TCP (`plain_tcp`). With one
+partition a namespace is one hash slot, so all of its work lands on the primary that holds
+it; the last run spreads it in 6 partitions over the 3 primaries (FTQUEUE_PARTITIONS=6),
+whose shares of the work the per-primary figures show.
 """
 
 from __future__ import annotations
@@ -397,9 +398,13 @@ def _options():
 
 # -- Redis Cluster (--cluster) ------------------------------------------------------------------
 
-def cluster_figures(primaries: int, tasks: int, runs: int) -> dict[str, object]:
+PARTITIONS = 6     # two per primary of the 3-primary run
+
+def cluster_figures(primaries: int, tasks: int, runs: int,
+                    partitions: int = 1) -> dict[str, object]:
     """Throughput and per-primary Redis cost on a local cluster of `primaries` primaries;
-    0: one plain Redis over TCP, the same measurement without cluster mode."""
+    0: one plain Redis over TCP, the same measurement without cluster mode. `partitions`:
+    FTQUEUE_PARTITIONS for the namespace (1: one hash slot)."""
     import subprocess
 
     from ftqueue.embedded_cluster import LocalCluster
@@ -409,7 +414,10 @@ def cluster_figures(primaries: int, tasks: int, runs: int) -> dict[str, object]:
     plain = None if cluster else RedisServer.start(unix_socket=False)
     address = cluster.address if cluster else plain.address  # type: ignore[union-attr]
     servers = cluster.primaries if cluster else [plain]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+               FTQUEUE_PARTITIONS=str(partitions))
+    saved = os.environ.get("FTQUEUE_PARTITIONS")
+    os.environ["FTQUEUE_PARTITIONS"] = str(partitions)
     node = subprocess.Popen([sys.executable, "-m", "ftqueue", "worker", "--address",
                              address, "--num-workers", str(WORKERS),
                              "--exit-with-parent", str(os.getpid())],
@@ -432,8 +440,13 @@ def cluster_figures(primaries: int, tasks: int, runs: int) -> dict[str, object]:
             cluster.stop()
         if plain:
             plain.stop()
+        if saved is None:
+            os.environ.pop("FTQUEUE_PARTITIONS", None)
+        else:
+            os.environ["FTQUEUE_PARTITIONS"] = saved
     return {
         "primaries": primaries,
+        "partitions": partitions,
         "tasks_per_s": round(statistics.median(rates)),
         "slot_primary": servers.index(owner),
         "redis_cpu_us_per_task_by_primary": [c[0] for c in costs],
@@ -463,19 +476,20 @@ class PrimaryMeter:
 
 def cluster_main(args: argparse.Namespace) -> int:
     plain, *by_primaries = [cluster_figures(p, args.tasks, args.runs) for p in (0, 1, 3)]
+    spread = cluster_figures(3, args.tasks, args.runs, partitions=PARTITIONS)
     result = {"mode": "cluster", "tasks": args.tasks, "runs": args.runs, "workers": WORKERS,
-              "one_namespace_one_slot": True,
               "plain_tcp": {k: v for k, v in plain.items() if k not in ("primaries",
                                                                           "slot_primary")},
-              **{f"primaries_{r['primaries']}": r for r in by_primaries}}
-    print(f"{args.tasks} no-op tasks, {WORKERS} worker processes, median of {args.runs} runs; "
-          "a namespace is one hash slot, so one primary carries it")
-    for r in [plain, *by_primaries]:
+              **{f"primaries_{r['primaries']}": r for r in by_primaries},
+              f"primaries_3_partitions_{PARTITIONS}": spread}
+    print(f"{args.tasks} no-op tasks, {WORKERS} worker processes, median of {args.runs} runs")
+    for r in [plain, *by_primaries, spread]:
         name = f"{r['primaries']} primaries" if r["primaries"] else "plain Redis (TCP)"
+        where = (f"{r['partitions']} partitions over them" if r["partitions"] != 1
+                 else f"the namespace's slot is on primary {r['slot_primary']}")
         print(f"  {name}: {r['tasks_per_s']} tasks/s; Redis CPU us per task by primary "
               f"{r['redis_cpu_us_per_task_by_primary']}, commands per task "
-              f"{r['redis_cmds_per_task_by_primary']} (the slot is on primary "
-              f"{r['slot_primary']})")
+              f"{r['redis_cmds_per_task_by_primary']} ({where})")
     if args.json:
         print(json.dumps(result))
     return 0

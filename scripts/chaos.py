@@ -9,7 +9,8 @@ twice.
 `--cluster` runs it all on a local Redis Cluster (3 primaries, a replica each) instead of one
 Redis: Redis is then not frozen but the primary holding the namespace is SIGKILLed (its
 replica is promoted, and the killed server comes back as a replica), and the new primary is
-the one filled up.
+the one filled up. `--partitions N` spreads the namespace in N partitions (over the
+primaries, with `--cluster`); the primary killed and filled is then the first partition's.
 
 Every run of a task body appends a line (task, attempt, pid) to a file: executions are
 counted, not only commits. `duplicate_executions` counts runs of an attempt that had
@@ -41,7 +42,7 @@ import ftqueue.state
 from ftqueue.embedded import RedisServer
 from ftqueue.embedded_cluster import LocalCluster
 from ftqueue.keys import Keys
-from ftqueue.store import connect
+from ftqueue.store import Store, connect
 
 
 @ftqueue.remote(max_retries=-1)
@@ -117,11 +118,11 @@ class Node:
 class Killer(threading.Thread):
     """Every ~interval, SIGKILL the worker process of a random running task."""
 
-    def __init__(self, r: Any, keys: Keys, nodes: list[Node], rng: random.Random,
+    def __init__(self, r: Any, store: Store, nodes: list[Node], rng: random.Random,
                  interval_s: float) -> None:
         super().__init__(daemon=True)
         self.r, self.nodes, self.rng, self.interval_s = r, nodes, rng, interval_s
-        self.keys = keys
+        self.store = store
         self.kills: list[tuple[str, int]] = []   # (task id, kill time ms)
         self.stop_event = threading.Event()
         # Held while Redis itself is frozen or full: a death then is recorded only when Redis
@@ -140,13 +141,15 @@ class Killer(threading.Thread):
 
     def kill_one(self) -> None:
         ours = set().union(*(n.pids() for n in self.nodes if n.process.poll() is None))
-        running = [t.decode() for t in self.r.zrange(self.keys.leases, 0, -1)]
+        running = [t.decode() for keys in self.store.parts
+                   for t in self.r.zrange(keys.leases, 0, -1)]
         self.rng.shuffle(running)
         for task_id in running:
-            state, worker_id = self.r.hmget(self.keys.task(task_id), "state", "worker_id")
+            state, worker_id = self.r.hmget(self.store.keys_for(task_id).task(task_id), "state",
+                                            "worker_id")
             if state != b"RUNNING" or not worker_id:
                 continue
-            pid = self.r.hget(self.keys.worker(worker_id.decode()), "pid")
+            pid = self.r.hget(self.store.parts[0].worker(worker_id.decode()), "pid")
             if pid is None or int(pid) not in ours:
                 continue
             proc = psutil.Process(int(pid))
@@ -243,27 +246,31 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object on the last line")
     parser.add_argument("--cluster", action="store_true",
                         help="on a local Redis Cluster (3 primaries, a replica each)")
+    parser.add_argument("--partitions", type=int, default=1,
+                        help="FTQUEUE_PARTITIONS: spread the namespace (over the primaries)")
     args = parser.parse_args()
+    os.environ["FTQUEUE_PARTITIONS"] = str(args.partitions)     # the nodes inherit it
     if args.quick:
         args.tasks, args.lease_timeout = 800, 1.5
     rng = random.Random(args.seed)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))   # still clean up in `finally`
 
     deployment = Redis.start(args.cluster)
-    keys = Keys("ftq", hash_tag=args.cluster)
     address = deployment.address
     nodes: list[Node] = []
     log_dir = tempfile.mkdtemp(prefix="ftqueue-chaos-")
     log_path = os.path.join(log_dir, "executions")
     try:
         r = connect(address)
+        store = Store(r)
+        keys = store.parts[0]      # the namespace's own keys, or its first partition's
         nodes += [Node(address, 2, args.lease_timeout) for _ in range(2)]
         ftqueue.init(address=address)
         started = time.monotonic()
         refs = [chaos_task.remote(i, rng.randint(5, 50), log_path, i % 97 == 5)
                 for i in range(args.tasks)]
         ftqueue.flush_submissions()
-        killer = Killer(r, keys, nodes, rng, args.kill_interval)
+        killer = Killer(r, store, nodes, rng, args.kill_interval)
         killer.start()
 
         time.sleep(1.0)
@@ -299,7 +306,10 @@ def main() -> int:
         killer.stop_event.set()
         killer.join(5)
         time.sleep(args.lease_timeout)              # let late (frozen) commits arrive
-        stats = {k.decode(): int(v) for k, v in r.hgetall(keys.stats).items()}
+        stats: dict[str, int] = {}
+        for part in store.parts:
+            for k, v in r.hgetall(part.stats).items():
+                stats[k.decode()] = stats.get(k.decode(), 0) + int(v)
         finished_commits = stats.get("tasks:FINISHED", 0)
         executions, duplicate_executions, retried_executions = count_executions(log_path)
         node_died = [row["end_time"] for ref in refs for row in ftqueue.state.get_task(ref.hex())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -177,6 +178,9 @@ class Store:
                 "with (unset FTQUEUE_PARTITIONS, or use another namespace)")
         if count == 1:
             return [self.keys]
+        # Each process starts its claims and its waits for a bell at a partition of its own,
+        # so that a fleet's idle workers wait on all of them.
+        self._claim_from = self._bell_from = random.randrange(count)
         return [Keys(self.namespace, tag=tag) for tag in partitions.tags(self.namespace, count)]
 
     def part_of(self, ident: str) -> int:
