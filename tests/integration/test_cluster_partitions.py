@@ -7,18 +7,20 @@ counted."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 from clusterkit import flush, node_starter
-from conftest import child_env, run_script, wait_until
+from conftest import child_env, mark, run_script, runs, wait_until
 from test_cluster import logged, read_log, replica_of
 from test_seed_examples import CRASH_RETRY_EXAMPLE, ERRORS_EXAMPLE
 
 import ftqueue
 from ftqueue.embedded_cluster import LocalCluster
+from ftqueue.exceptions import TaskCancelledError
 from ftqueue.partitions import tags
 from ftqueue.store import Store, connect
 
@@ -40,6 +42,66 @@ def add(x, y):
 @ftqueue.remote
 def fan_out(n):
     return sum(ftqueue.get([add.remote(i, i) for i in range(n)]))
+
+
+@ftqueue.remote
+def sleeper(seconds, path):
+    mark(path)
+    time.sleep(seconds)
+    return seconds
+
+
+@ftqueue.remote
+def parent(path, task_ids):
+    return ftqueue.get([sleeper.options(task_id=t).remote(60, path) for t in task_ids])
+
+
+def test_lineage_cancel_and_kills_across_partitions_on_a_cluster(cluster3, monkeypatch,
+                                                                 tmp_path):
+    monkeypatch.setenv("FTQUEUE_PARTITIONS", "6")
+    flush(cluster3)
+    start, nodes = node_starter(cluster3.address)
+    try:
+        doomed = start(2, "--lease-timeout", "2")
+        doomed.wait_workers(2)
+        ftqueue.init(address=cluster3.address)
+        store = Store(connect(cluster3.address))
+        # Lineage: a result lost on one primary, rebuilt for a dependent on another.
+        first = add.remote(1, 1)
+        other = next(r for r in (add.remote(0, i) for i in range(50))
+                     if store.part_of(r.hex()) != store.part_of(first.hex()))
+        ftqueue.get([first, other], timeout=60)
+        owner = redis.Redis.from_url(cluster3.owner_of(
+            store.keys_for(first.hex()).stats).address)
+        assert owner.delete(store.keys_for(first.hex()).result(first.hex())) == 1
+        owner.close()
+        assert ftqueue.get(add.remote(other, first), timeout=60) == 2 + other_value(other)
+        # Recursive cancel reaches children with ids of their own in other partitions.
+        named = [f"kid-{i}" for i in range(4)]
+        path = tmp_path / "kids"
+        ref = parent.remote(str(path), named)
+        wait_until(lambda: len(runs(path)) >= 1, 30, "a child running")
+        ftqueue.cancel(ref)
+        for r in [ref, *map(ftqueue.ObjectRef.from_hex, named)]:
+            with pytest.raises(TaskCancelledError):
+                ftqueue.get(r, timeout=30)
+        # A worker SIGKILLed, then its whole node: the tasks run again.
+        path = tmp_path / "killed"
+        refs = [sleeper.remote(1.0, str(path)) for _ in range(2)]
+        wait_until(lambda: len(runs(path)) == 2, 30, "both running")
+        os.kill(int(runs(path)[0]), signal.SIGKILL)
+        wait_until(lambda: len(runs(path)) == 3, 30, "the killed one again")
+        start(2, "--lease-timeout", "2")
+        doomed.signal_group(signal.SIGKILL)
+        assert ftqueue.get(refs, timeout=60) == [1.0, 1.0]
+    finally:
+        ftqueue.shutdown()
+        for node in nodes:
+            node.stop()
+
+
+def other_value(ref):
+    return ftqueue.get(ref)
 
 
 def test_one_queue_spreads_over_every_primary(cluster3, monkeypatch):
