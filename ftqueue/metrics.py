@@ -22,8 +22,7 @@ class ClusterCollector:
         self.node = node
 
     def collect(self) -> Iterator[Any]:
-        r = self.reader.store.redis
-        stats = {k.decode(): int(v) for k, v in r.hgetall(self.reader.keys.stats).items()}
+        stats = self.reader.stats()
         tasks = CounterMetricFamily("ftqueue_tasks", "Tasks that reached a final state",
                                     labels=["state", "error_type"])
         retries = CounterMetricFamily("ftqueue_retries", "Attempts retried, by cause",
@@ -51,7 +50,7 @@ class ClusterCollector:
             delayed.add_metric([name], n)
         yield delayed
         yield GaugeMetricFamily("ftqueue_running_tasks", "Tasks holding a lease (cluster)",
-                                value=r.zcard(self.reader.keys.leases))
+                                value=self.reader.running())
         # A snapshot the supervisor's own thread publishes: its worker table is not ours
         # to iterate from this (the HTTP server's) thread.
         workers, running = self.node.view

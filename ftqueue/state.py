@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from . import resources
-from .keys import DEFAULT_SHAPE, queue_slot
+from .keys import DEFAULT_SHAPE, Keys, queue_slot
 from .spec import TERMINAL_STATES, TaskState
 from .store import Store, as_text
 
@@ -119,23 +121,97 @@ def _matches(row: dict[str, Any], filters: Sequence[tuple[str, str, str]]) -> bo
     return True
 
 
+class _Newest:
+    """One listing index (task_index or failed_index) of every partition, read newest first:
+    by score descending, then id descending, the order ZREVRANGE keeps within one, so that a
+    cursor means the same in each. `starts`: where the reading begins in each partition."""
+
+    def __init__(self, redis: Any, indexes: list[str], starts: list[int],
+                 scored: bool) -> None:
+        self.redis = redis
+        self.indexes = indexes
+        self.starts = starts
+        # One partition needs no scores to be merged: read without them, as before partitions.
+        self.scored = scored or len(indexes) > 1
+        self.buffers: list[list[tuple[str, int]]] = [[] for _ in indexes]
+        self.ended = [False] * len(indexes)
+
+    def take(self, n: int) -> list[tuple[str, int]]:
+        """The next `n` (id, score), fewer at the end. Each partition has `n` read ahead, in
+        one round trip for all, which is enough: a task past a partition's n-th has `n`
+        newer ones before it, so it is not among the newest `n`."""
+        self._fill(n)
+        if len(self.buffers) == 1:
+            taken, self.buffers[0] = self.buffers[0][:n], self.buffers[0][n:]
+            return taken
+        tagged = ([(score, member, k) for member, score in buffer]
+                  for k, buffer in enumerate(self.buffers))
+        newest = list(itertools.islice(heapq.merge(*tagged, reverse=True), n))
+        for k in range(len(self.buffers)):
+            used = sum(1 for _, _, part in newest if part == k)
+            self.buffers[k] = self.buffers[k][used:]
+        return [(member, score) for score, member, _ in newest]
+
+    def _fill(self, n: int) -> None:
+        want = [(k, n - len(b)) for k, b in enumerate(self.buffers)
+                if not self.ended[k] and len(b) < n]
+        if not want:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for k, more in want:
+            pipe.zrevrange(self.indexes[k], self.starts[k], self.starts[k] + more - 1,
+                           withscores=self.scored)
+        for (k, more), got in zip(want, pipe.execute()):
+            rows = ([(as_text(m), int(score)) for m, score in got] if self.scored
+                    else [(as_text(m), 0) for m in got])
+            self.starts[k] += len(rows)
+            self.buffers[k] += rows
+            self.ended[k] = len(rows) < more
+
+
 class StateReader:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.keys = store.keys
+
+    @property
+    def parts(self) -> list[Keys]:
+        """The keys of each partition (one: the namespace's own)."""
+        return self.store.parts
+
+    @property
+    def home(self) -> Keys:
+        """Where the nodes' listing and the workers' records live: the first partition's keys
+        (heartbeat.py)."""
+        return self.store.parts[0]
+
+    def _each(self, read: Callable[[Any, Keys], Any]) -> list[Any]:
+        """`read(pipe, keys)` for every partition, in one round trip: the replies in order."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        for keys in self.parts:
+            read(pipe, keys)
+        return list(pipe.execute())
 
     def task_rows(self, task_ids: Sequence[str], detail: bool = False) -> list[dict[str, Any]]:
         pipe = self.store.redis.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.hgetall(self.keys.task(task_id))
-            pipe.lrange(self.keys.attempts(task_id), 0, -1)
+            keys = self.store.keys_for(task_id)
+            pipe.hgetall(keys.task(task_id))
+            pipe.lrange(keys.attempts(task_id), 0, -1)
         raw = pipe.execute()
         rows: list[dict[str, Any]] = []
         for i, task_id in enumerate(task_ids):
             record = {k.decode(): v.decode() for k, v in raw[2 * i].items()}
-            if record.get("state"):
+            # A mirror stands for a task of another partition: never a task of its own.
+            if record.get("state") and not record.get("mirror"):
                 rows += _rows_for(task_id, record, raw[2 * i + 1], detail)
         return rows
+
+    def _index(self, checked: Sequence[tuple[str, str, str]]) -> list[str]:
+        """The listing index of each partition that answers `checked` best. Failed tasks have
+        an index of their own: "what failed?" stays fast on a big history."""
+        if ("state", "=", "FAILED") in checked:
+            return [keys.failed_index for keys in self.parts]
+        return [keys.task_index for keys in self.parts]
 
     def list_tasks(self, filters: Sequence[tuple[str, str, Any]] = (), detail: bool = False,
                    limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
@@ -144,18 +220,14 @@ class StateReader:
         if ids:
             rows = self.task_rows(list(dict.fromkeys(ids)), detail=True)
             return [_shape(r, detail) for r in rows if _matches(r, checked)][:limit]
-        # Failed tasks have an index of their own: "what failed?" stays fast on a big history.
-        index = self.keys.task_index
-        if ("state", "=", "FAILED") in checked:
-            index = self.keys.failed_index
+        indexes = self._index(checked)
+        newest = _Newest(self.store.redis, indexes, [0] * len(indexes), scored=False)
         rows = []
-        start = 0
         while len(rows) < limit:
-            chunk = self.store.redis.zrevrange(index, start, start + SCAN_CHUNK - 1)
+            chunk = newest.take(SCAN_CHUNK)
             if not chunk:
                 break
-            start += SCAN_CHUNK
-            for row in self.task_rows([as_text(c) for c in chunk], detail=True):
+            for row in self.task_rows([member for member, _ in chunk], detail=True):
                 if _matches(row, checked):
                     rows.append(_shape(row, detail))
         return rows[:limit]
@@ -170,21 +242,17 @@ class StateReader:
             found = self.task_rows(list(dict.fromkeys(ids)), detail=True)
             return TaskPage([_shape(r, True) for r in found if _matches(r, checked)][:limit],
                             "", len(ids), True)
-        index = self.keys.task_index
-        if ("state", "=", "FAILED") in checked:
-            index = self.keys.failed_index
+        indexes = self._index(checked)
         indexed = all(f == ("state", "=", "FAILED") for f in checked)
-        start = self._resume_rank(index, cursor)
+        newest = _Newest(self.store.redis, indexes, self._resume_ranks(indexes, cursor),
+                         scored=True)
         rows: list[dict[str, Any]] = []
         scanned, last = 0, ""
         while len(rows) < limit and (indexed or scanned < scan_max):
             want = limit - len(rows) if indexed else min(SCAN_CHUNK, scan_max - scanned)
-            raw: Any = self.store.redis.zrevrange(index, start, start + max(want, 1) - 1,
-                                                  withscores=True)
-            chunk = [(as_text(m), int(score)) for m, score in raw]
+            chunk = newest.take(max(want, 1))
             if not chunk:
                 return TaskPage(rows, "", scanned, indexed)
-            start += len(chunk)
             by_task: dict[str, list[dict[str, Any]]] = {}
             for row in self.task_rows([member for member, _ in chunk], detail=True):
                 by_task.setdefault(row["task_id"], []).append(row)
@@ -196,28 +264,38 @@ class StateReader:
                     break
         return TaskPage(rows, last, scanned, indexed)
 
-    def _resume_rank(self, index: str, cursor: str) -> int:
-        """Where the page after `cursor` ("<score>:<task id>") starts in `index`: just past
-        that task, or, if it has left the index, past every task not older than it."""
+    def _resume_ranks(self, indexes: list[str], cursor: str) -> list[int]:
+        """Where the page after `cursor` ("<score>:<task id>") starts in each index: just past
+        that task, or, where it is not (left the index, or lives in another partition), past
+        every task not older than it."""
         if not cursor:
-            return 0
+            return [0] * len(indexes)
         score, _, member = cursor.partition(":")
         if not score.isdigit() or not member:
             raise FilterError(f"invalid cursor {cursor!r}")
-        rank = self.store.redis.zrevrank(index, member)
-        if isinstance(rank, int):
-            return rank + 1
+        pipe = self.store.redis.pipeline(transaction=False)
+        for index in indexes:
+            pipe.zrevrank(index, member)
+        ranks: list[Any] = pipe.execute()
         # Newest first is score descending, then id descending among equal scores (one
         # burst of submissions shares a millisecond): skip the newer ones and the tied
         # ones that sorted before it.
-        newer = int(self.store.redis.zcount(index, f"({score}", "+inf"))
-        tied: Any = self.store.redis.zrangebyscore(index, score, score)
-        return newer + sum(1 for t in tied if as_text(t) > member)
+        missing = [i for i, rank in enumerate(ranks) if not isinstance(rank, int)]
+        pipe = self.store.redis.pipeline(transaction=False)
+        for i in missing:
+            pipe.zcount(indexes[i], f"({score}", "+inf")
+            pipe.zrangebyscore(indexes[i], score, score)
+        found = pipe.execute() if missing else []
+        starts = [rank + 1 if isinstance(rank, int) else 0 for rank in ranks]
+        for n, i in enumerate(missing):
+            newer, tied = found[2 * n], found[2 * n + 1]
+            starts[i] = int(newer) + sum(1 for t in tied if as_text(t) > member)
+        return starts
 
     def task_detail(self, task_id: str) -> dict[str, Any] | None:
         """One task for its own page: every attempt with what it printed, the traceback,
         parent, children, the tasks it depends on and those waiting for it. None if unknown."""
-        keys = self.keys
+        keys = self.store.keys_for(task_id)
         attempts = self.task_rows([task_id], detail=True)
         if not attempts:
             return None
@@ -245,9 +323,25 @@ class StateReader:
             "children": sorted(as_text(c) for c in children),
             "dependencies": [d for d in dep_ids.split(",") if d],
             # Only while this task has not ended: the set is released when it does.
-            "dependents": sorted(as_text(d) for d in dependents),
+            "dependents": self._dependents(task_id, dependents),
             "attempts": attempts,
         }
+
+    def _dependents(self, task_id: str, members: Iterable[Any]) -> list[str]:
+        """The tasks waiting for this one: those of its partition, and for each other
+        partition where some wait (its member `@<k>`, link.lua), those its mirror there lists."""
+        local, others = [], []
+        for member in (as_text(m) for m in members):
+            if not member.startswith("@"):
+                local.append(member)
+            elif member[1:].isdigit() and int(member[1:]) < len(self.parts):
+                others.append(self.parts[int(member[1:])])
+        if others:
+            pipe = self.store.redis.pipeline(transaction=False)
+            for keys in others:
+                pipe.smembers(keys.dependents(task_id))
+            local += [as_text(d) for found in pipe.execute() for d in found]
+        return sorted(local)
 
     def traceback(self, task_id: str) -> str:
         """The remote traceback of a failed task, as its `get` would show it."""
@@ -260,31 +354,45 @@ class StateReader:
 
     def count_workers(self) -> int:
         """Worker records in the listing index, alive and recently dead."""
-        return int(self.store.redis.zcard(self.keys.workers))
+        return int(self.store.redis.zcard(self.home.workers))
 
     def count_tasks(self) -> int:
         """Tasks in the listing index (finished ones until their lineage expires)."""
-        return int(self.store.redis.zcard(self.keys.task_index))
+        return sum(int(n) for n in self._each(lambda pipe, keys: pipe.zcard(keys.task_index)))
 
     def get_task(self, task_id: str) -> list[dict[str, Any]]:
         return self.task_rows([task_id], detail=True)
 
+    def stats(self) -> dict[str, int]:
+        """The counters the scripts keep (`stats`), summed over the partitions."""
+        return _summed_counts(self._each(lambda pipe, keys: pipe.hgetall(keys.stats)))
+
+    def running(self) -> int:
+        """Attempts holding a lease."""
+        return sum(int(n) for n in self._each(lambda pipe, keys: pipe.zcard(keys.leases)))
 
     def summarize_tasks(self) -> dict[str, dict[str, int]]:
         """Per function: how many tasks are in each state, from counts the scripts keep
         (no scan): every task created and ended since the counts began, the attempts holding
         a lease by their state, and the rest, waiting to run, as PENDING. The counts and the
-        leases are read as one snapshot; a task leased in it is counted in the state it has
-        when read, final too (its end came after the counts were read), so no task is
-        counted twice or as waiting when it is not."""
+        leases of a partition are read as one snapshot (a task lives in one partition); a
+        task leased in it is counted in the state it has when read, final too (its end came
+        after the counts were read), so no task is counted twice or as waiting when it is
+        not."""
         created: dict[str, int] = {}
         summary: dict[str, dict[str, int]] = {}
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.hgetall(self.keys.stats)
-        pipe.zrange(self.keys.leases, 0, -1)
-        stats, leases = pipe.execute()
+        counted, leases = [], []
+        for keys in self.parts:
+            # One transaction per partition: a cluster's transaction stays in one slot.
+            pipe = self.store.redis.pipeline(transaction=True)
+            pipe.hgetall(keys.stats)
+            pipe.zrange(keys.leases, 0, -1)
+            part_stats, part_leases = pipe.execute()
+            counted.append(part_stats)
+            leases += part_leases
+        stats = _summed_counts(counted)
         for key, value in stats.items():
-            kind, _, rest = as_text(key).partition(":")
+            kind, _, rest = key.partition(":")
             what, _, func = rest.partition(":")
             if kind != "summary" or not func:
                 continue
@@ -333,7 +441,7 @@ class StateReader:
         records it."""
         now_ms = self.store.clock_ms()
         rows = []
-        for r in self._records(self.keys.node_index, self.keys.node):
+        for r in self._records(self.home.node_index, self.home.node):
             heartbeat = int(r.get("heartbeat_ms", 0) or 0)
             age_s = (now_ms - heartbeat) / 1000 if heartbeat else None
             state = r.get("state", "")
@@ -351,13 +459,19 @@ class StateReader:
         return rows
 
     def _add_free(self, nodes: list[dict[str, Any]]) -> None:
-        """Each node's free resources (what its running tasks do not hold)."""
+        """Each node's free resources (what its running tasks do not hold). Partitioned,
+        each partition has a copy of the node's resources and takes what its own tasks hold
+        from it (heartbeat.py offer_resources): the node has free its total less what every
+        partition holds."""
+        count = len(self.parts)
         pipe = self.store.redis.pipeline(transaction=False)
         for n in nodes:
-            pipe.hgetall(self.keys.node_free(n["node_id"]))
-        for n, raw in zip(nodes, pipe.execute()):
-            free = {as_text(k): int(v) for k, v in raw.items()
-                    if not as_text(k).startswith("gpu:") and as_text(k) != resources.BLOCKED_FLAG}
+            for keys in self.parts:
+                pipe.hgetall(keys.node_free(n["node_id"]))
+        replies = pipe.execute()
+        for i, n in enumerate(nodes):
+            copies = [_free_units(raw) for raw in replies[i * count:(i + 1) * count]]
+            free = copies[0] if count == 1 else _left(n["resources_total"], copies)
             n["resources_free"] = resources.as_amounts(free) if n["state"] == "ALIVE" else {}
             n["resources_total"] = resources.as_amounts(n["resources_total"])
 
@@ -370,7 +484,7 @@ class StateReader:
                  if n["state"] == "ALIVE"}
         rows = []
         now_ms = self.store.clock_ms()
-        for r in self._records(self.keys.workers, self.keys.worker, newest):
+        for r in self._records(self.home.workers, self.home.worker, newest):
             state, current = r.get("state", ""), r.get("current_task", "")
             if state == "ALIVE" and r.get("node_id", "") not in alive:
                 state, current = "DEAD", ""
@@ -396,26 +510,32 @@ class StateReader:
         return depths
 
     def slot_depths(self) -> dict[tuple[str, str], int]:
-        """Per (queue, shape): how many ready tasks wait (pinned ones counted in too)."""
-        names = sorted(as_text(n) for n in self.store.redis.smembers(self.keys.queues))
+        """Per (queue, shape): how many ready tasks wait (pinned ones counted in too), in
+        every partition."""
+        found = self._each(lambda pipe, keys: (pipe.smembers(keys.queues),
+                                               pipe.zrange(keys.nodes, 0, -1)))
+        names = sorted({as_text(n) for members in found[0::2] for n in members})
         pipe = self.store.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.smembers(self.keys.shapes(name))
-        for node in self.store.redis.zrange(self.keys.nodes, 0, -1):
-            pipe.smembers(self.keys.pins(as_text(node)))
-        replies = pipe.execute()
-        slots: list[tuple[str, str, str]] = []    # (queue, shape, slot name)
-        for name, shapes in zip(names, replies):
-            for shape in [DEFAULT_SHAPE, *sorted(as_text(s) for s in shapes)]:
-                slots.append((name, shape, queue_slot(name, shape)))
-        for pinned in replies[len(names):]:
-            for slot in (as_text(p) for p in pinned):
-                queue, _, rest = slot.partition("@node=")
-                _, _, shape = rest.partition("@")
-                slots.append((queue, shape or DEFAULT_SHAPE, slot))
+        for keys, nodes in zip(self.parts, found[1::2]):
+            for name in names:
+                pipe.smembers(keys.shapes(name))
+            for node in nodes:
+                pipe.smembers(keys.pins(as_text(node)))
+        replies = iter(pipe.execute())
+        slots: list[tuple[str, str, str]] = []    # (queue, shape, key of its list)
+        for keys, nodes in zip(self.parts, found[1::2]):
+            for name in names:
+                shapes = next(replies)
+                for shape in [DEFAULT_SHAPE, *sorted(as_text(s) for s in shapes)]:
+                    slots.append((name, shape, keys.queue(queue_slot(name, shape))))
+            for _ in nodes:
+                for slot in (as_text(p) for p in next(replies)):
+                    queue, _, rest = slot.partition("@node=")
+                    _, _, shape = rest.partition("@")
+                    slots.append((queue, shape or DEFAULT_SHAPE, keys.queue(slot)))
         pipe = self.store.redis.pipeline(transaction=False)
-        for _, _, slot in slots:
-            pipe.llen(self.keys.queue(slot))
+        for _, _, key in slots:
+            pipe.llen(key)
         depths: dict[tuple[str, str], int] = {(name, DEFAULT_SHAPE): 0 for name in names}
         for (queue, shape, _), n in zip(slots, pipe.execute()):
             depths[(queue, shape)] = depths.get((queue, shape), 0) + int(n)
@@ -442,24 +562,29 @@ class StateReader:
             out.append({"queue": queue, "shape": shape, "tasks": int(n), "missing": lacks})
         return out
 
+    def _queue_names(self) -> list[str]:
+        """Every queue that ever held a task, in any partition."""
+        found = self._each(lambda pipe, keys: pipe.smembers(keys.queues))
+        return sorted({as_text(n) for members in found for n in members})
+
     def delayed_counts(self) -> dict[str, int]:
         """Per queue, how many tasks are DELAYED (waiting for their time, in no queue)."""
-        names = sorted(as_text(n) for n in self.store.redis.smembers(self.keys.queues))
-        pipe = self.store.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.zcard(self.keys.delayed(name))
-        return {name: n for name, n in zip(names, pipe.execute()) if n}
+        names = self._queue_names()
+        found = self._each(lambda pipe, keys: [pipe.zcard(keys.delayed(n)) for n in names])
+        counts = {name: sum(int(n) for n in found[i::len(names)])
+                  for i, name in enumerate(names)}
+        return {name: n for name, n in counts.items() if n}
 
     def limits(self) -> dict[str, dict[str, int]]:
         """Per limit key that held tasks back: tasks running under it, tasks waiting."""
-        keys = sorted(as_text(k) for k in self.store.redis.smembers(self.keys.limit_keys))
-        pipe = self.store.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.scard(self.keys.limit_running(key))
-            pipe.llen(self.keys.limit_waiting(key))
-        counts = pipe.execute()
-        return {key: {"running": counts[2 * i], "waiting": counts[2 * i + 1]}
-                for i, key in enumerate(keys)}
+        found = self._each(lambda pipe, keys: pipe.smembers(keys.limit_keys))
+        names = sorted({as_text(k) for members in found for k in members})
+        counts = self._each(lambda pipe, keys: [
+            (pipe.scard(keys.limit_running(k)), pipe.llen(keys.limit_waiting(k)))
+            for k in names])
+        per = 2 * len(names)
+        return {key: {"running": sum(counts[2 * i::per]), "waiting": sum(counts[2 * i + 1::per])}
+                for i, key in enumerate(names)}
 
     def queue_stats(self, nodes: list[dict[str, Any]] | None = None,
                     depths: dict[str, int] | None = None) -> list[dict[str, Any]]:
@@ -467,16 +592,19 @@ class StateReader:
         it. The oldest is the list's right end, where claims pop: O(1) per queue."""
         depths = depths if depths is not None else self.queue_depths()
         nodes = nodes if nodes is not None else self.list_nodes()
+        count = len(self.parts)
         pipe = self.store.redis.pipeline(transaction=False)
         for name in depths:
-            pipe.lindex(self.keys.queue(name), -1)
-        oldest = [as_text(i) if i is not None else "" for i in pipe.execute()]
-        created = self.store.task_fields([i for i in oldest if i], "created_ms")
-        created_ms = dict(zip([i for i in oldest if i], (row[0] for row in created)))
+            for keys in self.parts:
+                pipe.lindex(keys.queue(name), -1)
+        heads = [as_text(i) if i is not None else "" for i in pipe.execute()]
+        created = self.store.task_fields([i for i in heads if i], "created_ms")
+        created_ms = {i: int(row[0] or 0) for i, row in zip([i for i in heads if i], created)}
         now_ms = self.store.clock_ms()
         rows = []
-        for (name, depth), first in zip(depths.items(), oldest):
-            since = int(created_ms.get(first) or 0)
+        for n, (name, depth) in enumerate(depths.items()):
+            first = _oldest(heads[n * count:(n + 1) * count], created_ms)
+            since = created_ms.get(first, 0)
             rows.append({"queue": name, "depth": depth, "oldest_task_id": first,
                          "oldest_age_s": round((now_ms - since) / 1000, 1) if since else None,
                          "nodes_serving": sum(1 for n in nodes if n["state"] == "ALIVE"
@@ -488,17 +616,24 @@ class StateReader:
         first, from the per-minute counters the scripts keep."""
         now_minute = self.store.clock_ms() // 60000
         first = now_minute - minutes + 1
-        pipe = self.store.redis.pipeline(transaction=False)
-        for m in range(first, now_minute + 1):
-            pipe.hgetall(self.keys.stats_minute(m))
         series: dict[str, list[int]] = {"finished": [], "failed": [], "retried": []}
-        for bucket in pipe.execute():
-            counts = {as_text(k): int(v) for k, v in bucket.items()}
+        for counts in self._minutes(first, now_minute):
             series["finished"].append(counts.get("finished", 0))
             series["failed"].append(sum(v for k, v in counts.items() if k.startswith("failed:")))
             series["retried"].append(sum(v for k, v in counts.items()
                                          if k.startswith("retries:")))
         return {"first_minute_ms": first * 60000, "minutes": minutes, **series}
+
+    def _minutes(self, first: int, last: int) -> list[dict[str, int]]:
+        """The per-minute counters of each minute from `first` to `last`, summed over the
+        partitions."""
+        count = len(self.parts)
+        pipe = self.store.redis.pipeline(transaction=False)
+        for m in range(first, last + 1):
+            for keys in self.parts:
+                pipe.hgetall(keys.stats_minute(m))
+        buckets = pipe.execute()
+        return [_summed_counts(buckets[i:i + count]) for i in range(0, len(buckets), count)]
 
     def unserved_queues(self) -> list[str]:
         """Queues with work waiting that no live node serves."""
@@ -508,16 +643,10 @@ class StateReader:
                workers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """`ftqueue status`; `nodes` and `workers` when the caller has read them already."""
         now_minute = self.store.clock_ms() // 60000
-        pipe = self.store.redis.pipeline(transaction=False)
-        for m in range(now_minute - minutes + 1, now_minute + 1):
-            pipe.hgetall(self.keys.stats_minute(m))
-        recent: dict[str, int] = {}
-        for bucket in pipe.execute():
-            for k, v in bucket.items():
-                recent[k.decode()] = recent.get(k.decode(), 0) + int(v)
+        recent = _summed_counts(self._minutes(now_minute - minutes + 1, now_minute))
         nodes = nodes if nodes is not None else self.list_nodes()
         workers = workers if workers is not None else self.list_workers(nodes)
-        stats = {as_text(k): int(v) for k, v in self.store.redis.hgetall(self.keys.stats).items()}
+        stats = self.stats()
         slots = self.slot_depths()
         depths = self.queue_depths(slots)
         return {
@@ -530,7 +659,7 @@ class StateReader:
             "limits": self.limits(),
             "unserved_queues": unserved(nodes, depths),
             "infeasible": self.infeasible(nodes, slots),
-            "running": self.store.redis.zcard(self.keys.leases),
+            "running": self.running(),
             "window_minutes": minutes,
             "recent_finished": recent.get("finished", 0),
             "recent_retries": {k.split(":", 1)[1]: v for k, v in recent.items()
@@ -539,6 +668,38 @@ class StateReader:
                                 if k.startswith("failed:")},
             "fenced_late_results": stats.get("fenced", 0),
         }
+
+
+def _free_units(raw: dict[Any, Any]) -> dict[str, int]:
+    """A node_free hash's resources (not its per-GPU fields nor its blocked flag)."""
+    return {as_text(k): int(v) for k, v in raw.items()
+            if not as_text(k).startswith("gpu:") and as_text(k) != resources.BLOCKED_FLAG}
+
+
+def _left(total: dict[str, int], copies: Sequence[dict[str, int]]) -> dict[str, int]:
+    """What a node has free: its total less what each partition's copy says is held (a
+    resource missing from a copy: none held there)."""
+    return {name: units - sum(units - copy.get(name, units) for copy in copies)
+            for name, units in total.items()}
+
+
+def _oldest(heads: Sequence[str], created_ms: dict[str, int]) -> str:
+    """Of the tasks at the head of a queue's list in each partition, the one created first
+    ('' if every list is empty)."""
+    found = [h for h in heads if h]
+    if len(found) <= 1:
+        return found[0] if found else ""
+    return min(found, key=lambda h: (not created_ms.get(h), created_ms.get(h, 0)))
+
+
+def _summed_counts(hashes: Iterable[dict[Any, Any]]) -> dict[str, int]:
+    """Hashes of counters (one per partition), summed field by field."""
+    total: dict[str, int] = {}
+    for raw in hashes:
+        for key, value in raw.items():
+            name = as_text(key)
+            total[name] = total.get(name, 0) + int(value)
+    return total
 
 
 def _summed(nodes: list[dict[str, Any]], field: str) -> dict[str, float]:
