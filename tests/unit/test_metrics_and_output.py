@@ -128,8 +128,9 @@ def _capture_on(client) -> OutputCapture:
 
     from ftqueue.keys import Keys
 
-    return OutputCapture(SimpleNamespace(redis=client, keys=Keys("ftq"), cluster=False),
-                         copy=False)
+    keys = Keys("ftq")
+    return OutputCapture(SimpleNamespace(redis=client, keys=keys, cluster=False,
+                                         keys_for=lambda _id: keys), copy=False)
 
 
 def test_task_output_sent_twice_is_stored_once():
