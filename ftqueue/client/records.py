@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import partitions, payload
+from .. import partitions, payload, resources
 from ..context import current_task
 from ..keys import DEFAULT_SHAPE
 from ..policy import timeout_is_retryable
@@ -77,26 +77,42 @@ def _printable(name: str) -> str:
     return "".join(c if c.isprintable() and not c.isspace() else "_" for c in name)
 
 
+# Partitioned (docs/design.md, "Partitions"), every task that asks for more than a share of
+# one CPU lives in this partition, where the nodes count their GPUs, memory and custom
+# resources: no task of another partition ever reserves them.
+RESOURCE_PARTITION = 0
+
+
 def _check_partitioned(options: ResolvedOptions) -> None:
-    """What a partitioned namespace cannot do yet (docs/design.md, "Partitions")."""
-    if options.shape != DEFAULT_SHAPE:
+    """What a partitioned namespace cannot do (docs/design.md, "Partitions")."""
+    if options.shape == DEFAULT_SHAPE:
+        if options.task_id and options.limit_key:
+            raise ValueError(
+                "on a partitioned namespace (FTQUEUE_PARTITIONS > 1) a task with its own id "
+                "(task_id=, or a schedule's) cannot have a limit_key: a limited task is "
+                "placed beside its limit key")
+        return
+    if resources.parse_shape(options.shape).get("CPU", 0) > resources.UNIT:
         raise ValueError(
-            f"resources other than one CPU ({options.shape}) are not supported on a "
-            "partitioned namespace yet (FTQUEUE_PARTITIONS > 1): a node's resources are "
-            "counted per partition")
-    if options.task_id and options.limit_key:
+            f"a task that needs more than one CPU ({options.shape}) cannot run on a "
+            "partitioned namespace (FTQUEUE_PARTITIONS > 1): each worker runs one task, and "
+            "a node counts its CPUs by its workers there")
+    if options.task_id or options.limit_key:
         raise ValueError(
-            "task_id= with limit_key= is not supported on a partitioned namespace "
-            "(FTQUEUE_PARTITIONS > 1): a limited task must be placed beside its limit key")
+            f"on a partitioned namespace (FTQUEUE_PARTITIONS > 1) a task that asks for "
+            f"resources ({options.shape}) cannot have its own id (task_id=, or a schedule's) "
+            "or a limit_key: it is placed where the nodes count those resources")
 
 
 def _new_task_id(count: int, parent: Any, options: ResolvedOptions, args: Sequence[Any],
                  kwargs: dict[str, Any]) -> str:
     """A new id; partitioned, in the partition of what the task needs beside it in one
-    script (docs/design.md, "Partitions"): its parent (recursive cancel), its limit key
-    (admission), else its first dependency."""
+    script (docs/design.md, "Partitions"): the resources it asks for, its parent (recursive
+    cancel), its limit key (admission), else its first dependency."""
     if count <= 1:
         return new_id()
+    if options.shape != DEFAULT_SHAPE:
+        return partitions.draw_id(RESOURCE_PARTITION, count)
     anchor = ""
     if parent is not None:
         anchor = parent.task_id

@@ -201,10 +201,15 @@ def test_node_sigkill_retries_elsewhere(partitioned, tmp_path):
 
 def test_what_a_partitioned_namespace_cannot_do_yet_is_refused(partitioned, redis_url):
     partitioned(1)
-    with pytest.raises(ValueError, match="not supported on a partitioned namespace"):
+    with pytest.raises(ValueError, match="needs more than one CPU"):
         square.options(num_cpus=2).remote(1)
-    with pytest.raises(ValueError, match="task_id= with limit_key="):
+    with pytest.raises(ValueError, match="cannot have a limit_key"):
         square.options(task_id="x", limit_key="k", max_concurrency=1).remote(1)
+    with pytest.raises(ValueError, match="cannot have its own id"):
+        square.options(task_id="y", num_gpus=1).remote(1)
+    with pytest.raises(ValueError, match="cannot have its own id"):
+        ftqueue.schedule("gpu-beat", square.options(num_gpus=1), 1, every_s=60)
+    assert ftqueue.list_schedules() == []
     node = NodeProcess(redis_url, 2, "--num-cpus", "1", env=child_env(FTQUEUE_PARTITIONS="3"))
     try:
         assert node.process.wait(60) == 1
@@ -264,3 +269,33 @@ def test_returns_puts_delays_requeue_purge_and_schedules(partitioned, tmp_path):
     ftqueue.schedule("beat", beat, path, every_s=1)
     wait_until(lambda: len(runs(path)) >= 2, 30, "two ticks")
     assert ftqueue.unschedule("beat") is True and ftqueue.list_schedules() == []
+
+
+@ftqueue.remote(num_gpus=0.5)
+def on_half_a_gpu(path, i):
+    with open(path, "a") as f:
+        f.write(f"+{i} {os.environ.get('CUDA_VISIBLE_DEVICES')}\n")
+    time.sleep(0.2)
+    with open(path, "a") as f:
+        f.write(f"-{i}\n")
+    return i
+
+
+def test_resources_are_counted_in_one_partition(partitioned, tmp_path, redis_url):
+    """Tasks asking for a GPU share live in the resource partition, where the node counts
+    its GPU: with 4 workers and one GPU, never more than two halves at once."""
+    partitioned(4, "--num-gpus", "1")
+    path = tmp_path / "gpu"
+    refs = [on_half_a_gpu.remote(str(path), i) for i in range(8)]
+    store = Store(connect(redis_url))
+    assert {store.part_of(r.hex()) for r in refs} == {0}
+    assert ftqueue.get(refs, timeout=60) == list(range(8))
+    now = peak = 0
+    for line in path.read_text().split("\n"):
+        if line.startswith("+"):
+            now += 1
+            peak = max(peak, now)
+            assert line.endswith(" 0"), line
+        elif line.startswith("-"):
+            now -= 1
+    assert peak <= 2
