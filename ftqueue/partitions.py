@@ -18,11 +18,11 @@ import zlib
 
 from redis.crc import key_slot
 
+from .settings import PARTITIONS_MAX
 from .spec import new_id, split_object_id
 
 CLUSTER_SLOTS = 16384
 SCHEDULE_TASK_PREFIX = "sched:"   # schedules.py names a tick's task sched:<name>:<tick ms>
-PARTITIONS_MAX = 1024
 # A mirror of a task in another partition (a dependency): its state while that task runs.
 MIRROR_PENDING = "PENDING_ELSEWHERE"
 

@@ -30,6 +30,7 @@ INLINE_RESULT_MAX_BYTES = 16384
 DEFAULT_STARTUP_WAIT_S = 30.0
 DEFAULT_MAX_PAYLOAD_BYTES = 100 * 1024 * 1024
 DEFAULT_LOG_MAX_BYTES = 64 * 1024
+PARTITIONS_MAX = 1024
 DEFAULT_NAMESPACE = "ftq"
 DURABILITIES = ("async", "replicated")
 # How long a replicated write waits for a replica's acknowledgement (WAIT) before the step
@@ -209,6 +210,12 @@ def _parse(name: str, var: str, raw: str) -> object:
         if raw not in DURABILITIES:
             raise ValueError(f"{var} must be one of {', '.join(DURABILITIES)}, got {raw!r}")
         return raw
+    if name == "partitions":
+        count = int(_number(var, raw, int))
+        if not 0 <= count <= PARTITIONS_MAX:
+            raise ValueError(f"{var} must be 1..{PARTITIONS_MAX} (0: as the namespace has "
+                             f"them), got {raw!r}")
+        return count
     if kind in ("int", "float"):
         return _number(var, raw, int if kind == "int" else float)
     return raw
