@@ -29,6 +29,7 @@ from ..settings import Settings
 from ..spec import ObjectRef, ResolvedOptions, is_task_id, item_id, new_id, new_put_id
 from ..state import StateReader
 from ..store import Store, connect, describe
+from ..store.store import PartitionsMismatch
 from .calls import BoundedCalls, DeadlinePassed, as_ftqueue_error, grace
 from .completions import SAFETY_POLL_S, CompletionRouter
 from .futures import FutureResolver
@@ -58,6 +59,8 @@ class Client:
         try:
             self.job_id = job_id or self.store.next_job_id()
             epoch = self.store.ensure_epoch()
+        except PartitionsMismatch:
+            raise
         except Exception as e:  # noqa: BLE001 - whatever Redis said, one clear error
             raise FtqueueConnectionError(f"cannot start a session on Redis: {describe(e)}") \
                 from None

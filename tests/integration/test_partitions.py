@@ -11,7 +11,7 @@ import time
 
 import pytest
 import redis
-from conftest import NodeProcess, child_env, mark, runs, wait_until
+from conftest import NodeProcess, child_env, mark, run_script, runs, wait_until
 
 import ftqueue
 from ftqueue.exceptions import TaskCancelledError, TaskError
@@ -142,6 +142,11 @@ def test_a_process_with_other_partitions_is_refused(partitioned, redis_url):
     partitioned(1)
     with pytest.raises(PartitionsMismatch, match="has 3 partition"):
         Store(connect(redis_url), partitions=4).ping()
+    driver = run_script(f"import ftqueue\nftqueue.init(address={redis_url!r})",
+                        env=child_env(FTQUEUE_PARTITIONS="4"))
+    assert driver.returncode == 1
+    assert driver.stderr.strip().splitlines()[-1].startswith(
+        "ftqueue.store.store.PartitionsMismatch: namespace 'ftq' has 3 partition(s)")
 
 
 @ftqueue.remote(max_concurrency=1, limit_key="one-at-a-time")
