@@ -134,7 +134,8 @@ def _origin(store: Any) -> Any:
     from .client.records import Origin
 
     settings = Settings.from_env()
-    return Origin(store.next_job_id(), "", settings.result_ttl_s, settings.lineage_ttl_s)
+    return Origin(store.next_job_id(), "", settings.result_ttl_s, settings.lineage_ttl_s,
+                  store.partition_count)
 
 
 def _when(epoch_s: float | None) -> str:

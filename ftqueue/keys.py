@@ -36,6 +36,7 @@ SINGLE: dict[str, str] = {
     "schedules": "schedules",
     "partitions": "partitions",
     "outbox": "outbox",
+    "mirrors": "mirrors",
 }
 
 # Keys of which there is one per id: method name -> segment; the key is
@@ -296,6 +297,11 @@ class Keys:
     def outbox(self) -> str:
         """Ends of tasks that other partitions wait for, to be applied there (partitions.py)."""
         return self._single("outbox")
+
+    @property
+    def mirrors(self) -> str:
+        """Pending mirrors of tasks in other partitions -> when last linked (partitions.py)."""
+        return self._single("mirrors")
 
     @property
     def corrupt(self) -> str:

@@ -81,7 +81,7 @@ class CompletionRouter:
         self._done_bytes = 0
         self._mine: OrderedDict[str, None] = OrderedDict()   # we will be notified of these
         self._waiting: list[Waiting] = []
-        self._broken = False
+        self._broken: set[str] = set()    # the lists whose listener lost Redis
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -116,16 +116,17 @@ class CompletionRouter:
         """Pop what arrived at `key` (the notify key by default), waiting up to timeout_s for
         the first notice, and deliver it; False if Redis was unavailable. With `duties`,
         this listener also runs the client's periodic duties and its reconnect."""
+        key = key or self.notify_key
         try:
-            items = self.store.pop_notifications(key or self.notify_key, timeout_s=timeout_s)
+            items = self.store.pop_notifications(key, timeout_s=timeout_s)
         except Exception as e:  # noqa: BLE001 - keep listening across Redis outages
-            if not self._broken and not self._stop.is_set():
+            if key not in self._broken and not self._stop.is_set():
                 log.info("ftqueue: lost Redis while listening for completions: %s",
                          describe(e))
-            self._broken = True
+            self._broken.add(key)
             return False
-        if self._broken and duties:
-            self._broken = False
+        if key in self._broken:
+            self._broken.discard(key)
             log.info("ftqueue: Redis is back")
             self._on_reconnect()
         self.deliver(items)

@@ -13,6 +13,7 @@ from ..context import current_task
 from ..keys import DEFAULT_SHAPE
 from ..policy import timeout_is_retryable
 from ..spec import ObjectRef, ResolvedOptions, new_id, parse_rate
+from ..store.crossing import is_put_id
 
 StoreTask = tuple[str, str, bytes, list[str], dict[str, str]]   # what Store.submit takes
 
@@ -40,7 +41,7 @@ class Origin:
     notify_key: str
     result_ttl_s: int
     lineage_ttl_s: int
-    partitions: int = 1      # of the namespace: a task is placed beside what it needs
+    partitions: int          # of the namespace: a task is placed beside what it needs
 
 
 def time_fields(options: ResolvedOptions) -> dict[str, str]:
@@ -107,20 +108,21 @@ def _check_partitioned(options: ResolvedOptions) -> None:
 def _new_task_id(count: int, parent: Any, options: ResolvedOptions, args: Sequence[Any],
                  kwargs: dict[str, Any]) -> str:
     """A new id; partitioned, in the partition of what the task needs beside it in one
-    script (docs/design.md, "Partitions"): the resources it asks for, its parent (recursive
-    cancel), its limit key (admission), else its first dependency."""
+    script (docs/design.md, "Partitions"), first found of: the resources it asks for, its
+    limit key (admission), its parent (recursive cancel; a child elsewhere is adopted), its
+    first dependency that is a task (a `put` object decides nothing)."""
     if count <= 1:
         return new_id()
     if options.shape != DEFAULT_SHAPE:
         return partitions.draw_id(RESOURCE_PARTITION, count)
     anchor = ""
-    if parent is not None:
-        anchor = parent.task_id
-    elif options.limit_key:
+    if options.limit_key:
         anchor = options.limit_key
+    elif parent is not None:
+        anchor = parent.task_id
     else:
         for value in (*args, *kwargs.values()):
-            if isinstance(value, ObjectRef):
+            if isinstance(value, ObjectRef) and not is_put_id(value.task_id()):
                 anchor = value.task_id()
                 break
     if not anchor:

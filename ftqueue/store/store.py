@@ -25,6 +25,7 @@ from ..exceptions import FtqueueError
 from ..keys import DEFAULT_SHAPE, Keys, queue_slot
 from ..settings import DEFAULT_LINEAGE_TTL_S, Settings
 from ..spec import item_id, split_object_id
+from . import crossing
 from .cluster import Client, is_cluster, reload_slots, slot_client, slot_node
 from .errors import ReplicaWaitTimeout, is_corrupt
 from .scripts import load_scripts
@@ -46,7 +47,9 @@ _SCRIPTS = load_scripts()
 # With replicated durability these steps are acknowledged only once a replica has them: a
 # submission (a `.remote()` that returned), a claim (before its task runs) and a commit
 # (before the worker moves on). Renewals, sweeps and the rest are repeated anyway.
-REPLICATED_SCRIPTS = frozenset({"submit", "claim", "commit"})
+# So are the steps that cross partitions (crossing.py): each is applied, then dropped from
+# where it was written.
+REPLICATED_SCRIPTS = frozenset({"submit", "claim", "commit", "link", "mirror", "adopt"})
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,10 @@ _s = as_text
 def _b(value: Any) -> bytes:
     """redis-py's replies are bytes here (no decode_responses); typed loosely upstream."""
     return value if isinstance(value, bytes) else str(value).encode()
+
+
+# What `submit` takes per task: (task_id, queue, args_blob, dep_ids, fields).
+StoreTask = tuple[str, str, bytes, Sequence[str], dict[str, str]]
 
 
 class CancelRequest(NamedTuple):
@@ -168,6 +175,11 @@ class Store:
         wanted = self._wanted_partitions
         stored = self.redis.get(self.keys.partitions)
         if stored is None:
+            if (wanted or 1) > 1 and self.redis.exists(self.keys.epoch):
+                raise PartitionsMismatch(
+                    f"namespace {self.namespace!r} is in use with one partition, but "
+                    f"FTQUEUE_PARTITIONS={wanted}: a namespace keeps the partitions it was "
+                    "created with (unset FTQUEUE_PARTITIONS, or use another namespace)")
             self.redis.set(self.keys.partitions, partitions.check_count(wanted or 1), nx=True)
             stored = self.redis.get(self.keys.partitions)
         count = int(_s(stored or b"1"))
@@ -220,11 +232,21 @@ class Store:
         keys = script.keys(pkeys, key_params, extra_keys)
         args = [pkeys.prefix, self._script_clock() if self._script_clock else "", *argv]
         result, corrupt, *more = self._eval(name, script.source, keys, args)
-        self._note_corrupt([_s(k) for k in corrupt])
+        self._note_corrupt([_s(k) for k in corrupt], pkeys)
         if more and more[0]:
-            # A task other partitions wait for ended here (lib.lua release_dependents).
-            self._apply_outbox(part)
+            # A task other partitions wait for ended here (lib.lua release_dependents): its
+            # end is applied there now; if that fails, by a sweep (the step itself is done).
+            try:
+                crossing.apply_outbox(self, part)
+            except Exception as e:  # noqa: BLE001 - the outbox keeps it for the sweep
+                log.warning("applying the outbox of partition %d failed (a sweep will): %s",
+                            part, e)
         return result
+
+    def run_in(self, part: int, name: str, argv: Sequence[Any],
+               extra_keys: Sequence[str] = (), **key_params: str) -> Any:
+        """Run script `name` in partition `part` (for ftqueue/store/crossing.py)."""
+        return self._run(name, argv, extra_keys, part=part, **key_params)
 
     def _eval(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
         sha = self._sha.get(name)
@@ -280,21 +302,21 @@ class Store:
         finally:
             pool.release(conn)
 
-    def _note_corrupt(self, keys: list[str]) -> None:
+    def _note_corrupt(self, keys: list[str], where: Keys) -> None:
         self._local.last_corrupt = keys
         for key in keys:
             log.warning("corrupt record isolated: %s holds a type ftqueue did not write there "
                         "(the reason is in %s; counted as stats 'corrupt')", key,
-                        self.keys.corrupt)
+                        where.corrupt)
 
-    def submit(self, tasks: Sequence[tuple[str, str, bytes, Sequence[str], dict[str, str]]]) -> int:
+    def submit(self, tasks: Sequence[StoreTask]) -> int:
         """tasks: (task_id, queue, args_blob, dep_ids, fields). Idempotent per task id."""
         if self.partition_count > 1:
-            return self._submit_partitioned(tasks)
-        return self._submit_in(0, tasks)
+            return crossing.submit(self, tasks)
+        return self.submit_in(0, tasks)
 
-    def _submit_in(self, part: int,
-                   tasks: Sequence[tuple[str, str, bytes, Sequence[str], dict[str, str]]]) -> int:
+    def submit_in(self, part: int, tasks: Sequence[StoreTask]) -> int:
+        """Submit tasks that all live in partition `part`."""
         argv: list[Any] = [len(tasks)]
         keys: list[str] = []
         pkeys = self.parts[part]
@@ -304,90 +326,6 @@ class Store:
             argv += [task_id, queue, blob, ",".join(deps), json.dumps(fields)]
             keys += [pkeys.task(task_id), pkeys.args(task_id)]
         return int(self._run("submit", argv, keys, part=part))
-
-    def _submit_partitioned(
-            self, tasks: Sequence[tuple[str, str, bytes, Sequence[str], dict[str, str]]]) -> int:
-        """Each task in its partition, in order: one script per run of tasks whose
-        dependencies all live in their own partitions; a dependency in another partition
-        is linked first (link.lua there, mirror.lua here, docs/design.md "Partitions"),
-        after everything before it in the batch was submitted (it may be among them)."""
-        created = 0
-        groups: dict[int, list[Any]] = {}
-        adopt: dict[str, list[str]] = {}
-
-        def flush() -> None:
-            nonlocal created
-            for part, group in groups.items():
-                created += self._submit_in(part, group)
-            groups.clear()
-
-        for task in tasks:
-            part = self.part_of(task[0])
-            foreign = [d for d in task[3] if self.part_of(d) != part]
-            if foreign:
-                flush()
-                self._link(part, foreign)
-            groups.setdefault(part, []).append(task)
-            parent = task[4].get("parent_task_id", "")
-            if parent and self.part_of(parent) != part:
-                adopt.setdefault(parent, []).append(task[0])
-        flush()
-        for parent, children in adopt.items():
-            self._run("adopt", children, part=self.part_of(parent), parent=parent)
-        return created
-
-    def _link(self, part: int, deps: Sequence[str]) -> None:
-        """Make `part` wait for dependencies that live in other partitions: each is linked
-        where it lives (its end then reaches `part` through the outbox), and mirrored here,
-        pending, or final when it has ended already (or is gone)."""
-        by_part: dict[int, list[str]] = {}
-        for dep in dict.fromkeys(deps):
-            by_part.setdefault(self.part_of(dep), []).append(dep)
-        mirrors: list[Any] = []
-        for where, ids in by_part.items():
-            wkeys = self.parts[where]
-            keys = [key for d in ids for key in (wkeys.task(d), wkeys.dependents(d))]
-            answers = self._run("link", [part, *ids], keys, part=where)
-            mirrors += [x for d, a in zip(ids, answers)
-                        for x in (d, "0" if _s(a) == "linked" else "1")]
-        self._mirror(part, mirrors)
-
-    def _mirror(self, part: int, pairs: Sequence[Any]) -> None:
-        """pairs: dep id, '1' (it ended) or '0' (pending), ...: see mirror.lua."""
-        pkeys = self.parts[part]
-        keys = [key for d in pairs[::2] for key in (pkeys.task(d), pkeys.dependents(d))]
-        self._run("mirror", list(pairs), keys, part=part)
-
-    def _apply_outbox(self, part: int) -> None:
-        """Apply the ends of tasks of `part` that other partitions wait for, then drop them
-        from its outbox. Idempotent (mirror.lua), so two processes may apply one at once,
-        and a process that died before applying leaves it to the next sweep."""
-        box = self.parts[part].outbox
-        for _ in range(100):
-            items = [_s(i) for i in self.redis.lrange(box, 0, 99)]
-            if not items:
-                return
-            by_part: dict[int, list[Any]] = {}
-            for item in items:
-                target, _, dep = item.partition(" ")
-                by_part.setdefault(int(target), []).extend([dep, "1"])
-            for waiting, pairs in by_part.items():
-                self._mirror(waiting, pairs)
-            pipe = self.redis.pipeline(transaction=False)
-            for item in items:
-                pipe.lrem(box, 1, item)
-            pipe.execute()
-
-    def apply_outboxes(self) -> None:
-        """What a process that died left in the outboxes (a node's sweep)."""
-        if self.partition_count == 1:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for pkeys in self.parts:
-            pipe.llen(pkeys.outbox)
-        for part, length in enumerate(pipe.execute()):
-            if int(length):
-                self._apply_outbox(part)
 
     def claim(self, node_id: str, worker_id: str, queues: Sequence[str], max_n: int,
               batch_divisor: int, lease_timeout_ms: int,
@@ -511,16 +449,33 @@ class Store:
         renewed, live_nodes = 0, 0
         stale: list[str] = []
         cancels: list[CancelRequest] = []
-        for part in range(count):
+
+        def renew_in(part: int) -> None:
+            nonlocal renewed, live_nodes
             mine = [i for i, t in enumerate(running) if self.part_of(t) == part]
             got = self._heartbeat_in(
                 part, node_id, lease_timeout_ms, [t for t in held if self.part_of(t) == part],
                 [running[i] for i in mine], [by[i] for i in mine] if by else [])
             renewed += got[0]
-            stale += got[1]
+            stale.extend(got[1])
             live_nodes = max(live_nodes, got[2])
-            cancels += got[3]
+            cancels.extend(got[3])
+
+        self._in_every_partition(renew_in)
         return renewed, stale, live_nodes, cancels
+
+    def _in_every_partition(self, step: Callable[[int], None]) -> None:
+        """`step` in each partition, each on its own: one whose primary is away or failing
+        over does not keep the others from theirs (a node cut off from one primary loses
+        only that partition's tasks). Raises the first failure after all were tried."""
+        failure: Exception | None = None
+        for part in range(self.partition_count):
+            try:
+                step(part)
+            except Exception as e:  # noqa: BLE001 - raised below, after the others
+                failure = failure or e
+        if failure is not None:
+            raise failure
 
     def _heartbeat_in(self, part: int, node_id: str, lease_timeout_ms: int,
                       held: Sequence[str], running: Sequence[str], by: Sequence[str],
@@ -540,23 +495,29 @@ class Store:
         expired (not urgent: a node does it every few sweeps)."""
         all_swept: list[tuple[str, str]] = []
         all_dead: list[str] = []
-        for part in range(self.partition_count):
+
+        def sweep_in(part: int) -> None:
             swept, dead = self._run("sweep", [lease_timeout_ms, limit, index_ttl_ms,
                                               "1" if housekeeping else "0"], part=part)
-            all_swept += _pairs(swept)
-            all_dead += [_s(d) for d in dead if _s(d) not in all_dead]
-        self.apply_outboxes()
+            all_swept.extend(_pairs(swept))
+            all_dead.extend(_s(d) for d in dead if _s(d) not in all_dead)
+
+        self._in_every_partition(sweep_in)
+        crossing.sweep(self)
         return all_swept, all_dead
 
     def worker_lost(self, node_id: str, worker_id: str, running_task_id: str, error_type: str,
                     message: str, charge: bool) -> list[tuple[str, str]]:
         """The worker is gone: the task it was running (if any) fails, the rest requeue."""
         out: list[tuple[str, str]] = []
-        for part in range(self.partition_count):
+
+        def lost_in(part: int) -> None:
             running = running_task_id if self.part_of(running_task_id) == part else ""
-            out += _pairs(self._run("worker_lost", [node_id, worker_id, running, error_type,
-                                                    message, "1" if charge else "0"],
-                                    part=part, node_id=node_id))
+            out.extend(_pairs(self._run("worker_lost", [node_id, worker_id, running, error_type,
+                                                        message, "1" if charge else "0"],
+                                        part=part, node_id=node_id)))
+
+        self._in_every_partition(lost_in)
         return out
 
     def lend(self, task_id: str, blocked: bool) -> str:
@@ -566,8 +527,8 @@ class Store:
 
     def deregister(self, node_id: str) -> None:
         """The node leaves on purpose (see deregister.lua)."""
-        for part in range(self.partition_count):
-            self._run("deregister", [node_id], part=part, node_id=node_id)
+        self._in_every_partition(
+            lambda part: self._run("deregister", [node_id], part=part, node_id=node_id))
 
     def reconstruct(self, object_id: str) -> str:
         """Re-run the task behind a lost result (see reconstruct.lua for the answers)."""
@@ -578,11 +539,18 @@ class Store:
     def ensure_epoch(self) -> str:
         """This Redis's data generation: set once, so a Redis that lost everything (restarted
         without persistence, failed over to an empty replica) shows a new one."""
-        epochs = []
+        if self.partition_count == 1:
+            self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
+            return _s(self.redis.get(self.keys.epoch))
+        # Partitioned, each partition has its own (a primary can lose its data alone), and
+        # the namespace's count of partitions is written again if Redis lost it.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.partitions, self.partition_count, nx=True)
         for pkeys in self.parts:
-            self.redis.set(pkeys.epoch, uuid.uuid4().hex, nx=True)
-            epochs.append(_s(self.redis.get(pkeys.epoch)))
-        return ",".join(epochs)
+            pipe.set(pkeys.epoch, uuid.uuid4().hex, nx=True)
+            pipe.get(pkeys.epoch)
+        replies = pipe.execute()
+        return ",".join(_s(e) for e in replies[2::2])
 
     def current_epoch(self) -> str | None:
         """The data generation `ensure_epoch` set, None if Redis lost it (in any

@@ -66,6 +66,15 @@ def test_lineage_cancel_and_kills_across_partitions_on_a_cluster(cluster3, monke
         doomed.wait_workers(2)
         ftqueue.init(address=cluster3.address)
         store = Store(connect(cluster3.address))
+        # A worker SIGKILLed, then its whole node: the tasks run again.
+        path = tmp_path / "killed"
+        refs = [sleeper.remote(1.0, str(path)) for _ in range(2)]
+        wait_until(lambda: len(runs(path)) == 2, 30, "both running")
+        os.kill(int(runs(path)[0]), signal.SIGKILL)
+        wait_until(lambda: len(runs(path)) == 3, 30, "the killed one again")
+        start(2, "--lease-timeout", "2")
+        doomed.signal_group(signal.SIGKILL)
+        assert ftqueue.get(refs, timeout=60) == [1.0, 1.0]
         # Lineage: a result lost on one primary, rebuilt for a dependent on another.
         first = add.remote(1, 1)
         other = next(r for r in (add.remote(0, i) for i in range(50))
@@ -85,15 +94,6 @@ def test_lineage_cancel_and_kills_across_partitions_on_a_cluster(cluster3, monke
         for r in [ref, *map(ftqueue.ObjectRef.from_hex, named)]:
             with pytest.raises(TaskCancelledError):
                 ftqueue.get(r, timeout=30)
-        # A worker SIGKILLed, then its whole node: the tasks run again.
-        path = tmp_path / "killed"
-        refs = [sleeper.remote(1.0, str(path)) for _ in range(2)]
-        wait_until(lambda: len(runs(path)) == 2, 30, "both running")
-        os.kill(int(runs(path)[0]), signal.SIGKILL)
-        wait_until(lambda: len(runs(path)) == 3, 30, "the killed one again")
-        start(2, "--lease-timeout", "2")
-        doomed.signal_group(signal.SIGKILL)
-        assert ftqueue.get(refs, timeout=60) == [1.0, 1.0]
     finally:
         ftqueue.shutdown()
         for node in nodes:

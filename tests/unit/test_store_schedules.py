@@ -11,7 +11,7 @@ from ftqueue import remote_function, schedules
 from ftqueue.client.records import Origin
 
 env = storekit.env
-ORIGIN = Origin("00000001", "ftq:done:me", 3600, 3600)
+ORIGIN = Origin("00000001", "ftq:done:me", 3600, 3600, 1)
 ADD = remote_function("operator:add")
 
 

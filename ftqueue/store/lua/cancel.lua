@@ -38,10 +38,13 @@ end
 -- Returns the outcome and whether the task exists (so its children are visited).
 local function cancel_one(id)
   local tkey = task_key(id)
-  local t = guarded('HMGET', tkey, 'by a cancel', 'state', 'node_id', 'queue', 'limit_key')
+  local t = guarded('HMGET', tkey, 'by a cancel', 'state', 'node_id', 'queue', 'limit_key',
+                    'mirror')
   if not t then return 'corrupt', false end
   local state = t[1]
-  if not state then return 'missing', false end
+  -- A mirror (ftqueue/partitions.py) stands for a task of another partition: the caller
+  -- cancels that one where it lives, as a task missing here.
+  if not state or t[5] then return 'missing', false end
   if TERMINAL[state] then return 'final', true end
   if ACTIVE[state] then
     request(id, tkey, state, t[2])

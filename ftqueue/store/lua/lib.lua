@@ -777,7 +777,10 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
     -- expire it, and a cancel of it finds nothing to recurse into); one that has ended
     -- already (a submit from an attempt that lost its task) gets one that expires with it.
     local pkey = k_task(parent)
-    local pstate = guarded('HGET', pkey, 'as the parent of ' .. id, 'state')
+    local p = guarded('HMGET', pkey, 'as the parent of ' .. id, 'state', 'mirror')
+    -- A parent of another partition (its mirror here, ftqueue/partitions.py) registers its
+    -- children there (adopt.lua).
+    local pstate = p and not p[2] and p[1]
     if pstate then
       local ckey = k_children(parent)
       safe('SADD', ckey, id)
