@@ -26,6 +26,7 @@ log = logging.getLogger("ftqueue.store")
 OUTBOX_BATCH = 100
 RELINK_BATCH = 100
 RELINK_AFTER_MS = 60_000     # a mirror pending this long is linked again (then again later)
+MISSING_GRACE_MS = 15 * 60_000   # a mirrored task gone this long ends its mirror
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -48,11 +49,14 @@ def submit(store: Store, tasks: Sequence[StoreTask]) -> int:
     def flush() -> None:
         nonlocal created
         link(store, waits)
+        # Adopted before they exist: a process that dies in between leaves a child id that
+        # a cancel finds missing, never a child its parent's cancel cannot find.
+        for parent, children in adopt.items():
+            store.run_in(store.part_of(parent), "adopt", children, parent=parent)
         for part, group in run.items():
             created += store.submit_in(part, group)
-        run.clear()
-        in_run.clear()
-        waits.clear()
+        for pending in (run, in_run, waits, adopt):
+            pending.clear()
 
     for task in tasks:
         task_id, deps, fields = task[0], task[3], task[4]
@@ -68,8 +72,6 @@ def submit(store: Store, tasks: Sequence[StoreTask]) -> int:
         if parent and store.part_of(parent) != part:
             adopt.setdefault(parent, []).append(task_id)
     flush()
-    for parent, children in adopt.items():
-        store.run_in(store.part_of(parent), "adopt", children, parent=parent)
     return created
 
 
@@ -94,6 +96,7 @@ def link(store: Store, waits: dict[tuple[int, str], str]) -> None:
     for home, pairs in by_home.items():
         answers = _link_in(store, home, pairs)
         for (part, dep), answer in zip(pairs, answers):
+            # A dependency gone (or ended) counts as ended: the task finds out reading it.
             mirrors.setdefault(part, []).extend(
                 [dep, "0" if answer == "linked" else "1", waits[(part, dep)]])
     for part, triples in mirrors.items():
@@ -117,7 +120,9 @@ def mirror(store: Store, part: int, triples: Sequence[str]) -> None:
 def apply_outbox(store: Store, part: int) -> None:
     """Apply the ends of tasks of `part` that other partitions wait for, then drop them
     from its outbox. Idempotent (mirror.lua): two processes may apply one at once, and what
-    a process that died before applying left is applied by the next sweep."""
+    a process that died before applying left is applied by the next sweep. A partition that
+    cannot take its share now (its primary away) holds back only its own: the others' are
+    applied and dropped, and the first failure is raised after."""
     box = store.parts[part].outbox
     while True:
         items = [_text(i) for i in store.redis.lrange(box, 0, OUTBOX_BATCH - 1)]
@@ -125,20 +130,31 @@ def apply_outbox(store: Store, part: int) -> None:
         for item in items:
             target, _, dep = item.partition(" ")
             if target.isdigit() and int(target) < store.partition_count and dep:
-                by_part.setdefault(int(target), []).extend([dep, "1", ""])
-        for waiting, triples in by_part.items():
-            mirror(store, waiting, triples)
-        if items:
+                by_part.setdefault(int(target), []).append(item)
+        done = [i for i in items if i not in {x for mine in by_part.values() for x in mine}]
+        failure: Exception | None = None
+        for waiting, mine in by_part.items():
+            try:
+                mirror(store, waiting,
+                       [x for item in mine for x in (item.partition(" ")[2], "1", "")])
+            except Exception as e:  # noqa: BLE001 - raised below, once the rest is done
+                failure = failure or e
+            else:
+                done += mine
+        if done:
             pipe = store.redis.pipeline(transaction=False)
-            for item in items:
+            for item in done:
                 pipe.lrem(box, 1, item)
             pipe.execute()
+        if failure is not None:
+            raise failure
         if len(items) < OUTBOX_BATCH:
             return
 
 
 def sweep(store: Store) -> None:
-    """A node's share: what is left in the outboxes, and mirrors pending long."""
+    """A node's share: what is left in the outboxes, and mirrors pending long; each
+    partition's even when another's fails (the first failure is raised after)."""
     if store.partition_count == 1:
         return
     horizon = store.redis_time_ms() - RELINK_AFTER_MS
@@ -146,21 +162,53 @@ def sweep(store: Store) -> None:
     for keys in store.parts:
         pipe.llen(keys.outbox)
         pipe.zrangebyscore(keys.mirrors, "-inf", horizon, start=0, num=RELINK_BATCH)
-    replies = pipe.execute()
+    replies = pipe.execute(raise_on_error=False)
+    failure: Exception | None = None
     for part in range(store.partition_count):
-        if int(replies[2 * part]):
-            apply_outbox(store, part)
-        stale = [_text(d) for d in replies[2 * part + 1]]
-        if stale:
-            _relink(store, part, stale)
+        length, stale = replies[2 * part], replies[2 * part + 1]
+        try:
+            for reply in (length, stale):
+                if isinstance(reply, Exception):
+                    raise reply
+            if int(length):
+                apply_outbox(store, part)
+            if stale:
+                _relink(store, part, [_text(d) for d in stale])
+        except Exception as e:  # noqa: BLE001 - raised below, once the rest is done
+            failure = failure or e
+    if failure is not None:
+        raise failure
 
 
 def _relink(store: Store, part: int, deps: Sequence[str]) -> None:
-    """Link again mirrors of `part` pending long: marked checked now, then linked (a link
-    kept is kept; one lost is made again; a task gone ends its mirror)."""
+    """Link again mirrors of `part` pending long, marked checked now: a link kept is kept,
+    one lost is made again, a task that ended ends its mirror. A task gone where it lives
+    (its partition lost its data) ends it once it stayed gone MISSING_GRACE_MS, which leaves
+    its submitter time to submit it again (a driver does, with its dependents)."""
     now = store.redis_time_ms()
-    store.redis.zadd(store.parts[part].mirrors, {d: now for d in deps}, xx=True)
-    link(store, {(part, dep): "" for dep in deps})
+    keys = store.parts[part]
+    store.redis.zadd(keys.mirrors, {d: now for d in deps}, xx=True)
+    by_home: dict[int, list[tuple[int, str]]] = {}
+    for dep in deps:
+        by_home.setdefault(store.part_of(dep), []).append((part, dep))
+    ended: list[str] = []
+    gone: list[str] = []
+    back: list[str] = []
+    for home, pairs in by_home.items():
+        for (_, dep), answer in zip(pairs, _link_in(store, home, pairs)):
+            (ended if answer == "final" else gone if answer == "gone" else back).append(dep)
+    if gone or back:
+        pipe = store.redis.pipeline(transaction=False)
+        for dep in gone:
+            pipe.hsetnx(keys.task(dep), "missing_ms", now)
+            pipe.hget(keys.task(dep), "missing_ms")
+        for dep in back:
+            pipe.hdel(keys.task(dep), "missing_ms")
+        since = pipe.execute()[1:2 * len(gone):2]
+        ended += [d for d, ms in zip(gone, since)
+                  if ms is not None and now - int(_text(ms)) >= MISSING_GRACE_MS]
+    if ended:
+        mirror(store, part, [x for dep in ended for x in (dep, "1", "")])
 
 
 def _text(value: Any) -> str:

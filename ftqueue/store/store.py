@@ -810,10 +810,16 @@ class Store:
         return {q: sorted(found[q]) for q in queues}
 
     def wait_for_bell(self, queues: Sequence[str], timeout_s: float) -> None:
-        """Wait for a bell of these queues. Partitioned, a blocking pop can wait on one
-        partition only: each wait takes the next one, so a fleet's idle workers wait on all
-        of them, and a worker that waits on none of a partition's bells finds its work at
-        its next claim (which looks at every partition)."""
+        """Wait for a bell of these queues. Partitioned on one Redis (not a cluster), one
+        blocking pop waits on the bells of every partition (keys of several hash tags are
+        fine there). On a cluster a blocking pop can wait on one partition only: each wait
+        takes the next one, so a fleet's idle workers wait on all of them, and a worker that
+        waits on none of a partition's bells finds its work at its next claim (which looks
+        at every partition), up to a wait's timeout later."""
+        if not self.cluster and self.partition_count > 1:
+            self.redis.blpop([pkeys.bell(q) for pkeys in self.parts for q in queues],
+                             timeout=timeout_s)
+            return
         pkeys = self.parts[self._bell_from]
         self._bell_from = (self._bell_from + 1) % self.partition_count
         self.redis.blpop([pkeys.bell(q) for q in queues], timeout=timeout_s)

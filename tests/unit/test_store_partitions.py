@@ -141,13 +141,18 @@ def test_a_mirror_pending_long_is_linked_again(env):
     assert client.smembers(store.parts[0].dependents(dep)) == {b"@1"}
     run_to_end(store, dep)
     assert state(store, waiter) == "PENDING_NODE_ASSIGNMENT"
-    # A dependency gone for good ends its mirror: the waiter runs, and finds it gone.
+    # A dependency gone (its partition lost its data) ends its mirror only once it stayed
+    # gone a while, leaving its submitter time to submit it again: the waiter then runs,
+    # and finds it gone.
     (gone,) = ids_in(2, 1, "g")
     (waiter2,) = ids_in(1, 1, "x")
     submit(store, gone)
     submit(store, waiter2, (gone,))
     client.delete(store.parts[2].task(gone), store.parts[2].dependents(gone))
     clock.advance(crossing.RELINK_AFTER_MS / 1000 + 1)
+    store.sweep(LEASE_MS)
+    assert state(store, waiter2) == "PENDING_ARGS_AVAIL"
+    clock.advance(crossing.MISSING_GRACE_MS / 1000)
     store.sweep(LEASE_MS)
     assert state(store, waiter2) == "PENDING_NODE_ASSIGNMENT"
 
@@ -212,3 +217,43 @@ def test_the_count_of_partitions_is_written_again_after_redis_lost_it(env):
     client.delete(store.keys.partitions)
     store.ensure_epoch()
     assert client.get(store.keys.partitions) == b"3"
+
+
+def test_an_idle_worker_on_one_redis_hears_the_bell_of_every_partition(env):
+    store, _, client = env
+    for part in (2, 1):
+        (task_id,) = ids_in(part, 1, f"b{part}")
+        submit(store, task_id)
+        assert client.llen(store.parts[part].bell("default")) == 1
+        # One blocking wait takes the bell, whichever partition rang it (not one partition
+        # per wait: a task there would wait for the wait's timeout).
+        store.wait_for_bell(["default", "@n1"], 0.1)
+        assert client.llen(store.parts[part].bell("default")) == 0
+
+
+def test_an_end_that_one_partition_cannot_take_now_waits_for_the_sweep_there_only(
+        env, monkeypatch):
+    store, _, client = env
+    (dep,) = ids_in(0, 1, "d")
+    waits = {part: ids_in(part, 1, f"w{part}")[0] for part in (1, 2)}
+    submit(store, dep)
+    for task_id in waits.values():
+        submit(store, task_id, (dep,))
+    real = crossing.mirror
+
+    def partition_2_down(store_: Store, part: int, triples: Any) -> None:
+        if part == 2:
+            raise redis.ConnectionError("partition 2's primary is down")
+        real(store_, part, triples)
+
+    monkeypatch.setattr(crossing, "mirror", partition_2_down)
+    run_to_end(store, dep)      # done, and says so: partition 1 takes the end at once
+    assert state(store, waits[1]) == "PENDING_NODE_ASSIGNMENT"
+    assert state(store, waits[2]) == "PENDING_ARGS_AVAIL"
+    assert client.lrange(store.parts[0].outbox, 0, -1) == [f"2 {dep}".encode()]
+    with pytest.raises(redis.ConnectionError):
+        store.sweep(LEASE_MS)
+    monkeypatch.setattr(crossing, "mirror", real)
+    store.sweep(LEASE_MS)
+    assert state(store, waits[2]) == "PENDING_NODE_ASSIGNMENT"
+    assert client.llen(store.parts[0].outbox) == 0

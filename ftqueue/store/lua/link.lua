@@ -8,8 +8,8 @@
 -- KEYS[NK+2i-1], KEYS[NK+2i]: task(id), dependents(id) of the i-th pair
 -- ARGV[1] namespace       ARGV[2] now_ms or ''
 -- ARGV[3..] pairs: id, the partition whose tasks wait for it
--- Returns: per pair 'linked' | 'final' (ended already, or gone, or corrupt: the waiting
---          task finds out reading it)
+-- Returns: per pair 'linked' | 'final' (ended already, or corrupt: the waiting task finds
+--          out reading it) | 'gone' (no record)
 local out = {}
 for i = 3, #ARGV, 2 do
   local n = (i - 1) / 2
@@ -19,6 +19,8 @@ for i = 3, #ARGV, 2 do
     safe('SADD', dkey, '@' .. ARGV[i + 1])
     redis.call('HSET', tkey, 'dependents', '1')
     out[n] = 'linked'
+  elseif not state and redis.call('EXISTS', tkey) == 0 then
+    out[n] = 'gone'
   else
     out[n] = 'final'
   end
