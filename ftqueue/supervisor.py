@@ -40,7 +40,7 @@ from .store import (
     is_transient,
 )
 from .watchdog import memory_kills, node_memory
-from .workerpool import WorkerHandle, spawn_worker
+from .workerpool import WorkerHandle, spawn_worker, stop_or_hold
 
 log = logging.getLogger("ftqueue.node")
 
@@ -206,11 +206,7 @@ class Supervisor:
         """The grace period is over: kill what still runs. A worker whose task finished but
         whose outcome Redis does not take yet (full, away) is waited for — killing it would
         run that finished task again — until Redis takes it or a second signal says now."""
-        holding = [h for h in self.workers.values()
-                   if h.unsettled and not h.running and not self.stop_now]
-        for handle in list(self.workers.values()):
-            if handle not in holding:
-                handle.kill(KillReason.STOP)
+        holding = stop_or_hold(list(self.workers.values()), now=self.stop_now)
         if holding:
             self._once.start("holding", f"{len(holding)} worker(s) hold finished outcomes that "
                              "Redis does not take yet; waiting for Redis (Ctrl-C again to stop "

@@ -62,6 +62,7 @@ class Worker:
         self.inbox_fd = inbox_fd
         self.inbox = protocol.LineBuffer()
         self.stopping = False
+        self.body_over = False      # the current task's body ended (its outcome may not be in)
         self.pid = os.getpid()
         self.lease_timeout_ms = int(settings.lease_timeout_s * 1000)
         self._next_due_s: float | None = None
@@ -121,6 +122,7 @@ class Worker:
                         task.task_id)
             self.tell(protocol.Settled((task.task_id,)))
             return None
+        self.body_over = False
         self.commits.add(self.runner.run(task))
         if not self.local:
             self.commits.flush()
@@ -142,8 +144,25 @@ class Worker:
         return None
 
     def _say_body_ended(self) -> None:
+        self.body_over = True
         if self.stopping:
             self.tell(protocol.Ended())
+
+    def on_stop(self) -> None:
+        """SIGTERM: stop after this task. One that came after the body ended, while its
+        output and outcome wait on Redis, says so now: the node's grace period may run out
+        before they are in, and a worker still seen running then is killed, which hands the
+        finished task back. From a signal handler, so only if the pipe is free (a line
+        being written now would be cut); the commit's stall says it otherwise."""
+        self.stopping = True
+        if self.body_over and self._tell_lock.acquire(blocking=False):
+            try:
+                self.control.write(protocol.encode(protocol.Ended()))
+                self.control.flush()
+            except (OSError, ValueError):
+                pass
+            finally:
+                self._tell_lock.release()
 
     def over_memory(self) -> bool:
         limit = self.settings.max_memory_per_worker_bytes
@@ -330,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          max_bytes=settings.log_max_bytes)
 
     def on_term(signum: int, frame: Any) -> None:
-        worker.stopping = True
+        worker.on_stop()
 
     signal.signal(signal.SIGTERM, on_term)
     _attach_worker_client(settings.address, settings.namespace, worker.on_block)

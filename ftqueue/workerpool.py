@@ -69,7 +69,9 @@ class WorkerHandle:
             self.cancels_told = 0
             self.tasks_run += 1
         elif isinstance(message, protocol.Ended):
-            ran = time.monotonic() - self.task_started if self.running else None
+            if not self.running:       # said twice (at the body's end and at a stop)
+                return None
+            ran = time.monotonic() - self.task_started
             self.unsettled, self.running = self.running, ""
             return ran
         elif isinstance(message, protocol.Held):
@@ -221,3 +223,25 @@ def spawn_worker(settings: NodeSettings, node_id: str, temporary: bool = False) 
             if fd >= 0:
                 os.close(fd)
     return WorkerHandle(worker_id, process, read_fd, inbox_write, temporary=temporary)
+
+
+def stop_or_hold(handles: list[WorkerHandle], now: bool) -> list[WorkerHandle]:
+    """The grace period is over: kill each worker, but for one whose task's body ended and
+    whose outcome Redis does not take yet (killing it would hand that finished task back),
+    unless `now`; those are returned. A worker seen running is heard out first: the loop
+    may have been held up (a Redis call waiting on a frozen server) while it said its body
+    ended."""
+    def holds(handle: WorkerHandle) -> bool:
+        return bool(handle.unsettled and not handle.running and not now)
+
+    holding = []
+    for handle in handles:
+        if handle.running and not now:
+            handle.catch_up()
+            if holds(handle):
+                handle.thaw()
+        if holds(handle):
+            holding.append(handle)
+        else:
+            handle.kill(KillReason.STOP)
+    return holding

@@ -399,6 +399,7 @@ def _options():
 # -- Redis Cluster (--cluster) ------------------------------------------------------------------
 
 PARTITIONS = 6     # two per primary of the 3-primary run
+LATENCY_SAMPLES = 100
 
 def cluster_figures(primaries: int, tasks: int, runs: int,
                     partitions: int = 1) -> dict[str, object]:
@@ -431,6 +432,7 @@ def cluster_figures(primaries: int, tasks: int, runs: int,
             meters = [PrimaryMeter(s.address) for s in servers]  # type: ignore[union-attr]
             rates = [ftqueue_throughput(tasks) for _ in range(runs)]
             costs = [m.per_task(tasks * runs) for m in meters]
+            latencies = ftqueue_latency(LATENCY_SAMPLES)   # one at a time: idle workers
         finally:
             ftqueue.shutdown()
     finally:
@@ -448,6 +450,8 @@ def cluster_figures(primaries: int, tasks: int, runs: int,
         "primaries": primaries,
         "partitions": partitions,
         "tasks_per_s": round(statistics.median(rates)),
+        "p50_ms": round(percentile(latencies, 0.5), 3),
+        "p99_ms": round(percentile(latencies, 0.99), 3),
         "slot_primary": servers.index(owner),
         "redis_cpu_us_per_task_by_primary": [c[0] for c in costs],
         "redis_cmds_per_task_by_primary": [c[1] for c in costs],
@@ -487,7 +491,8 @@ def cluster_main(args: argparse.Namespace) -> int:
         name = f"{r['primaries']} primaries" if r["primaries"] else "plain Redis (TCP)"
         where = (f"{r['partitions']} partitions over them" if r["partitions"] != 1
                  else f"the namespace's slot is on primary {r['slot_primary']}")
-        print(f"  {name}: {r['tasks_per_s']} tasks/s; Redis CPU us per task by primary "
+        print(f"  {name}: {r['tasks_per_s']} tasks/s, round trip p50 {r['p50_ms']} ms "
+              f"p99 {r['p99_ms']} ms; Redis CPU us per task by primary "
               f"{r['redis_cpu_us_per_task_by_primary']}, commands per task "
               f"{r['redis_cmds_per_task_by_primary']} ({where})")
     if args.json:

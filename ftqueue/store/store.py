@@ -28,7 +28,7 @@ from ..spec import item_id, split_object_id
 from . import crossing
 from .cluster import Client, is_cluster, reload_slots, slot_client, slot_node
 from .errors import ReplicaWaitTimeout, is_corrupt
-from .scripts import load_scripts
+from .scripts import BELL_MAX, load_scripts
 
 log = logging.getLogger("ftqueue.store")
 
@@ -152,7 +152,7 @@ class Store:
         self.keys = Keys(namespace, hash_tag=self.cluster)
         self._wanted_partitions = partitions
         self._parts: list[Keys] | None = None
-        self._claim_from = self._bell_from = 0
+        self._claim_from = 0
         self._script_clock = clock_ms
         self.clock_ms = clock_ms or wall_clock_ms   # for reads that show ages
         self._sha: dict[str, str] = {}
@@ -190,9 +190,8 @@ class Store:
                 "with (unset FTQUEUE_PARTITIONS, or use another namespace)")
         if count == 1:
             return [self.keys]
-        # Each process starts its claims and its waits for a bell at a partition of its own,
-        # so that a fleet's idle workers wait on all of them.
-        self._claim_from = self._bell_from = random.randrange(count)
+        # Each process starts its claims at a partition of its own.
+        self._claim_from = random.randrange(count)
         return [Keys(self.namespace, tag=tag) for tag in partitions.tags(self.namespace, count)]
 
     def part_of(self, ident: str) -> int:
@@ -233,6 +232,8 @@ class Store:
         args = [pkeys.prefix, self._script_clock() if self._script_clock else "", *argv]
         result, corrupt, *more = self._eval(name, script.source, keys, args)
         self._note_corrupt([_s(k) for k in corrupt], pkeys)
+        if len(more) > 1 and more[1] and len(self.parts) > 1:
+            self._ring([_s(q) for q in more[1]])
         if more and more[0]:
             # A task other partitions wait for ended here (lib.lua release_dependents): its
             # end is applied there now; if that fails, by a sweep (the step itself is done).
@@ -242,6 +243,20 @@ class Store:
                 log.warning("applying the outbox of partition %d failed (a sweep will): %s",
                             part, e)
         return result
+
+    def _ring(self, bells: Sequence[str]) -> None:
+        """Partitioned: ring, at the namespace's own prefix, the bells a script rang in its
+        partition. Idle workers wait there, on one slot, whatever partition their work comes
+        from (a blocking pop cannot span slots). A bell is a hint: one lost (this process
+        died first, or Redis failed this call) costs only the wait's timeout."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for name in bells:
+                pipe.lpush(self.keys.bell(name), "1")
+                pipe.ltrim(self.keys.bell(name), 0, BELL_MAX - 1)
+            pipe.execute()
+        except Exception as e:  # noqa: BLE001 - a hint; the step itself is done
+            log.debug("ringing %s failed: %s", bells, e)
 
     def run_in(self, part: int, name: str, argv: Sequence[Any],
                extra_keys: Sequence[str] = (), **key_params: str) -> Any:
@@ -358,6 +373,10 @@ class Store:
                 due = due_in if due is None else min(due, due_in)
             if rows:
                 return rows, due
+        # Nothing queued anywhere: the bells rung for it are spent (claim.lua clears a
+        # partition's own). One rung since this claim began is lost with them, which costs
+        # the next wait's timeout; a spent one left would wake idle workers for nothing.
+        self.redis.delete(*[self.keys.bell(q) for q in queues])
         return [], due
 
     def _claim_in(self, part: int, node_id: str, worker_id: str, queues: Sequence[str],
@@ -810,26 +829,14 @@ class Store:
         return {q: sorted(found[q]) for q in queues}
 
     def wait_for_bell(self, queues: Sequence[str], timeout_s: float) -> None:
-        """Wait for a bell of these queues. Partitioned on one Redis (not a cluster), one
-        blocking pop waits on the bells of every partition (keys of several hash tags are
-        fine there). On a cluster a blocking pop can wait on one partition only: each wait
-        takes the next one, so a fleet's idle workers wait on all of them, and a worker that
-        waits on none of a partition's bells finds its work at its next claim (which looks
-        at every partition), up to a wait's timeout later."""
-        if not self.cluster and self.partition_count > 1:
-            self.redis.blpop([pkeys.bell(q) for pkeys in self.parts for q in queues],
-                             timeout=timeout_s)
-            return
-        pkeys = self.parts[self._bell_from]
-        self._bell_from = (self._bell_from + 1) % self.partition_count
-        self.redis.blpop([pkeys.bell(q) for q in queues], timeout=timeout_s)
+        """Wait for a bell of these queues (partitioned: the namespace's own, `_ring`)."""
+        self.redis.blpop([self.keys.bell(q) for q in queues], timeout=timeout_s)
 
     def take_bell(self, queues: Sequence[str]) -> bool:
         """Whether a bell of these queues rang (one is taken), without blocking."""
         pipe = self.redis.pipeline(transaction=False)
-        for pkeys in self.parts:
-            for q in queues:
-                pipe.lpop(pkeys.bell(q))
+        for q in queues:
+            pipe.lpop(self.keys.bell(q))
         return any(r is not None for r in pipe.execute())
 
     def ping(self) -> None:

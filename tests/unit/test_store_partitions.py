@@ -219,16 +219,21 @@ def test_the_count_of_partitions_is_written_again_after_redis_lost_it(env):
     assert client.get(store.keys.partitions) == b"3"
 
 
-def test_an_idle_worker_on_one_redis_hears_the_bell_of_every_partition(env):
+def test_an_idle_worker_hears_the_bell_of_every_partition(env):
+    """A bell rung in a partition is rung at the namespace's own prefix too, where idle
+    workers wait on one slot (a blocking pop cannot span slots on a cluster)."""
     store, _, client = env
     for part in (2, 1):
         (task_id,) = ids_in(part, 1, f"b{part}")
         submit(store, task_id)
-        assert client.llen(store.parts[part].bell("default")) == 1
-        # One blocking wait takes the bell, whichever partition rang it (not one partition
-        # per wait: a task there would wait for the wait's timeout).
+        assert client.llen(store.keys.bell("default")) == 1
         store.wait_for_bell(["default", "@n1"], 0.1)
-        assert client.llen(store.parts[part].bell("default")) == 0
+        assert client.llen(store.keys.bell("default")) == 0
+        run_to_end(store, task_id)
+    # A claim that finds nothing anywhere clears the namespace's bells: spent hints.
+    client.lpush(store.keys.bell("default"), "1")
+    assert store.claim("n1", "w9", ["default"], 1, 8, LEASE_MS) == []
+    assert client.llen(store.keys.bell("default")) == 0
 
 
 def test_an_end_that_one_partition_cannot_take_now_waits_for_the_sweep_there_only(

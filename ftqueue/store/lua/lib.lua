@@ -25,9 +25,18 @@ local CORRUPT = {}
 -- Set when a task that another partition waits for ended (release_dependents): the reply
 -- says so, and the caller applies the outbox at once (ftqueue/store/store.py).
 local OUTBOX = false
+-- The bells this call rang (ring): the reply names them, and on a partitioned namespace
+-- the caller rings them where idle workers wait, at the namespace's own prefix.
+local RANG = {}
 
 local function reply(result)
-  if OUTBOX then return {result, CORRUPT, 1} end
+  if OUTBOX or next(RANG) then
+    local rang = {}
+    for name in pairs(RANG) do rang[#rang + 1] = name end
+    local outbox = 0
+    if OUTBOX then outbox = 1 end
+    return {result, CORRUPT, outbox, rang}
+  end
   return {result, CORRUPT}
 end
 
@@ -109,6 +118,7 @@ end
 local function ring(queue)
   local bell = k_bell(queue)
   if safe('LPUSH', bell, '1') > BELL_MAX then redis.call('LTRIM', bell, 0, BELL_MAX - 1) end
+  RANG[queue] = true
 end
 
 -- Resources (docs/design.md, "Resources") ---------------------------------------------------
