@@ -153,6 +153,7 @@ class Store:
         self._wanted_partitions = partitions
         self._parts: list[Keys] | None = None
         self._claim_from = 0
+        self._found_nothing = False     # the last partitioned claim found nothing anywhere
         self._script_clock = clock_ms
         self.clock_ms = clock_ms or wall_clock_ms   # for reads that show ages
         self._sha: dict[str, str] = {}
@@ -365,6 +366,11 @@ class Store:
         due: int | None = None
         start = self._claim_from
         self._claim_from = (start + 1) % count
+        if self._found_nothing:
+            # The bells rung for what the last pass did not find are spent: cleared before
+            # this pass looks (one rung meanwhile stays, and wakes the next wait), so idle
+            # workers do not wake for nothing, nor miss a task sent while they claim.
+            self.redis.delete(*[self.keys.bell(q) for q in queues])
         for step in range(count):
             part = (start + step) % count
             rows, due_in = self._claim_in(part, node_id, worker_id, queues, max_n,
@@ -372,11 +378,9 @@ class Store:
             if due_in is not None:
                 due = due_in if due is None else min(due, due_in)
             if rows:
+                self._found_nothing = False
                 return rows, due
-        # Nothing queued anywhere: the bells rung for it are spent (claim.lua clears a
-        # partition's own). One rung since this claim began is lost with them, which costs
-        # the next wait's timeout; a spent one left would wake idle workers for nothing.
-        self.redis.delete(*[self.keys.bell(q) for q in queues])
+        self._found_nothing = True
         return [], due
 
     def _claim_in(self, part: int, node_id: str, worker_id: str, queues: Sequence[str],
