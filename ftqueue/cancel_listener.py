@@ -31,7 +31,7 @@ class CancelListener:
         self._stopped = threading.Event()
         self._popped: queue.SimpleQueue[CancelRequest] = queue.SimpleQueue()
         self._once = LogOnce(log)
-        self._thread: threading.Thread | None = None
+        self._started = False
         self._live_threads = 0
         self._lock = threading.Lock()
         # Workers never inherit these: os.pipe's descriptors are close-on-exec, and workers
@@ -46,16 +46,14 @@ class CancelListener:
         if not on:
             self._listening.clear()
             return
-        if self._thread is None:       # started at first need: an idle node never runs it
+        if not self._started:       # started at first need: an idle node never runs it
             # Partitioned (partitions.py), a cancel is relayed to the node's list in the
             # task's partition, and a blocking pop waits on one: a thread for each.
             count = self._store.partition_count
-            self._live_threads = count
+            self._started, self._live_threads = True, count
             for part in range(count):
-                self._thread = threading.Thread(
-                    target=self._run, args=(part,), daemon=True,
-                    name="ftqueue-cancels" + (f"-{part}" if part else ""))
-                self._thread.start()
+                threading.Thread(target=self._run, args=(part,), daemon=True,
+                                 name="ftqueue-cancels" + (f"-{part}" if part else "")).start()
         self._listening.set()
 
     def take(self) -> list[CancelRequest]:
@@ -80,7 +78,7 @@ class CancelListener:
         if self.wake_fd >= 0:
             os.close(self.wake_fd)
             self.wake_fd = -1
-        if self._thread is None and self._wake_w >= 0:   # else the thread closes its end
+        if not self._started and self._wake_w >= 0:   # else the last thread closes its end
             os.close(self._wake_w)
             self._wake_w = -1
 

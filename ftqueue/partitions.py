@@ -7,9 +7,9 @@ hash tag `{<namespace>.<k>}` (with a suffix when needed so that the P tags fall 
 ranges of the cluster's 16384 slots, one range per primary of an evenly split cluster).
 Every id belongs to one partition, found from the id alone, so refs and `task_id=` need no
 lookup: a task's keys, its results, a function's blob and a schedule with its ticks live in
-the partition of their id. A task that must sit beside another (a nested task beside its
-parent, a limited task beside its limit key, a task beside its first dependency) gets an id
-drawn until it falls in that partition.
+the partition of their id. A task that must sit beside something (its resources, its limit
+key, its parent, its first dependency: client/records.py) gets an id drawn until it falls in
+that partition.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import zlib
 
 from redis.crc import key_slot
 
-from .settings import PARTITIONS_MAX
 from .spec import new_id, split_object_id
 
 CLUSTER_SLOTS = 16384
@@ -64,9 +63,3 @@ def draw_id(partition: int, count: int) -> str:
         task_id = new_id()
         if partition_of(task_id, count) == partition:
             return task_id
-
-
-def check_count(value: int) -> int:
-    if not 1 <= value <= PARTITIONS_MAX:
-        raise ValueError(f"FTQUEUE_PARTITIONS must be 1..{PARTITIONS_MAX}, got {value}")
-    return value

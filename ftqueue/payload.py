@@ -37,7 +37,7 @@ from .exceptions import (
 )
 from .settings import max_payload_bytes
 from .signing import signer
-from .spec import PUT_ID_LENGTH, ArgRef, ErrorType, ObjectRef, split_object_id
+from .spec import ArgRef, ErrorType, ObjectRef, is_put_id, split_object_id
 
 CORRUPT_RECORD = "CORRUPT_RECORD"   # store.outcomes' error type for a record of the wrong type
 VALUE = b"V"
@@ -278,7 +278,7 @@ def outcome_to_result(object_id: str, record: dict[str, str],
     """(True, value) or (False, exception) for a final task record and its result blob."""
     if not record:  # a put object, or a task whose record expired
         if blob is None:
-            if len(object_id) == PUT_ID_LENGTH and set(object_id) <= set("0123456789abcdef"):
+            if is_put_id(object_id):
                 return False, ObjectLostError(f"Object {object_id} is lost (it was put, so it "
                                               "has no lineage to rebuild it from)")
             return False, ObjectReconstructionFailedError(

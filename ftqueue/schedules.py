@@ -21,6 +21,7 @@ from typing import Any
 from . import payload
 from .client.records import Origin, Submission, build_submission
 from .exceptions import PayloadVerificationError
+from .partitions import SCHEDULE_TASK_PREFIX
 from .remote_function import definition
 from .spec import ResolvedOptions, validate_options
 from .store import Store
@@ -34,7 +35,7 @@ POLL_S = 0.5                 # how often a node looks for due schedules
 DUE_BATCH = 100
 # A tick reached later than this was missed (an outage, no live node): catchup decides.
 MISSED_AFTER_MS = 5000
-TASK_PREFIX = "sched:"
+TASK_PREFIX = SCHEDULE_TASK_PREFIX
 
 
 def check_name(name: object) -> str:

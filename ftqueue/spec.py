@@ -103,7 +103,7 @@ def check_task_id(value: object) -> str:
         raise ValueError(f"task_id must be 1-{TASK_ID_MAX_CHARS} characters of "
                          f"[A-Za-z0-9._:-], got {value!r}")
     assert isinstance(value, str)
-    if len(value) == PUT_ID_LENGTH and set(value) <= _HEX:
+    if is_put_id(value):
         raise ValueError(f"task_id {value!r}: 40 hex digits are the ids of put objects")
     return value
 
@@ -358,6 +358,11 @@ def new_put_id() -> str:
 
 
 PUT_ID_LENGTH = 40
+
+
+def is_put_id(object_id: str) -> bool:
+    """An object from `put` (40 hex digits): it has no task, so no lineage."""
+    return len(object_id) == PUT_ID_LENGTH and set(object_id) <= _HEX
 
 
 ITEM_SEP = "#"   # never in a task id: "<task_id>#<i>" is the i-th value a task returns

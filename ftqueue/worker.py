@@ -73,9 +73,14 @@ class Worker:
         with self._tell_lock:
             self._outbox.append(message)
 
-    def tell(self, message: protocol.WorkerMessage | None = None) -> None:
-        """Send what waits in the outbox, and `message`, now."""
-        with self._tell_lock:    # a task's own threads may block in get (B/U) meanwhile
+    def tell(self, message: protocol.WorkerMessage | None = None, *,
+             wait: bool = True) -> None:
+        """Send what waits in the outbox, and `message`, now. Not `wait`ing (from a signal
+        handler), only if no line is being written now (it would be cut)."""
+        # A task's own threads may block in get (B/U) meanwhile.
+        if not self._tell_lock.acquire(blocking=wait):
+            return
+        try:
             lines = self._outbox + ([message] if message is not None else [])
             self._outbox = []
             if not lines:
@@ -85,6 +90,8 @@ class Worker:
                 self.control.flush()
             except (OSError, ValueError):
                 os._exit(1)  # the supervisor is gone: so must we be
+        finally:
+            self._tell_lock.release()
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -152,17 +159,11 @@ class Worker:
         """SIGTERM: stop after this task. One that came after the body ended, while its
         output and outcome wait on Redis, says so now: the node's grace period may run out
         before they are in, and a worker still seen running then is killed, which hands the
-        finished task back. From a signal handler, so only if the pipe is free (a line
-        being written now would be cut); the commit's stall says it otherwise."""
+        finished task back. From a signal handler, so only if the pipe is free; the
+        commit's stall says it otherwise."""
         self.stopping = True
-        if self.body_over and self._tell_lock.acquire(blocking=False):
-            try:
-                self.control.write(protocol.encode(protocol.Ended()))
-                self.control.flush()
-            except (OSError, ValueError):
-                pass
-            finally:
-                self._tell_lock.release()
+        if self.body_over:
+            self.tell(protocol.Ended(), wait=False)
 
     def over_memory(self) -> bool:
         limit = self.settings.max_memory_per_worker_bytes

@@ -12,8 +12,7 @@ from .. import partitions, payload, resources
 from ..context import current_task
 from ..keys import DEFAULT_SHAPE
 from ..policy import timeout_is_retryable
-from ..spec import ObjectRef, ResolvedOptions, new_id, parse_rate
-from ..store.crossing import is_put_id
+from ..spec import ObjectRef, ResolvedOptions, is_put_id, new_id, parse_rate
 
 StoreTask = tuple[str, str, bytes, list[str], dict[str, str]]   # what Store.submit takes
 

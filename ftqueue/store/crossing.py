@@ -13,28 +13,21 @@ Every step is one script in one partition, idempotent, and written before it is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..spec import PUT_ID_LENGTH
+from ..spec import is_put_id
 
 if TYPE_CHECKING:
     from .store import Store, StoreTask
 
 log = logging.getLogger("ftqueue.store")
+T = TypeVar("T")
 
 OUTBOX_BATCH = 100
 RELINK_BATCH = 100
 RELINK_AFTER_MS = 60_000     # a mirror pending this long is linked again (then again later)
 MISSING_GRACE_MS = 15 * 60_000   # a mirrored task gone this long ends its mirror
-_HEX = frozenset("0123456789abcdef")
-
-
-def is_put_id(ident: str) -> bool:
-    """A `put` object's id: it has no task to wait for, and decides no placement."""
-    return len(ident) == PUT_ID_LENGTH and set(ident) <= _HEX
-
-
 def submit(store: Store, tasks: Sequence[StoreTask]) -> int:
     """Each task in its partition, in order, with one script per partition for a run of
     tasks; the dependencies of the run that live in other partitions are linked and
@@ -117,44 +110,63 @@ def mirror(store: Store, part: int, triples: Sequence[str]) -> None:
     store.run_in(part, "mirror", list(triples), extra)
 
 
+def each_then_raise(items: Iterable[T], step: Callable[[T], None]) -> None:
+    """`step` for each item (a partition), each on its own: one that fails (its primary
+    away, failing over) does not keep the others from theirs. The first failure is raised
+    after all were tried."""
+    failure: Exception | None = None
+    for item in items:
+        try:
+            step(item)
+        except Exception as e:  # noqa: BLE001 - raised below, after the others
+            failure = failure or e
+    if failure is not None:
+        raise failure
+
+
 def apply_outbox(store: Store, part: int) -> None:
     """Apply the ends of tasks of `part` that other partitions wait for, then drop them
     from its outbox. Idempotent (mirror.lua): two processes may apply one at once, and what
     a process that died before applying left is applied by the next sweep. A partition that
-    cannot take its share now (its primary away) holds back only its own: the others' are
-    applied and dropped, and the first failure is raised after."""
+    cannot take its share now (its primary away) holds back only its own."""
     box = store.parts[part].outbox
     while True:
         items = [_text(i) for i in store.redis.lrange(box, 0, OUTBOX_BATCH - 1)]
-        by_part: dict[int, list[str]] = {}
-        for item in items:
-            target, _, dep = item.partition(" ")
-            if target.isdigit() and int(target) < store.partition_count and dep:
-                by_part.setdefault(int(target), []).append(item)
-        done = [i for i in items if i not in {x for mine in by_part.values() for x in mine}]
-        failure: Exception | None = None
-        for waiting, mine in by_part.items():
-            try:
-                mirror(store, waiting,
-                       [x for item in mine for x in (item.partition(" ")[2], "1", "")])
-            except Exception as e:  # noqa: BLE001 - raised below, once the rest is done
-                failure = failure or e
-            else:
-                done += mine
+        _apply_batch(store, box, items)
+        if len(items) < OUTBOX_BATCH:
+            return
+
+
+def _apply_batch(store: Store, box: str, items: Sequence[str]) -> None:
+    """Apply these outbox entries, each waiting partition's on its own, and drop what was
+    applied (and what is not an entry at all)."""
+    by_part: dict[int, list[str]] = {}
+    done: list[str] = []
+    for item in items:
+        target, _, dep = item.partition(" ")
+        if target.isdigit() and int(target) < store.partition_count and dep:
+            by_part.setdefault(int(target), []).append(item)
+        else:
+            done.append(item)
+
+    def apply(waiting: int) -> None:
+        mine = by_part[waiting]
+        mirror(store, waiting, [x for item in mine for x in (item.partition(" ")[2], "1", "")])
+        done.extend(mine)
+
+    try:
+        each_then_raise(by_part, apply)
+    finally:
         if done:
             pipe = store.redis.pipeline(transaction=False)
             for item in done:
                 pipe.lrem(box, 1, item)
             pipe.execute()
-        if failure is not None:
-            raise failure
-        if len(items) < OUTBOX_BATCH:
-            return
 
 
 def sweep(store: Store) -> None:
     """A node's share: what is left in the outboxes, and mirrors pending long; each
-    partition's even when another's fails (the first failure is raised after)."""
+    partition's even when another's fails."""
     if store.partition_count == 1:
         return
     horizon = store.redis_time_ms() - RELINK_AFTER_MS
@@ -163,21 +175,18 @@ def sweep(store: Store) -> None:
         pipe.llen(keys.outbox)
         pipe.zrangebyscore(keys.mirrors, "-inf", horizon, start=0, num=RELINK_BATCH)
     replies = pipe.execute(raise_on_error=False)
-    failure: Exception | None = None
-    for part in range(store.partition_count):
+
+    def sweep_in(part: int) -> None:
         length, stale = replies[2 * part], replies[2 * part + 1]
-        try:
-            for reply in (length, stale):
-                if isinstance(reply, Exception):
-                    raise reply
-            if int(length):
-                apply_outbox(store, part)
-            if stale:
-                _relink(store, part, [_text(d) for d in stale])
-        except Exception as e:  # noqa: BLE001 - raised below, once the rest is done
-            failure = failure or e
-    if failure is not None:
-        raise failure
+        for reply in (length, stale):
+            if isinstance(reply, Exception):
+                raise reply
+        if int(length):
+            apply_outbox(store, part)
+        if stale:
+            _relink(store, part, [_text(d) for d in stale])
+
+    each_then_raise(range(store.partition_count), sweep_in)
 
 
 def _relink(store: Store, part: int, deps: Sequence[str]) -> None:

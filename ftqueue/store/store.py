@@ -181,7 +181,7 @@ class Store:
                     f"namespace {self.namespace!r} is in use with one partition, but "
                     f"FTQUEUE_PARTITIONS={wanted}: a namespace keeps the partitions it was "
                     "created with (unset FTQUEUE_PARTITIONS, or use another namespace)")
-            self.redis.set(self.keys.partitions, partitions.check_count(wanted or 1), nx=True)
+            self.redis.set(self.keys.partitions, wanted or 1, nx=True)
             stored = self.redis.get(self.keys.partitions)
         count = int(_s(stored or b"1"))
         if wanted and wanted != count:
@@ -337,7 +337,7 @@ class Store:
         keys: list[str] = []
         pkeys = self.parts[part]
         for task_id, queue, blob, deps, fields in tasks:
-            if part or self.partition_count > 1:
+            if len(self.parts) > 1:
                 fields = {**fields, "notify": self.notify_key_in(part, fields.get("notify", ""))}
             argv += [task_id, queue, blob, ",".join(deps), json.dumps(fields)]
             keys += [pkeys.task(task_id), pkeys.args(task_id)]
@@ -412,9 +412,7 @@ class Store:
             return self._commit_in(0, outcomes, next_task_id, worker_id, next_fence)
         # Partitioned: the outcomes of each partition in one call (the task started next
         # with those of its own partition, last), answers in the callers' order.
-        by_part: dict[int, list[int]] = {}
-        for i, outcome in enumerate(outcomes):
-            by_part.setdefault(self.part_of(outcome[0]), []).append(i)
+        by_part = self._positions_by_partition([outcome[0] for outcome in outcomes])
         next_part = self.part_of(next_task_id) if next_task_id else -1
         order = [p for p in by_part if p != next_part]
         if next_task_id:
@@ -429,6 +427,14 @@ class Store:
             for i, answer in zip(at, got):
                 answers[i] = answer
         return answers
+
+    def _positions_by_partition(self, ids: Sequence[str]) -> dict[int, list[int]]:
+        """Where each partition's ids are in `ids` (one call per partition, answers put back
+        in the caller's order)."""
+        by_part: dict[int, list[int]] = {}
+        for i, ident in enumerate(ids):
+            by_part.setdefault(self.part_of(ident), []).append(i)
+        return by_part
 
     def _commit_in(self, part: int, outcomes: Sequence[tuple[str, str, str, bytes, bool, str]],
                    next_task_id: str, worker_id: str, next_fence: str) -> list[str]:
@@ -488,17 +494,9 @@ class Store:
         return renewed, stale, live_nodes, cancels
 
     def _in_every_partition(self, step: Callable[[int], None]) -> None:
-        """`step` in each partition, each on its own: one whose primary is away or failing
-        over does not keep the others from theirs (a node cut off from one primary loses
-        only that partition's tasks). Raises the first failure after all were tried."""
-        failure: Exception | None = None
-        for part in range(self.partition_count):
-            try:
-                step(part)
-            except Exception as e:  # noqa: BLE001 - raised below, after the others
-                failure = failure or e
-        if failure is not None:
-            raise failure
+        """`step` in each partition, each on its own (a node cut off from one primary loses
+        only that partition's tasks): crossing.each_then_raise."""
+        crossing.each_then_raise(range(self.partition_count), step)
 
     def _heartbeat_in(self, part: int, node_id: str, lease_timeout_ms: int,
                       held: Sequence[str], running: Sequence[str], by: Sequence[str],
@@ -698,9 +696,7 @@ class Store:
             return []
         if self.partition_count == 1:
             return self._watch_in(0, notify_key, object_ids)
-        by_part: dict[int, list[int]] = {}
-        for i, object_id in enumerate(object_ids):
-            by_part.setdefault(self.part_of(object_id), []).append(i)
+        by_part = self._positions_by_partition(object_ids)
         answers = [""] * len(object_ids)
         for part, at in by_part.items():
             got = self._watch_in(part, self.notify_key_in(part, notify_key),

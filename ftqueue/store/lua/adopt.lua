@@ -12,10 +12,5 @@
 -- Returns: 'ok' | 'gone' (no parent here: no set, nothing would expire it)
 local pstate = guarded('HGET', K.task, 'as the parent of a task in another partition', 'state')
 if not pstate then return reply('gone') end
-for i = 3, #ARGV do safe('SADD', K.children, ARGV[i]) end
-redis.call('HSET', K.task, 'children', '1')
-if TERMINAL[pstate] then
-  local ttl = redis.call('PTTL', K.task)
-  if ttl > 0 then redis.call('PEXPIRE', K.children, ttl) end
-end
+add_children(K.task, K.children, pstate, {unpack(ARGV, 3)})
 return reply('ok')

@@ -754,6 +754,18 @@ local function register_queue(queue, shape)
   if shape then safe('SADD', k_shapes(queue), shape) end
 end
 
+-- Children of the parent whose record is `pkey` (in state `pstate`), for a recursive cancel:
+-- flagged on the parent, so its end expires the set; a parent that has ended already (a
+-- submit from an attempt that lost its task) gets a set that expires with it.
+local function add_children(pkey, ckey, pstate, ids)
+  for _, id in ipairs(ids) do safe('SADD', ckey, id) end
+  redis.call('HSET', pkey, 'children', '1')
+  if TERMINAL[pstate] then
+    local ttl = redis.call('PTTL', pkey)
+    if ttl > 0 then redis.call('PEXPIRE', ckey, ttl) end
+  end
+end
+
 local function create(tkey, akey, id, queue, blob, deps, fields)
   local flat = {}
   local given = cjson.decode(fields)
@@ -783,23 +795,14 @@ local function create(tkey, akey, id, queue, blob, deps, fields)
   redis.call('ZADD', K.task_index, NOW, id)
   local parent = given.parent_task_id
   if parent and parent ~= '' then
-    -- Flag the parent (its end expires the set). A gone parent gets no set (nothing would
-    -- expire it, and a cancel of it finds nothing to recurse into); one that has ended
-    -- already (a submit from an attempt that lost its task) gets one that expires with it.
+    -- A gone parent gets no set (nothing would expire it, and a cancel of it finds nothing
+    -- to recurse into).
     local pkey = k_task(parent)
     local p = guarded('HMGET', pkey, 'as the parent of ' .. id, 'state', 'mirror')
     -- A parent of another partition (its mirror here, ftqueue/partitions.py) registers its
     -- children there (adopt.lua).
     local pstate = p and not p[2] and p[1]
-    if pstate then
-      local ckey = k_children(parent)
-      safe('SADD', ckey, id)
-      redis.call('HSET', pkey, 'children', '1')
-      if TERMINAL[pstate] then
-        local ttl = redis.call('PTTL', pkey)
-        if ttl > 0 then redis.call('PEXPIRE', ckey, ttl) end
-      end
-    end
+    if pstate then add_children(pkey, k_children(parent), pstate, {id}) end
   end
   register_queue(queue, given.shape)
   if plain then
